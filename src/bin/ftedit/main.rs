@@ -1,0 +1,73 @@
+//! The `ftedit` command line.
+
+mod generate;
+mod predict;
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ftedit::model::registry;
+use ftedit::{LoadOptions, Model, Tokenizer, runtime};
+
+/// Edit the facts a language model knows, by fine-tuning, and measure how well each
+/// edit took.
+#[derive(Parser)]
+#[command(name = "ftedit", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show the next-token distribution after a prompt.
+    Predict(predict::PredictArgs),
+    /// Continue a prompt, greedily or by top-k sampling.
+    Generate(generate::GenerateArgs),
+}
+
+/// Which model to load, and where.
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file, a Hugging Face folder, or a default model: smollm2, gemma3 (qwen2 if fetched).
+    #[arg(long, short, default_value = "smollm2")]
+    model: String,
+    /// Device: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Parameter dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// CPU threads for libtorch (0 = libtorch's default).
+    #[arg(long, default_value_t = 0)]
+    threads: i32,
+}
+
+impl ModelArgs {
+    fn load(&self) -> anyhow::Result<(Model, Tokenizer)> {
+        if self.threads > 0 {
+            tch::set_num_threads(self.threads);
+        }
+        let opts = LoadOptions {
+            device: runtime::parse_device(&self.device)?,
+            kind: runtime::parse_kind(&self.dtype)?,
+        };
+        let path = registry::resolve(&self.model)?;
+        Ok(ftedit::load(&path, &opts)?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Predict(args) => predict::run(args),
+        Command::Generate(args) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! The Llama family of decoders: Llama, Mistral, SmolLM2 and Qwen2 (which adds biases
+//! to the query, key and value projections).
+//!
+//! Pre-norm blocks: RMSNorm → grouped-query attention with rotary embeddings →
+//! residual, RMSNorm → SwiGLU MLP (`down(silu(gate(x)) · up(x))`) → residual; a final
+//! RMSNorm and the output projection, often tied to the embedding.
+
+use serde_json::Value as Json;
+use tch::{Kind, Tensor};
+
+use super::config::{JsonConfig, rope_theta};
+use super::nn::{Ctx, Linear, RmsNorm, Rope, apply_rope, attention, merge_heads, split_heads};
+use super::params::ParamStore;
+use super::{Architecture, ParamSpec};
+use crate::error::Result;
+use crate::formats::gguf::GgufFile;
+
+/// Hyper-parameters under their Hugging Face `config.json` names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub max_position_embeddings: i64,
+    pub tie_word_embeddings: bool,
+    /// Biases on q, k and v (Qwen2).
+    pub attention_bias: bool,
+    /// Mistral's sliding window, if any.
+    pub sliding_window: Option<usize>,
+}
+
+impl Config {
+    pub fn from_hf(j: &Json) -> Result<Self> {
+        let c = JsonConfig(j);
+        let model_type = c.str_or("model_type", "llama");
+        let hidden_size = c.int("hidden_size")?;
+        let heads = c.int("num_attention_heads")?;
+        let use_window = c.bool_or("use_sliding_window", model_type == "mistral");
+        c.check_rope_scaling()?;
+        Ok(Config {
+            vocab_size: c.int("vocab_size")?,
+            hidden_size,
+            intermediate_size: c.int("intermediate_size")?,
+            num_hidden_layers: c.int("num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: c.int_or("num_key_value_heads", heads),
+            head_dim: c.int_or("head_dim", hidden_size / heads),
+            rms_norm_eps: c.float_or("rms_norm_eps", 1e-6),
+            rope_theta: rope_theta(j, None, 10_000.0),
+            max_position_embeddings: c.int_or("max_position_embeddings", 2048),
+            tie_word_embeddings: c.bool_or("tie_word_embeddings", false),
+            attention_bias: c.bool_or("attention_bias", model_type == "qwen2"),
+            sliding_window: c
+                .opt_int("sliding_window")
+                .filter(|_| use_window)
+                .map(|w| w as usize),
+        })
+    }
+
+    /// From GGUF metadata (`arch` is `llama` or `qwen2`).
+    pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden_size = g.get_u64(&key("embedding_length"))? as i64;
+        let heads = g.get_u64(&key("attention.head_count"))? as i64;
+        let vocab_size = match g.get_u64(&key("vocab_size")) {
+            Ok(v) => v as i64,
+            Err(_) => g
+                .tensor_info("token_embd.weight")
+                .map_or(0, |t| t.dims[1] as i64),
+        };
+        Ok(Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size: g.get_u64(&key("feed_forward_length"))? as i64,
+            num_hidden_layers: g.get_u64(&key("block_count"))? as i64,
+            num_attention_heads: heads,
+            num_key_value_heads: g
+                .get_u64(&key("attention.head_count_kv"))
+                .map_or(heads, |v| v as i64),
+            head_dim: g
+                .get_u64(&key("attention.key_length"))
+                .map_or(hidden_size / heads, |v| v as i64),
+            rms_norm_eps: g.get_f64(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            max_position_embeddings: g.get_u64(&key("context_length")).map_or(2048, |v| v as i64),
+            tie_word_embeddings: g.tensor_info("output.weight").is_none(),
+            attention_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
+            sliding_window: None,
+        })
+    }
+
+    /// Every parameter with its shape, under Hugging Face names.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        let (d, i, hd) = (self.hidden_size, self.intermediate_size, self.head_dim);
+        let (q, kv) = (self.num_attention_heads * hd, self.num_key_value_heads * hd);
+        let mut specs = vec![ParamSpec::new(
+            "model.embed_tokens.weight",
+            [self.vocab_size, d],
+        )];
+        for l in 0..self.num_hidden_layers {
+            let p = |s: &str| format!("model.layers.{l}.{s}");
+            specs.push(ParamSpec::new(p("input_layernorm.weight"), [d]).ones());
+            specs.push(ParamSpec::new(p("self_attn.q_proj.weight"), [q, d]));
+            specs.push(ParamSpec::new(p("self_attn.k_proj.weight"), [kv, d]));
+            specs.push(ParamSpec::new(p("self_attn.v_proj.weight"), [kv, d]));
+            if self.attention_bias {
+                specs.push(ParamSpec::new(p("self_attn.q_proj.bias"), [q]));
+                specs.push(ParamSpec::new(p("self_attn.k_proj.bias"), [kv]));
+                specs.push(ParamSpec::new(p("self_attn.v_proj.bias"), [kv]));
+            }
+            specs.push(ParamSpec::new(p("self_attn.o_proj.weight"), [d, q]));
+            specs.push(ParamSpec::new(p("post_attention_layernorm.weight"), [d]).ones());
+            specs.push(ParamSpec::new(p("mlp.gate_proj.weight"), [i, d]));
+            specs.push(ParamSpec::new(p("mlp.up_proj.weight"), [i, d]));
+            specs.push(ParamSpec::new(p("mlp.down_proj.weight"), [d, i]));
+        }
+        specs.push(ParamSpec::new("model.norm.weight", [d]).ones());
+        if !self.tie_word_embeddings {
+            specs.push(ParamSpec::new("lm_head.weight", [self.vocab_size, d]));
+        }
+        specs
+    }
+}
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn load(p: &ParamStore, prefix: &str, c: &Config) -> Result<Self> {
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let b = c.attention_bias;
+        Ok(Attention {
+            q_proj: Linear::load(p, &format!("{prefix}.q_proj"), d, q, b)?,
+            k_proj: Linear::load(p, &format!("{prefix}.k_proj"), d, kv, b)?,
+            v_proj: Linear::load(p, &format!("{prefix}.v_proj"), d, kv, b)?,
+            o_proj: Linear::load(p, &format!("{prefix}.o_proj"), q, d, false)?,
+            heads: c.num_attention_heads,
+            kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        cos_sin: &(Tensor, Tensor),
+        window: Option<usize>,
+        ctx: &mut Ctx,
+    ) -> Tensor {
+        let q = split_heads(&self.q_proj.forward(x), self.heads, self.head_dim);
+        let k = split_heads(&self.k_proj.forward(x), self.kv_heads, self.head_dim);
+        let v = split_heads(&self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let (cos, sin) = cos_sin;
+        let (q, k) = (apply_rope(&q, cos, sin), apply_rope(&k, cos, sin));
+        let (k, v) = ctx.cached_kv(layer, k, v);
+        let mask = ctx.mask(window);
+        let y = attention(&q, &k, &v, &mask, 1.0 / (self.head_dim as f64).sqrt());
+        self.o_proj.forward(&merge_heads(&y))
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn load(p: &ParamStore, prefix: &str, c: &Config) -> Result<Self> {
+        let (d, i) = (c.hidden_size, c.intermediate_size);
+        Ok(Mlp {
+            gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), d, i, false)?,
+            up_proj: Linear::load(p, &format!("{prefix}.up_proj"), d, i, false)?,
+            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), i, d, false)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
+        let key = self.gate_proj.forward(x).silu() * self.up_proj.forward(x);
+        ctx.hook_key(layer, &key);
+        let out = self.down_proj.forward(&key);
+        ctx.hook_output(layer, out)
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl Block {
+    fn load(p: &ParamStore, l: i64, c: &Config) -> Result<Self> {
+        let prefix = format!("model.layers.{l}");
+        let norm = |n: &str| {
+            RmsNorm::load(
+                p,
+                &format!("{prefix}.{n}.weight"),
+                c.hidden_size,
+                c.rms_norm_eps,
+                false,
+            )
+        };
+        Ok(Block {
+            input_layernorm: norm("input_layernorm")?,
+            self_attn: Attention::load(p, &format!("{prefix}.self_attn"), c)?,
+            post_attention_layernorm: norm("post_attention_layernorm")?,
+            mlp: Mlp::load(p, &format!("{prefix}.mlp"), c)?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        layer: usize,
+        cos_sin: &(Tensor, Tensor),
+        window: Option<usize>,
+        ctx: &mut Ctx,
+    ) -> Tensor {
+        let h = x + self.self_attn.forward(
+            &self.input_layernorm.forward(x),
+            layer,
+            cos_sin,
+            window,
+            ctx,
+        );
+        let m = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&h), layer, ctx);
+        h + m
+    }
+}
+
+/// A Llama-family causal language model.
+pub struct Model {
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Tensor,
+    rope: Rope,
+    config: Config,
+}
+
+impl Model {
+    pub fn load(p: &ParamStore, config: Config) -> Result<Self> {
+        let c = &config;
+        let embed_tokens =
+            p.get_shaped("model.embed_tokens.weight", &[c.vocab_size, c.hidden_size])?;
+        let lm_head = if c.tie_word_embeddings {
+            embed_tokens.shallow_clone()
+        } else {
+            p.get_shaped("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+        };
+        Ok(Model {
+            layers: (0..c.num_hidden_layers)
+                .map(|l| Block::load(p, l, c))
+                .collect::<Result<_>>()?,
+            norm: RmsNorm::load(p, "model.norm.weight", c.hidden_size, c.rms_norm_eps, false)?,
+            rope: Rope::new(c.head_dim, c.rope_theta, embed_tokens.device()),
+            embed_tokens,
+            lm_head,
+            config,
+        })
+    }
+}
+
+impl Architecture for Model {
+    fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor {
+        let mut h = {
+            let _g = (ctx.grad_from > 0).then(tch::no_grad_guard);
+            Tensor::embedding(&self.embed_tokens, ids, -1, false, false)
+        };
+        let cos_sin = self.rope.cos_sin(&ctx.positions, h.kind());
+        for (i, block) in self.layers.iter().enumerate() {
+            let _g = ctx.layer_guard(i);
+            h = block.forward(&h, i, &cos_sin, self.config.sliding_window, ctx);
+        }
+        h
+    }
+
+    fn final_norm(&self, h: &Tensor) -> Tensor {
+        self.norm.forward(h)
+    }
+
+    fn lm_head(&self) -> &Tensor {
+        &self.lm_head
+    }
+
+    fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    fn layer_prefix(&self) -> &'static str {
+        "model.layers."
+    }
+
+    fn is_head_param(&self, name: &str) -> bool {
+        name == "model.norm.weight" || name == "lm_head.weight"
+    }
+
+    fn mlp_out_proj(&self, layer: usize) -> String {
+        format!("model.layers.{layer}.mlp.down_proj.weight")
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings as usize
+    }
+
+    fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+}

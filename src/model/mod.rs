@@ -1,0 +1,390 @@
+//! Models: loading real checkpoints (GGUF files, Hugging Face folders) into one
+//! abstraction, and running them the way editing needs.
+//!
+//! - [`load`] opens a GGUF file or a Hugging Face folder and returns a [`Model`] whose
+//!   parameters carry their Hugging Face names, plus its [`Tokenizer`].
+//! - [`Model::forward`] runs right-padded batches and computes logits only at the
+//!   positions asked for; layers below the lowest trainable parameter run without an
+//!   autograd graph; [`LayerHooks`] read and change the MLP of any layer.
+//! - [`generate`] samples greedily or top-k with a KV cache.
+
+pub mod config;
+pub mod gemma3;
+pub mod generate;
+pub mod gpt2;
+pub mod llama;
+mod load;
+pub mod nn;
+pub mod params;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+
+use tch::{Device, Kind, Tensor};
+
+pub use generate::{GenerateOptions, Sampling, generate};
+pub use load::{LoadOptions, load};
+pub use nn::{AddToMlpOutput, CaptureKeys, KvCache, LayerHooks};
+pub use params::{ParamStore, glob_match};
+
+use crate::error::{Error, Result};
+use nn::Ctx;
+
+/// What every architecture provides to the shared forward driver.
+pub trait Architecture: Send {
+    /// The embedding and all blocks: hidden states `[B, T, D]` before the final norm.
+    fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor;
+    fn final_norm(&self, h: &Tensor) -> Tensor;
+    /// The output projection `[vocab, D]` (the embedding itself when tied).
+    fn lm_head(&self) -> &Tensor;
+    fn num_layers(&self) -> usize;
+    /// Parameter-name prefix of the blocks, followed by the layer number.
+    fn layer_prefix(&self) -> &'static str;
+    /// Whether a parameter is used only after the blocks (final norm, untied head).
+    fn is_head_param(&self, name: &str) -> bool;
+    /// Name of layer `layer`'s MLP output-projection weight (ROME/MEMIT edit it).
+    fn mlp_out_proj(&self, layer: usize) -> String;
+    fn max_positions(&self) -> usize;
+    fn kind(&self) -> Kind;
+}
+
+/// The supported architectures, with their hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArchConfig {
+    /// Llama, Mistral, SmolLM2 and (with `attention_bias`) Qwen2.
+    Llama(llama::Config),
+    Gemma3(gemma3::Config),
+    Gpt2(gpt2::Config),
+}
+
+impl ArchConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ArchConfig::Llama(c) if c.attention_bias => "qwen2",
+            ArchConfig::Llama(_) => "llama",
+            ArchConfig::Gemma3(_) => "gemma3",
+            ArchConfig::Gpt2(_) => "gpt2",
+        }
+    }
+
+    /// Every parameter with its shape, under Hugging Face names.
+    pub fn param_specs(&self) -> Vec<ParamSpec> {
+        match self {
+            ArchConfig::Llama(c) => c.param_specs(),
+            ArchConfig::Gemma3(c) => c.param_specs(),
+            ArchConfig::Gpt2(c) => c.param_specs(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> i64 {
+        match self {
+            ArchConfig::Llama(c) => c.vocab_size,
+            ArchConfig::Gemma3(c) => c.vocab_size,
+            ArchConfig::Gpt2(c) => c.vocab_size,
+        }
+    }
+
+    fn build(&self, params: &ParamStore) -> Result<Box<dyn Architecture>> {
+        Ok(match self {
+            ArchConfig::Llama(c) => Box::new(llama::Model::load(params, c.clone())?),
+            ArchConfig::Gemma3(c) => Box::new(gemma3::Model::load(params, c.clone())?),
+            ArchConfig::Gpt2(c) => Box::new(gpt2::Model::load(params, c.clone())?),
+        })
+    }
+}
+
+/// How a parameter is initialised in a random model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Normal,
+    Ones,
+    Zeros,
+}
+
+/// A parameter's name, shape and random initialisation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamSpec {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub init: Init,
+}
+
+impl ParamSpec {
+    pub fn new(name: impl Into<String>, shape: impl Into<Vec<i64>>) -> Self {
+        ParamSpec {
+            name: name.into(),
+            shape: shape.into(),
+            init: Init::Normal,
+        }
+    }
+    pub fn ones(mut self) -> Self {
+        self.init = Init::Ones;
+        self
+    }
+    pub fn zeros(mut self) -> Self {
+        self.init = Init::Zeros;
+        self
+    }
+}
+
+/// A batch of token sequences, right-padded to a common length.
+pub struct Input {
+    /// Token ids `[B, T]` (int64).
+    pub ids: Tensor,
+    /// Real length of each row.
+    pub lengths: Vec<usize>,
+    /// Key mask `[B, past + T]`, true for real tokens; `None` when right padding is the
+    /// only padding (causal attention never looks right, so it needs no mask).
+    pub key_mask: Option<Tensor>,
+    /// Positions `[B, T]`; `None` means `past + 0..T` for every row.
+    pub positions: Option<Tensor>,
+}
+
+impl Input {
+    /// Right-pads `seqs` into one batch on `device`.
+    pub fn right_padded<S: AsRef<[u32]>>(seqs: &[S], device: Device) -> Result<Self> {
+        let lengths: Vec<usize> = seqs.iter().map(|s| s.as_ref().len()).collect();
+        let t = lengths.iter().copied().max().unwrap_or(0);
+        if seqs.is_empty() || lengths.contains(&0) {
+            return Err(Error::Input("empty batch or empty sequence".into()));
+        }
+        let mut flat = vec![0i64; seqs.len() * t];
+        for (row, s) in seqs.iter().enumerate() {
+            for (j, &id) in s.as_ref().iter().enumerate() {
+                flat[row * t + j] = id as i64;
+            }
+        }
+        Ok(Input {
+            ids: Tensor::from_slice(&flat)
+                .view([seqs.len() as i64, t as i64])
+                .to_device(device),
+            lengths,
+            key_mask: None,
+            positions: None,
+        })
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.lengths.len()
+    }
+
+    pub fn seq_len(&self) -> usize {
+        self.ids.size()[1] as usize
+    }
+}
+
+/// Where to compute logits: the vocabulary projection is most of the cost of a small
+/// model, so compute it only where it is needed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogitsAt {
+    /// Every position: `[B, T, V]`.
+    All,
+    /// The last real token of each row: `[B, V]`.
+    Last,
+    /// Chosen `(row, position)` pairs: `[N, V]`.
+    Positions(Vec<(usize, usize)>),
+}
+
+/// Optional extras of a forward pass.
+#[derive(Default)]
+pub struct ForwardExtras<'a> {
+    pub hooks: Option<&'a mut dyn LayerHooks>,
+    pub cache: Option<&'a mut KvCache>,
+}
+
+/// A loaded causal language model.
+pub struct Model {
+    arch: Box<dyn Architecture>,
+    config: ArchConfig,
+    pub params: ParamStore,
+    /// Where it was loaded from (empty for random models).
+    pub source: PathBuf,
+}
+
+impl Model {
+    /// Builds a model from parameters that match `config`.
+    pub fn from_params(
+        config: ArchConfig,
+        params: ParamStore,
+        source: impl AsRef<Path>,
+    ) -> Result<Self> {
+        Ok(Model {
+            arch: config.build(&params)?,
+            config,
+            params,
+            source: source.as_ref().to_path_buf(),
+        })
+    }
+
+    /// A model with random weights (normal, std `std`) from a seed, for tests.
+    pub fn random(
+        config: ArchConfig,
+        seed: i64,
+        std: f64,
+        kind: Kind,
+        device: Device,
+    ) -> Result<Self> {
+        tch::manual_seed(seed);
+        let mut params = ParamStore::new();
+        for spec in config.param_specs() {
+            let opts = (kind, device);
+            let t = match spec.init {
+                Init::Normal => Tensor::randn(spec.shape.as_slice(), opts) * std,
+                Init::Ones => Tensor::ones(spec.shape.as_slice(), opts),
+                Init::Zeros => Tensor::zeros(spec.shape.as_slice(), opts),
+            };
+            params.insert(spec.name, t);
+        }
+        Self::from_params(config, params, "")
+    }
+
+    pub fn config(&self) -> &ArchConfig {
+        &self.config
+    }
+
+    pub fn arch_name(&self) -> &'static str {
+        self.config.name()
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.arch.num_layers()
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.arch.max_positions()
+    }
+
+    pub fn device(&self) -> Device {
+        self.arch.lm_head().device()
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.arch.kind()
+    }
+
+    /// Name of layer `layer`'s MLP output-projection weight.
+    pub fn mlp_out_proj(&self, layer: usize) -> String {
+        self.arch.mlp_out_proj(layer)
+    }
+
+    /// The layer a parameter belongs to (`None` for embeddings, final norm, head).
+    pub fn layer_of(&self, name: &str) -> Option<usize> {
+        let rest = name.strip_prefix(self.arch.layer_prefix())?;
+        rest.split('.').next()?.parse().ok()
+    }
+
+    /// The first forward stage that needs an autograd graph: 0 = embedding, `i + 1` =
+    /// layer `i`, `num_layers + 1` = only the final norm and head (or nothing).
+    pub fn grad_from(&self) -> usize {
+        let n = self.num_layers();
+        let mut first = n + 1;
+        for (name, t) in self.params.iter() {
+            if t.requires_grad() {
+                let stage = match self.layer_of(name) {
+                    Some(l) => l + 1,
+                    None if self.arch.is_head_param(name) => n + 1,
+                    None => 0,
+                };
+                first = first.min(stage);
+            }
+        }
+        first
+    }
+
+    /// Logits at the chosen positions.
+    pub fn forward(&self, input: &Input, at: &LogitsAt) -> Result<Tensor> {
+        self.forward_with(input, at, ForwardExtras::default())
+    }
+
+    /// Logits at the chosen positions, with hooks and/or a KV cache.
+    pub fn forward_with(
+        &self,
+        input: &Input,
+        at: &LogitsAt,
+        extras: ForwardExtras,
+    ) -> Result<Tensor> {
+        let (b, t) = (input.batch_size(), input.seq_len());
+        let h = self.hidden_states(input, extras)?;
+        let d = h.size()[2];
+        let selected = match at {
+            LogitsAt::All => h,
+            LogitsAt::Last => {
+                let idx: Vec<i64> = input
+                    .lengths
+                    .iter()
+                    .enumerate()
+                    .map(|(r, &l)| (r * t + l - 1) as i64)
+                    .collect();
+                h.reshape([-1, d])
+                    .index_select(0, &Tensor::from_slice(&idx).to_device(h.device()))
+            }
+            LogitsAt::Positions(pos) => {
+                let mut idx = Vec::with_capacity(pos.len());
+                for &(r, p) in pos {
+                    if r >= b || p >= t {
+                        return Err(Error::Input(format!(
+                            "logit position ({r}, {p}) outside a {b}×{t} batch"
+                        )));
+                    }
+                    idx.push((r * t + p) as i64);
+                }
+                h.reshape([-1, d])
+                    .index_select(0, &Tensor::from_slice(&idx).to_device(h.device()))
+            }
+        };
+        // The final norm is per position, so it runs only where logits are wanted.
+        let _g = (self.grad_from() > self.num_layers() + 1).then(tch::no_grad_guard);
+        Ok(self
+            .arch
+            .final_norm(&selected)
+            .linear::<Tensor>(self.arch.lm_head(), None))
+    }
+
+    /// Hidden states `[B, T, D]` before the final norm.
+    pub fn hidden_states(&self, input: &Input, extras: ForwardExtras) -> Result<Tensor> {
+        let past = extras.cache.as_ref().map_or(0, |c| c.len());
+        let t = input.seq_len();
+        if past + t > self.max_positions() {
+            return Err(Error::ContextOverflow {
+                len: past + t,
+                max: self.max_positions(),
+            });
+        }
+        let device = self.device();
+        let positions = match &input.positions {
+            Some(p) => p.shallow_clone(),
+            None => Tensor::arange_start(past as i64, (past + t) as i64, (Kind::Int64, device))
+                .unsqueeze(0)
+                .expand([input.batch_size() as i64, t as i64], false),
+        };
+        let grad_from = self.grad_from();
+        let ForwardExtras { hooks, cache } = extras;
+        let mut ctx = Ctx::new(
+            positions,
+            past,
+            input.key_mask.as_ref().map(Tensor::shallow_clone),
+            cache,
+            hooks,
+            grad_from,
+        );
+        let h = self.arch.hidden_states(&input.ids, &mut ctx);
+        if let Some(c) = ctx.cache {
+            c.advance(t);
+        }
+        Ok(h)
+    }
+}
+
+impl Model {
+    /// Log-probabilities (f64, `[vocab]`) of the token after `ids`, computed from the
+    /// model's logits in double precision.
+    pub fn next_token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {
+        let _g = tch::no_grad_guard();
+        let input = Input::right_padded(&[ids], self.device())?;
+        let logits = self.forward(&input, &LogitsAt::Last)?;
+        Ok(logits
+            .get(0)
+            .to_kind(Kind::Double)
+            .log_softmax(-1, Kind::Double))
+    }
+}

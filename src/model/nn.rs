@@ -1,0 +1,381 @@
+//! Building blocks shared by the architectures: linear maps, norms, rotary embeddings,
+//! attention with its masks, the KV cache, the per-forward context and the layer hooks
+//! that ROME and MEMIT use.
+
+use tch::{Device, Kind, Tensor};
+
+use super::params::ParamStore;
+use crate::error::Result;
+
+/// `y = x·Wᵀ + b` with `W` stored `(out, in)` as in `torch.nn.Linear`.
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Loads `{prefix}.weight` of shape `(out, in)` and, if asked, `{prefix}.bias`.
+    pub fn load(
+        p: &ParamStore,
+        prefix: &str,
+        in_dim: i64,
+        out_dim: i64,
+        bias: bool,
+    ) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
+            bias: if bias {
+                Some(p.get_shaped(&format!("{prefix}.bias"), &[out_dim])?)
+            } else {
+                None
+            },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.weight, self.bias.as_ref())
+    }
+}
+
+/// RMSNorm computed in f32, as Hugging Face does. Gemma scales by `1 + w` (its stored
+/// weights are offsets from one), the others by `w`.
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+    pub plus_one: bool,
+}
+
+impl RmsNorm {
+    pub fn load(p: &ParamStore, name: &str, dim: i64, eps: f64, plus_one: bool) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: p.get_shaped(name, &[dim])?,
+            eps,
+            plus_one,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let x32 = x.to_kind(Kind::Float);
+        let var = x32.square().mean_dim(-1, true, Kind::Float);
+        let normed = x32 * (var + self.eps).rsqrt();
+        if self.plus_one {
+            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+        } else {
+            &self.weight * normed.to_kind(kind)
+        }
+    }
+}
+
+/// LayerNorm with weight and bias (GPT-2).
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(p: &ParamStore, prefix: &str, dim: i64, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: p.get_shaped(&format!("{prefix}.weight"), &[dim])?,
+            bias: p.get_shaped(&format!("{prefix}.bias"), &[dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [x.size()[x.dim() - 1]],
+            Some(&self.weight),
+            Some(&self.bias),
+            self.eps,
+            true,
+        )
+    }
+}
+
+/// Rotary position embedding in Hugging Face's rotate-half layout.
+pub struct Rope {
+    inv_freq: Tensor,
+}
+
+impl Rope {
+    pub fn new(head_dim: i64, base: f64, device: Device) -> Self {
+        // As transformers: inv_freq = 1 / base^(arange(0, d, 2) / d), in f32.
+        let exps = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+            .to_kind(Kind::Float)
+            / head_dim as f64;
+        let inv_freq = (Tensor::from(base)
+            .to_device(device)
+            .to_kind(Kind::Float)
+            .pow(&exps))
+        .reciprocal();
+        Rope { inv_freq }
+    }
+
+    /// `(cos, sin)` of shape `[B, 1, T, head_dim]` for positions `[B, T]`, in `kind`.
+    pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+fn rotate_half(x: &Tensor) -> Tensor {
+    let half = x.size()[x.dim() - 1] / 2;
+    let x1 = x.narrow(-1, 0, half);
+    let x2 = x.narrow(-1, half, half);
+    Tensor::cat(&[&x2.neg(), &x1], -1)
+}
+
+/// Applies rotary embeddings to `x` of shape `[B, H, T, head_dim]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    x * cos + rotate_half(x) * sin
+}
+
+/// How attention is masked in one forward pass.
+pub enum AttnMask {
+    /// Plain causal attention over the whole input (no cache, no padding mask).
+    Causal,
+    /// Every query sees every key (one new token against the cache).
+    Full,
+    /// An explicit boolean mask `[B or 1, 1, Tq, Tk]`, true where attention is allowed.
+    Explicit(Tensor),
+}
+
+/// Scaled dot-product attention over `q [B, H, Tq, D]` and `k, v [B, Hkv, Tk, D]`;
+/// grouped-query heads are shared by libtorch (`enable_gqa`).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64) -> Tensor {
+    let gqa = q.size()[1] != k.size()[1];
+    match mask {
+        AttnMask::Causal => {
+            Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, scale, gqa)
+        }
+        AttnMask::Full => {
+            Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, false, scale, gqa)
+        }
+        AttnMask::Explicit(m) => {
+            Tensor::scaled_dot_product_attention(q, k, v, Some(m), 0.0, false, scale, gqa)
+        }
+    }
+}
+
+/// Cached keys and values of earlier positions, per layer, for generation.
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of positions already cached.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends this step's keys and values for `layer` and returns the full ones.
+    pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if self.layers.len() <= layer {
+            self.layers.resize_with(layer + 1, || None);
+        }
+        let kv = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((kv.0.shallow_clone(), kv.1.shallow_clone()));
+        kv
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
+/// Access to the MLP of every layer during a forward pass (what ROME and MEMIT need).
+///
+/// The "MLP output projection" is `down_proj` (llama, qwen2, gemma3) or `mlp.c_proj`
+/// (gpt2). Its input is the key a rank-one edit acts on; its output, before any
+/// post-norm, is where an edited value appears.
+pub trait LayerHooks {
+    /// Whether `layer` needs the hooks at all (skipped calls cost nothing).
+    fn wants(&self, layer: usize) -> bool;
+    /// Sees the input of the MLP output projection, `[B, T, intermediate]`.
+    fn mlp_key(&mut self, _layer: usize, _key: &Tensor) {}
+    /// May change the output of the MLP output projection, `[B, T, hidden]`.
+    fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
+        out
+    }
+}
+
+/// Records the MLP-output-projection inputs of chosen layers.
+pub struct CaptureKeys {
+    pub layers: Vec<usize>,
+    pub keys: Vec<(usize, Tensor)>,
+}
+
+impl LayerHooks for CaptureKeys {
+    fn wants(&self, layer: usize) -> bool {
+        self.layers.contains(&layer)
+    }
+    fn mlp_key(&mut self, layer: usize, key: &Tensor) {
+        self.keys.push((layer, key.shallow_clone()));
+    }
+}
+
+/// Adds vectors to one layer's MLP output at chosen `(row, position)` pairs.
+pub struct AddToMlpOutput {
+    pub layer: usize,
+    /// Flat indices `row * T + position` into the `[B, T]` grid.
+    pub positions: Vec<i64>,
+    /// `[hidden]` (the same vector everywhere) or `[positions.len(), hidden]`.
+    pub delta: Tensor,
+}
+
+impl LayerHooks for AddToMlpOutput {
+    fn wants(&self, layer: usize) -> bool {
+        layer == self.layer
+    }
+    fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
+        let size = out.size();
+        let (b, t, d) = (size[0], size[1], size[2]);
+        let idx = Tensor::from_slice(&self.positions).to_device(out.device());
+        let n = self.positions.len() as i64;
+        let delta = self.delta.to_kind(out.kind()).expand([n, d], false);
+        out.reshape([b * t, d])
+            .index_add(0, &idx, &delta)
+            .reshape([b, t, d])
+    }
+}
+
+/// What a forward pass carries through the layers.
+pub struct Ctx<'a> {
+    /// Positions `[B, T]` of the input tokens.
+    pub positions: Tensor,
+    /// Keys already cached before this input.
+    pub past: usize,
+    /// Key padding mask `[B, past + T]` (true = real token), if any position is padding.
+    pub key_mask: Option<Tensor>,
+    pub cache: Option<&'a mut KvCache>,
+    pub hooks: Option<&'a mut dyn LayerHooks>,
+    /// First stage that needs an autograd graph: 0 = embedding, `i + 1` = layer `i`.
+    pub grad_from: usize,
+    masks: Vec<(Option<usize>, AttnMaskCached)>,
+}
+
+enum AttnMaskCached {
+    Causal,
+    Full,
+    Explicit(Tensor),
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        positions: Tensor,
+        past: usize,
+        key_mask: Option<Tensor>,
+        cache: Option<&'a mut KvCache>,
+        hooks: Option<&'a mut dyn LayerHooks>,
+        grad_from: usize,
+    ) -> Self {
+        Ctx {
+            positions,
+            past,
+            key_mask,
+            cache,
+            hooks,
+            grad_from,
+            masks: Vec::new(),
+        }
+    }
+
+    /// The attention mask for layers with the given sliding window (built once per
+    /// window per forward pass).
+    pub fn mask(&mut self, window: Option<usize>) -> AttnMask {
+        if let Some((_, m)) = self.masks.iter().find(|(w, _)| *w == window) {
+            return match m {
+                AttnMaskCached::Causal => AttnMask::Causal,
+                AttnMaskCached::Full => AttnMask::Full,
+                AttnMaskCached::Explicit(t) => AttnMask::Explicit(t.shallow_clone()),
+            };
+        }
+        let q_len = self.positions.size()[1] as usize;
+        let k_len = self.past + q_len;
+        let windowed = window.is_some_and(|w| w < k_len);
+        let m = if self.key_mask.is_none() && !windowed && self.past == 0 {
+            AttnMaskCached::Causal
+        } else if self.key_mask.is_none() && !windowed && q_len == 1 {
+            AttnMaskCached::Full
+        } else {
+            let device = self.positions.device();
+            let q = Tensor::arange_start(self.past as i64, k_len as i64, (Kind::Int64, device))
+                .unsqueeze(1);
+            let k = Tensor::arange(k_len as i64, (Kind::Int64, device)).unsqueeze(0);
+            let mut allowed = k.le_tensor(&q);
+            if let Some(w) = window {
+                allowed = allowed.logical_and(&(&q - &k).lt(w as i64));
+            }
+            let mut allowed = allowed.unsqueeze(0).unsqueeze(0);
+            if let Some(km) = &self.key_mask {
+                // A query always sees itself, so rows of padding never go all-masked (NaN).
+                let diag = k.eq_tensor(&q).unsqueeze(0).unsqueeze(0);
+                allowed = allowed
+                    .logical_and(&km.unsqueeze(1).unsqueeze(1))
+                    .logical_or(&diag);
+            }
+            AttnMaskCached::Explicit(allowed)
+        };
+        self.masks.push((window, m));
+        self.mask(window)
+    }
+
+    /// A guard that switches autograd off for layer `i` when nothing at or below it
+    /// is trained.
+    pub fn layer_guard(&self, i: usize) -> Option<tch::NoGradGuard> {
+        (i + 1 < self.grad_from).then(tch::no_grad_guard)
+    }
+
+    /// Runs the layer hooks' key observer.
+    pub fn hook_key(&mut self, layer: usize, key: &Tensor) {
+        if let Some(h) = self.hooks.as_deref_mut()
+            && h.wants(layer)
+        {
+            h.mlp_key(layer, key);
+        }
+    }
+
+    /// Runs the layer hooks' output editor.
+    pub fn hook_output(&mut self, layer: usize, out: Tensor) -> Tensor {
+        match self.hooks.as_deref_mut() {
+            Some(h) if h.wants(layer) => h.mlp_output(layer, out),
+            _ => out,
+        }
+    }
+
+    /// Appends keys and values to the cache when generating.
+    pub fn cached_kv(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        match self.cache.as_deref_mut() {
+            Some(c) => c.append(layer, k, v),
+            None => (k, v),
+        }
+    }
+}
+
+/// Splits `[B, T, H*D]` into heads `[B, H, T, D]`.
+pub fn split_heads(x: &Tensor, heads: i64, head_dim: i64) -> Tensor {
+    let s = x.size();
+    x.view([s[0], s[1], heads, head_dim]).transpose(1, 2)
+}
+
+/// Merges heads `[B, H, T, D]` back into `[B, T, H*D]`.
+pub fn merge_heads(x: &Tensor) -> Tensor {
+    let s = x.size();
+    x.transpose(1, 2).reshape([s[0], s[2], s[1] * s[3]])
+}

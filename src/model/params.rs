@@ -1,0 +1,233 @@
+//! The parameter store: every weight of a model under its Hugging Face name
+//! (`model.layers.10.mlp.down_proj.weight`), whatever file it came from.
+//!
+//! Architectures hold shallow clones of these tensors (same storage, same autograd
+//! flag), so freezing or unfreezing a parameter here takes effect in the model, and
+//! editing methods select what to train by name or pattern.
+
+use std::collections::HashMap;
+
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Error, Result};
+
+/// Named parameters in checkpoint order.
+pub struct ParamStore {
+    names: Vec<String>,
+    tensors: Vec<Tensor>,
+    index: HashMap<String, usize>,
+}
+
+impl Default for ParamStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ParamStore {
+    pub fn new() -> Self {
+        ParamStore {
+            names: Vec::new(),
+            tensors: Vec::new(),
+            index: HashMap::new(),
+        }
+    }
+
+    /// Adds (or replaces) a parameter; it starts frozen.
+    pub fn insert(&mut self, name: impl Into<String>, tensor: Tensor) {
+        let name = name.into();
+        let tensor = tensor.set_requires_grad(false);
+        match self.index.get(&name) {
+            Some(&i) => self.tensors[i] = tensor,
+            None => {
+                self.index.insert(name.clone(), self.names.len());
+                self.names.push(name);
+                self.tensors.push(tensor);
+            }
+        }
+    }
+
+    /// A handle on a parameter (shares storage and the requires-grad flag).
+    pub fn get(&self, name: &str) -> Result<Tensor> {
+        self.index
+            .get(name)
+            .map(|&i| self.tensors[i].shallow_clone())
+            .ok_or_else(|| Error::MissingTensor { name: name.into() })
+    }
+
+    /// Like [`ParamStore::get`], checking the shape.
+    pub fn get_shaped(&self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.get(name)?;
+        if t.size() != shape {
+            return Err(Error::ShapeMismatch {
+                name: name.into(),
+                expected: shape.to_vec(),
+                found: t.size(),
+            });
+        }
+        Ok(t)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.index.contains_key(name)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.names.iter().map(String::as_str).zip(&self.tensors)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().map(String::as_str)
+    }
+
+    /// Total number of scalar parameters.
+    pub fn numel(&self) -> usize {
+        self.tensors.iter().map(Tensor::numel).sum()
+    }
+
+    /// Makes every parameter whose name matches `pattern` (see [`glob_match`]) trainable
+    /// or frozen; returns how many matched.
+    pub fn set_trainable(&self, pattern: &str, trainable: bool) -> Result<usize> {
+        let mut n = 0;
+        for (name, t) in self.iter() {
+            if glob_match(pattern, name) {
+                let _ = t.shallow_clone().set_requires_grad(trainable);
+                n += 1;
+            }
+        }
+        if n == 0 {
+            return Err(Error::NoMatch(pattern.into()));
+        }
+        Ok(n)
+    }
+
+    pub fn freeze_all(&self) {
+        for t in &self.tensors {
+            let _ = t.shallow_clone().set_requires_grad(false);
+        }
+    }
+
+    /// The trainable parameters, in order.
+    pub fn trainable(&self) -> Vec<(&str, &Tensor)> {
+        self.iter().filter(|(_, t)| t.requires_grad()).collect()
+    }
+
+    pub fn device(&self) -> Device {
+        self.tensors.first().map_or(Device::Cpu, Tensor::device)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.tensors.first().map_or(Kind::Float, Tensor::kind)
+    }
+}
+
+/// Matches a parameter name against a pattern: `*` any run of characters, `?` one
+/// character, `{a,b}` alternatives and `{3..5}` an inclusive integer range; e.g.
+/// `model.layers.{3..5}.mlp.*`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    expand_braces(pattern)
+        .iter()
+        .any(|p| wildcard(p.as_bytes(), name.as_bytes()))
+}
+
+fn expand_braces(pattern: &str) -> Vec<String> {
+    let Some(open) = pattern.find('{') else {
+        return vec![pattern.to_owned()];
+    };
+    let Some(close) = pattern[open..].find('}').map(|c| open + c) else {
+        return vec![pattern.to_owned()];
+    };
+    let (head, body, tail) = (
+        &pattern[..open],
+        &pattern[open + 1..close],
+        &pattern[close + 1..],
+    );
+    let alternatives: Vec<String> = match body.split_once("..") {
+        Some((a, b)) if a.parse::<i64>().is_ok() && b.parse::<i64>().is_ok() => {
+            let (a, b) = (a.parse::<i64>().unwrap(), b.parse::<i64>().unwrap());
+            (a.min(b)..=a.max(b)).map(|i| i.to_string()).collect()
+        }
+        _ => body.split(',').map(str::to_owned).collect(),
+    };
+    alternatives
+        .iter()
+        .flat_map(|alt| expand_braces(&format!("{head}{alt}{tail}")))
+        .collect()
+}
+
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    // Iterative matcher with backtracking to the last '*'.
+    let (mut pi, mut si) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            mark = si;
+            pi += 1;
+        } else if let Some(st) = star {
+            pi = st + 1;
+            mark += 1;
+            si = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_patterns() {
+        let n = "model.layers.4.mlp.down_proj.weight";
+        assert!(glob_match("model.layers.{3..5}.mlp.*", n));
+        assert!(!glob_match("model.layers.{5..7}.mlp.*", n));
+        assert!(glob_match("*.mlp.{gate,down}_proj.weight", n));
+        assert!(!glob_match("*.mlp.{gate,up}_proj.weight", n));
+        assert!(glob_match("model.layers.?.mlp.down_proj.weight", n));
+        assert!(!glob_match(
+            "model.layers.?.mlp.down_proj.weight",
+            "model.layers.14.mlp.down_proj.weight"
+        ));
+        assert!(glob_match("*", n));
+        assert!(glob_match(n, n));
+        assert!(!glob_match("model.layers.4.mlp", n));
+    }
+
+    #[test]
+    fn trainable_flags_are_shared_with_handles() {
+        let mut store = ParamStore::new();
+        store.insert(
+            "a.weight",
+            Tensor::zeros([2, 2], (Kind::Float, Device::Cpu)),
+        );
+        store.insert("b.weight", Tensor::zeros([2], (Kind::Float, Device::Cpu)));
+        let handle = store.get("a.weight").unwrap();
+        assert!(!handle.requires_grad());
+        assert_eq!(store.set_trainable("a.*", true).unwrap(), 1);
+        assert!(handle.requires_grad());
+        assert_eq!(store.trainable().len(), 1);
+        assert!(matches!(
+            store.set_trainable("c.*", true),
+            Err(Error::NoMatch(_))
+        ));
+        let err = store.get_shaped("b.weight", &[3]).unwrap_err();
+        assert!(err.to_string().contains("b.weight"), "{err}");
+    }
+}

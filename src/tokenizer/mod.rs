@@ -1,0 +1,259 @@
+//! Tokenizers: text to token ids and back, built from what a model file carries.
+//!
+//! - GGUF `gpt2` vocabularies (byte-level BPE: SmolLM2, Qwen2, Llama 3, GPT-2) become a
+//!   Hugging Face `tokenizers` BPE with the pre-tokenizer that `tokenizer.ggml.pre` names.
+//! - GGUF `llama` vocabularies (SentencePiece with scores: Gemma 3, Llama 2) use [`spm`],
+//!   a transcription of llama.cpp's algorithm, which `tokenizers` cannot express.
+//! - Hugging Face folders use their `tokenizer.json` as is.
+
+pub mod spm;
+
+use std::path::Path;
+
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, Value};
+use spm::{Spm, TokenType};
+
+enum Inner {
+    Hf(Box<tokenizers::Tokenizer>),
+    Spm(Spm),
+}
+
+/// A model's tokenizer, with its special tokens.
+pub struct Tokenizer {
+    inner: Inner,
+    /// Whether model inputs start with BOS (added by [`Tokenizer::encode`] when asked).
+    add_bos: bool,
+    pub bos_id: Option<u32>,
+    pub eos_id: Option<u32>,
+}
+
+const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+fn string_array(gguf: &GgufFile, key: &str) -> Result<Vec<String>> {
+    let arr = gguf
+        .get(key)
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::Format {
+            path: gguf.path().into(),
+            reason: format!("metadata key {key} is missing"),
+        })?;
+    arr.iter()
+        .map(|v| v.as_str().map(str::to_owned))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Format {
+            path: gguf.path().into(),
+            reason: format!("metadata key {key} is not an array of strings"),
+        })
+}
+
+fn split_regex(pattern: &str) -> Result<PreTokenizerWrapper> {
+    let split = Split::new(
+        SplitPattern::Regex(pattern.to_owned()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(tok_err)?;
+    Ok(split.into())
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer stored in a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        let model = gguf.get_str("tokenizer.ggml.model")?;
+        let tokens = string_array(gguf, "tokenizer.ggml.tokens")?;
+        let opt_u32 = |k: &str| gguf.get(k).and_then(Value::as_u64).map(|v| v as u32);
+        let opt_bool = |k: &str| gguf.get(k).and_then(Value::as_bool);
+        let bos_id = opt_u32("tokenizer.ggml.bos_token_id");
+        let eos_id = opt_u32("tokenizer.ggml.eos_token_id");
+        let types: Vec<TokenType> = match gguf
+            .get("tokenizer.ggml.token_type")
+            .and_then(Value::as_array)
+        {
+            Some(a) => a
+                .iter()
+                .map(|v| TokenType::from_id(v.as_u64().unwrap_or(1)))
+                .collect(),
+            None => vec![TokenType::Normal; tokens.len()],
+        };
+        if types.len() != tokens.len() {
+            return Err(Error::Format {
+                path: gguf.path().into(),
+                reason: format!("{} tokens but {} token types", tokens.len(), types.len()),
+            });
+        }
+        let inner = match model {
+            "gpt2" => {
+                let merges = string_array(gguf, "tokenizer.ggml.merges")?;
+                let pre = gguf
+                    .get("tokenizer.ggml.pre")
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                Inner::Hf(Box::new(byte_level_bpe(tokens, &merges, pre)?))
+            }
+            "llama" => {
+                let scores: Vec<f32> =
+                    match gguf.get("tokenizer.ggml.scores").and_then(Value::as_array) {
+                        Some(a) => a.iter().map(|v| v.as_f64().unwrap_or(0.0) as f32).collect(),
+                        None => vec![0.0; tokens.len()],
+                    };
+                if scores.len() != tokens.len() {
+                    return Err(Error::Format {
+                        path: gguf.path().into(),
+                        reason: format!("{} tokens but {} scores", tokens.len(), scores.len()),
+                    });
+                }
+                let add_space_prefix = opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
+                Inner::Spm(Spm::new(tokens, scores, types, add_space_prefix))
+            }
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "tokenizer model '{other}' is not supported (supported: gpt2, llama)"
+                )));
+            }
+        };
+        let add_bos = opt_bool("tokenizer.ggml.add_bos_token").unwrap_or(model == "llama");
+        Ok(Tokenizer {
+            inner,
+            add_bos: add_bos && bos_id.is_some(),
+            bos_id,
+            eos_id,
+        })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json`; its post-processor adds BOS where the model
+    /// wants it.
+    pub fn from_file(path: &Path, bos_id: Option<u32>, eos_id: Option<u32>) -> Result<Self> {
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        let tok = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Tokenizer {
+            inner: Inner::Hf(Box::new(tok)),
+            add_bos: false,
+            bos_id,
+            eos_id,
+        })
+    }
+
+    /// Encodes text. With `special`, the ids are a model input (BOS first where the model
+    /// expects it); without, just the text's tokens.
+    pub fn encode(&self, text: &str, special: bool) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        if special && self.add_bos {
+            ids.extend(self.bos_id);
+        }
+        match &self.inner {
+            Inner::Hf(t) => ids.extend(t.encode_fast(text, special).map_err(tok_err)?.get_ids()),
+            Inner::Spm(s) => ids.extend(s.encode(text)),
+        }
+        Ok(ids)
+    }
+
+    /// Decodes ids to text (special tokens included as their text; cut UTF-8 sequences
+    /// become U+FFFD).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.inner {
+            Inner::Hf(t) => t.decode(ids, false).unwrap_or_default(),
+            Inner::Spm(s) => s.decode(ids),
+        }
+    }
+
+    /// The vocabulary string of a token (`Ġ`/`▁` left as stored).
+    pub fn piece(&self, id: u32) -> Option<String> {
+        match &self.inner {
+            Inner::Hf(t) => t.id_to_token(id),
+            Inner::Spm(s) => s.piece(id).map(str::to_owned),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.inner {
+            Inner::Hf(t) => t.get_vocab_size(true),
+            Inner::Spm(s) => s.vocab_size(),
+        }
+    }
+
+    /// Whether model inputs get BOS prepended.
+    pub fn adds_bos(&self) -> bool {
+        match &self.inner {
+            Inner::Hf(t) if !self.add_bos => self.bos_id.is_some_and(|bos| {
+                t.encode_fast("a", true)
+                    .is_ok_and(|e| e.get_ids().first() == Some(&bos))
+            }),
+            _ => self.add_bos,
+        }
+    }
+}
+
+/// A byte-level BPE (GPT-2 style) from a GGUF vocabulary and merges, with the
+/// pre-tokenizer llama.cpp uses for `pre`.
+fn byte_level_bpe(
+    tokens: Vec<String>,
+    merges: &[String],
+    pre: &str,
+) -> Result<tokenizers::Tokenizer> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| (t, i as u32))
+        .collect();
+    let merges = merges
+        .iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+                .ok_or_else(|| Error::Tokenizer(format!("malformed merge '{m}'")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let byte_level = |use_regex| ByteLevel::new(false, true, use_regex);
+    let (pre_tokenizer, ignore_merges): (PreTokenizerWrapper, bool) = match pre {
+        "default" | "gpt2" | "gpt-2" | "olmo" | "jais" => (byte_level(true).into(), false),
+        "smollm" | "starcoder" | "refact" | "codeshell" | "command-r" | "exaone" | "minerva-7b" => {
+            (
+                Sequence::new(vec![Digits::new(true).into(), byte_level(true).into()]).into(),
+                false,
+            )
+        }
+        "qwen2" | "deepseek-r1-qwen" => (
+            Sequence::new(vec![split_regex(QWEN2_REGEX)?, byte_level(false).into()]).into(),
+            false,
+        ),
+        "llama-bpe" | "llama3" | "smaug-bpe" => (
+            Sequence::new(vec![split_regex(LLAMA3_REGEX)?, byte_level(false).into()]).into(),
+            true,
+        ),
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "pre-tokenizer '{other}' (tokenizer.ggml.pre) is not supported; supported: \
+                 default, gpt2, smollm, starcoder, qwen2, llama-bpe"
+            )));
+        }
+    };
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(tok_err)?;
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(pre_tokenizer));
+    tok.with_decoder(Some(ByteLevelDecoder::default()));
+    Ok(tok)
+}
