@@ -14,6 +14,7 @@ pub mod formats;
 pub mod model;
 pub mod runtime;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use model::{Input, LoadOptions, LogitsAt, Model, load};

@@ -1,0 +1,88 @@
+//! Conditional likelihood: the negative log-likelihood of the target tokens given the
+//! prompt, masked **by position** (never by token value), with logits computed only at
+//! the positions that predict a target token.
+
+use tch::{Kind, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::{Input, LogitsAt, Model};
+
+/// One training example: the prompt as model input (BOS included where the model
+/// wants it) and the target tokens that should follow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    pub prompt: Vec<u32>,
+    pub target: Vec<u32>,
+}
+
+/// How target-token losses are averaged over a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reduction {
+    /// Sum of all target-token NLLs over the number of target tokens (what a Hugging
+    /// Face `labels` tensor with -100 on the prompt gives).
+    TokenMean,
+    /// Mean over examples of each example's mean target-token NLL.
+    ExampleMean,
+}
+
+/// Builds the batch and the `(row, position)` pairs whose logits predict target tokens.
+fn layout(batch: &[Example], model: &Model) -> Result<(Input, Vec<(usize, usize)>, Vec<i64>, Vec<i64>)> {
+    let mut seqs = Vec::with_capacity(batch.len());
+    let (mut at, mut labels, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, ex) in batch.iter().enumerate() {
+        if ex.prompt.is_empty() || ex.target.is_empty() {
+            return Err(Error::Input(format!("example {r} has an empty prompt or target")));
+        }
+        let p = ex.prompt.len();
+        for (j, &tok) in ex.target.iter().enumerate() {
+            at.push((r, p - 1 + j));
+            labels.push(tok as i64);
+            owner.push(r as i64);
+        }
+        seqs.push([ex.prompt.as_slice(), ex.target.as_slice()].concat());
+    }
+    Ok((Input::right_padded(&seqs, model.device())?, at, labels, owner))
+}
+
+/// Per-token NLLs `[N]` of all target tokens of the batch, in order, and each token's
+/// example index.
+fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)> {
+    let (input, at, labels, owner) = layout(batch, model)?;
+    let device = model.device();
+    let logits = model.forward(&input, &LogitsAt::Positions(at))?;
+    let labels = Tensor::from_slice(&labels).to_device(device);
+    let nll = logits
+        .to_kind(Kind::Float)
+        .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::None, -100, 0.0);
+    Ok((nll, Tensor::from_slice(&owner).to_device(device)))
+}
+
+/// The conditional NLL of the targets given the prompts (a scalar with a graph to the
+/// trainable parameters).
+pub fn conditional_nll(model: &Model, batch: &[Example], reduction: Reduction) -> Result<Tensor> {
+    let (nll, owner) = token_nll_tensor(model, batch)?;
+    Ok(match reduction {
+        Reduction::TokenMean => nll.mean(Kind::Float),
+        Reduction::ExampleMean => {
+            let n = batch.len() as i64;
+            let zeros = Tensor::zeros([n], (Kind::Float, nll.device()));
+            let sums = zeros.index_add(0, &owner, &nll);
+            let counts = Tensor::from_slice(&batch.iter().map(|e| e.target.len() as f32).collect::<Vec<_>>()).to_device(nll.device());
+            (sums / counts).mean(Kind::Float)
+        }
+    })
+}
+
+/// The NLL of every target token, per example (no autograd).
+pub fn target_token_nlls(model: &Model, batch: &[Example]) -> Result<Vec<Vec<f64>>> {
+    let _g = tch::no_grad_guard();
+    let (nll, _) = token_nll_tensor(model, batch)?;
+    let flat = Vec::<f64>::try_from(nll.to_kind(Kind::Double))?;
+    let mut out = Vec::with_capacity(batch.len());
+    let mut i = 0;
+    for ex in batch {
+        out.push(flat[i..i + ex.target.len()].to_vec());
+        i += ex.target.len();
+    }
+    Ok(out)
+}
