@@ -56,11 +56,13 @@ impl RmsNorm {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
-        let x32 = x.to_kind(Kind::Float);
-        let var = x32.square().mean_dim(-1, true, Kind::Float);
-        let normed = x32 * (var + self.eps).rsqrt();
+        // At least f32; f64 models (used for finite-difference tests) stay f64.
+        let up = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let xf = x.to_kind(up);
+        let var = xf.square().mean_dim(-1, true, up);
+        let normed = xf * (var + self.eps).rsqrt();
         if self.plus_one {
-            (normed * (self.weight.to_kind(Kind::Float) + 1.0)).to_kind(kind)
+            (normed * (self.weight.to_kind(up) + 1.0)).to_kind(kind)
         } else {
             &self.weight * normed.to_kind(kind)
         }

@@ -51,8 +51,10 @@ fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)
     let device = model.device();
     let logits = model.forward(&input, &LogitsAt::Positions(at))?;
     let labels = Tensor::from_slice(&labels).to_device(device);
+    // Low-precision models take the loss in f32; f64 models keep f64.
+    let kind = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
     let nll = logits
-        .to_kind(Kind::Float)
+        .to_kind(kind)
         .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::None, -100, 0.0);
     Ok((nll, Tensor::from_slice(&owner).to_device(device)))
 }
@@ -62,13 +64,13 @@ fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)
 pub fn conditional_nll(model: &Model, batch: &[Example], reduction: Reduction) -> Result<Tensor> {
     let (nll, owner) = token_nll_tensor(model, batch)?;
     Ok(match reduction {
-        Reduction::TokenMean => nll.mean(Kind::Float),
+        Reduction::TokenMean => nll.mean(nll.kind()),
         Reduction::ExampleMean => {
             let n = batch.len() as i64;
-            let zeros = Tensor::zeros([n], (Kind::Float, nll.device()));
-            let sums = zeros.index_add(0, &owner, &nll);
-            let counts = Tensor::from_slice(&batch.iter().map(|e| e.target.len() as f32).collect::<Vec<_>>()).to_device(nll.device());
-            (sums / counts).mean(Kind::Float)
+            let sums = Tensor::zeros([n], (nll.kind(), nll.device())).index_add(0, &owner, &nll);
+            let counts: Vec<f64> = batch.iter().map(|e| e.target.len() as f64).collect();
+            let counts = Tensor::from_slice(&counts).to_kind(nll.kind()).to_device(nll.device());
+            (sums / counts).mean(nll.kind())
         }
     })
 }

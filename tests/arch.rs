@@ -1,0 +1,287 @@
+//! Properties every architecture must have, on tiny random models: shapes, causal
+//! masking, padding invariance, KV-cache generation equal to recomputation, logits only
+//! where asked, no autograd graph below the lowest trainable layer, working hooks, and
+//! gradients that agree with finite differences.
+//! Set FTEDIT_TEST_DEVICE=cuda to run them on a GPU.
+
+mod common;
+
+use common::{random_model, tiny_configs, tiny_gemma3, tiny_llama};
+use ftedit::model::{
+    AddToMlpOutput, CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Sampling, generate,
+};
+use ftedit::train::{Example, Reduction, conditional_nll};
+use tch::{Kind, Tensor};
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().to_kind(Kind::Double).double_value(&[])
+}
+
+fn seqs() -> Vec<Vec<u32>> {
+    vec![
+        vec![3, 17, 42, 5, 9, 11, 60, 2, 8, 33],
+        vec![7, 1, 19],
+        vec![50, 4, 4, 4, 21, 13],
+    ]
+}
+
+#[test]
+fn logits_have_the_right_shapes_and_agree_across_selections() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let s = seqs();
+        let input = Input::right_padded(&s, m.device()).unwrap();
+        let all = m.forward(&input, &LogitsAt::All).unwrap();
+        assert_eq!(all.size(), [3, 10, 64], "{}", cfg.name());
+        let last = m.forward(&input, &LogitsAt::Last).unwrap();
+        assert_eq!(last.size(), [3, 64]);
+        for (r, seq) in s.iter().enumerate() {
+            let want = all.get(r as i64).get(seq.len() as i64 - 1);
+            assert!(max_diff(&last.get(r as i64), &want) < 1e-5, "{}", cfg.name());
+        }
+        let at = vec![(0, 0), (1, 2), (2, 5), (0, 9)];
+        let sel = m.forward(&input, &LogitsAt::Positions(at.clone())).unwrap();
+        assert_eq!(sel.size(), [4, 64]);
+        for (i, (r, p)) in at.iter().enumerate() {
+            let want = all.get(*r as i64).get(*p as i64);
+            assert!(max_diff(&sel.get(i as i64), &want) < 1e-5, "{}", cfg.name());
+        }
+        assert!(m.forward(&input, &LogitsAt::Positions(vec![(3, 0)])).is_err());
+    }
+}
+
+#[test]
+fn attention_is_causal() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let a = vec![3u32, 17, 42, 5, 9, 11, 60, 2];
+        let mut b = a.clone();
+        b[5] = 30;
+        b[7] = 1;
+        let la = m.forward(&Input::right_padded(&[&a], m.device()).unwrap(), &LogitsAt::All).unwrap();
+        let lb = m.forward(&Input::right_padded(&[&b], m.device()).unwrap(), &LogitsAt::All).unwrap();
+        let before = max_diff(&la.narrow(1, 0, 5), &lb.narrow(1, 0, 5));
+        let after = max_diff(&la.narrow(1, 5, 3), &lb.narrow(1, 5, 3));
+        assert!(before < 1e-6, "{}: the past changed by {before}", cfg.name());
+        assert!(after > 1e-3, "{}: the changed tokens had no effect", cfg.name());
+    }
+}
+
+#[test]
+fn a_padded_batch_gives_the_logits_of_each_row_alone() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let s = seqs();
+        let batch = m.forward(&Input::right_padded(&s, m.device()).unwrap(), &LogitsAt::All).unwrap();
+        for (r, seq) in s.iter().enumerate() {
+            let alone = m.forward(&Input::right_padded(&[seq], m.device()).unwrap(), &LogitsAt::All).unwrap();
+            let n = seq.len() as i64;
+            let d = max_diff(&batch.get(r as i64).narrow(0, 0, n), &alone.get(0));
+            assert!(d < 1e-5, "{}: row {r} differs by {d}", cfg.name());
+        }
+    }
+}
+
+#[test]
+fn sliding_window_limits_what_local_layers_see() {
+    // Only local layers with a window of 3: after any number of layers, a token can
+    // influence at most (window - 1) * layers positions ahead of it.
+    let m = random_model(tiny_gemma3(3, true), Kind::Float);
+    let a: Vec<u32> = (0..20).map(|i| (i * 7 % 64) as u32).collect();
+    let mut b = a.clone();
+    b[0] = 63;
+    let la = m.forward(&Input::right_padded(&[&a], m.device()).unwrap(), &LogitsAt::All).unwrap();
+    let lb = m.forward(&Input::right_padded(&[&b], m.device()).unwrap(), &LogitsAt::All).unwrap();
+    let reach = 2 * 6; // (window - 1) × layers
+    assert!(max_diff(&la.narrow(1, 0, 1), &lb.narrow(1, 0, 1)) > 1e-3);
+    let beyond = max_diff(&la.narrow(1, reach + 1, 20 - reach as i64 - 1), &lb.narrow(1, reach + 1, 20 - reach as i64 - 1));
+    assert!(beyond < 1e-6, "a token leaked past the window: {beyond}");
+}
+
+/// Greedy decoding without a cache: the whole sequence is run again at every step.
+fn recompute_greedy(m: &ftedit::Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut seq = prompt.to_vec();
+    for _ in 0..n {
+        let logits = m.forward(&Input::right_padded(&[&seq], m.device()).unwrap(), &LogitsAt::Last).unwrap();
+        seq.push(logits.argmax(-1, false).int64_value(&[0]) as u32);
+    }
+    seq[prompt.len()..].to_vec()
+}
+
+#[test]
+fn kv_cache_generation_equals_recomputation() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Double);
+        let prompts = seqs();
+        let opts = GenerateOptions {
+            max_new_tokens: 12,
+            ..GenerateOptions::default()
+        };
+        // One at a time, and as one left-padded batch.
+        let batched = generate(&m, &prompts, &opts).unwrap();
+        for (p, got) in prompts.iter().zip(&batched) {
+            let alone = generate(&m, std::slice::from_ref(p), &opts).unwrap().remove(0);
+            let want = recompute_greedy(&m, p, 12);
+            assert_eq!(alone, want, "{}: cached vs recomputed", cfg.name());
+            assert_eq!(got, &want, "{}: batched vs recomputed", cfg.name());
+        }
+    }
+}
+
+#[test]
+fn sampling_is_reproducible_from_a_seed() {
+    let m = random_model(tiny_llama(false), Kind::Float);
+    let prompt = vec![vec![3u32, 17, 42]];
+    let opts = |seed| GenerateOptions {
+        max_new_tokens: 16,
+        sampling: Sampling::TopK { k: 5, temperature: 1.0 },
+        seed,
+        stop: vec![],
+    };
+    let a = generate(&m, &prompt, &opts(1)).unwrap();
+    assert_eq!(a, generate(&m, &prompt, &opts(1)).unwrap());
+    assert_ne!(a, generate(&m, &prompt, &opts(2)).unwrap());
+    // Every sampled token is among the 5 most probable at its step.
+    let mut seq = prompt[0].clone();
+    for &tok in &a[0] {
+        let logits = m.forward(&Input::right_padded(&[&seq], m.device()).unwrap(), &LogitsAt::Last).unwrap();
+        let top5 = Vec::<i64>::try_from(logits.get(0).topk(5, -1, true, true).1).unwrap();
+        assert!(top5.contains(&(tok as i64)));
+        seq.push(tok);
+    }
+}
+
+#[test]
+fn no_autograd_graph_below_the_lowest_trainable_layer() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let name = m.mlp_out_proj(1);
+        m.params.set_trainable(&name, true).unwrap();
+        assert_eq!(m.grad_from(), 2, "{}", cfg.name());
+        let input = Input::right_padded(&seqs(), m.device()).unwrap();
+        let mut hooks = CaptureKeys {
+            layers: vec![0, 1, 2.min(m.num_layers() - 1)],
+            keys: vec![],
+        };
+        let extras = ForwardExtras {
+            hooks: Some(&mut hooks),
+            cache: None,
+        };
+        let logits = m.forward_with(&input, &LogitsAt::Last, extras).unwrap();
+        assert!(logits.requires_grad());
+        // Layers 0 and 1 run before anything trainable: their MLP keys carry no graph.
+        for (layer, key) in &hooks.keys {
+            if *layer <= 1 {
+                assert!(!key.requires_grad(), "{}: layer {layer} built a graph", cfg.name());
+            } else {
+                assert!(key.requires_grad(), "{}: layer {layer} lost the graph", cfg.name());
+            }
+        }
+        logits.sum(Kind::Float).backward();
+        assert!(m.params.get(&name).unwrap().grad().defined());
+        assert!(!m.params.get(&m.mlp_out_proj(0)).unwrap().grad().defined());
+        // Freezing everything means no graph at all.
+        m.params.freeze_all();
+        assert_eq!(m.grad_from(), m.num_layers() + 1);
+        assert!(!m.forward(&input, &LogitsAt::Last).unwrap().requires_grad());
+    }
+}
+
+#[test]
+fn hooks_read_keys_and_add_to_the_mlp_output() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let s = seqs();
+        let input = Input::right_padded(&s, m.device()).unwrap();
+        let base = m.forward(&input, &LogitsAt::All).unwrap();
+
+        let mut capture = CaptureKeys {
+            layers: vec![1],
+            keys: vec![],
+        };
+        let extras = ForwardExtras {
+            hooks: Some(&mut capture),
+            cache: None,
+        };
+        let _ = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
+        assert_eq!(capture.keys.len(), 1);
+        let key = &capture.keys[0].1;
+        let out_proj = m.params.get(&m.mlp_out_proj(1)).unwrap();
+        assert_eq!(key.size()[..2], [3, 10]);
+        assert!(out_proj.size().contains(&key.size()[2]), "{}: key width", cfg.name());
+
+        // Add a vector at row 0, position 4: rows 1-2 and positions 0-3 are unchanged.
+        let d = m.params.get(&m.mlp_out_proj(1)).unwrap().size();
+        let hidden = if cfg.name() == "gpt2" { d[1] } else { d[0] };
+        let mut add = AddToMlpOutput {
+            layer: 1,
+            positions: vec![4],
+            // Not a constant vector: LayerNorm would remove a constant offset (GPT-2).
+            delta: Tensor::arange(hidden, (Kind::Float, m.device())) / hidden as f64,
+        };
+        let extras = ForwardExtras {
+            hooks: Some(&mut add),
+            cache: None,
+        };
+        let edited = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
+        let n = cfg.name();
+        assert!(max_diff(&edited.narrow(0, 1, 2), &base.narrow(0, 1, 2)) < 1e-6, "{n}: other rows");
+        assert!(max_diff(&edited.get(0).narrow(0, 0, 4), &base.get(0).narrow(0, 0, 4)) < 1e-6, "{n}: the past");
+        let changed = max_diff(&edited.get(0).narrow(0, 4, 6), &base.get(0).narrow(0, 4, 6));
+        assert!(changed > 1e-3, "{n}: the edit changed the output by only {changed}");
+    }
+}
+
+#[test]
+fn conditional_loss_gradient_matches_finite_differences() {
+    // Double precision so central differences are accurate to ~1e-8.
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Double);
+        let name = m.mlp_out_proj(1);
+        m.params.set_trainable(&name, true).unwrap();
+        let batch = vec![
+            Example {
+                prompt: vec![3, 17, 42, 5],
+                target: vec![9, 11],
+            },
+            Example {
+                prompt: vec![7, 1],
+                target: vec![19, 20, 21],
+            },
+        ];
+        let loss = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap();
+        loss.backward();
+        let w = m.params.get(&name).unwrap();
+        let grad = w.grad().copy();
+        let _g = tch::no_grad_guard();
+        let h = 1e-6;
+        for idx in [[0i64, 0], [1, 2], [5, 7]] {
+            let mut e = w.get(idx[0]).get(idx[1]);
+            let orig = e.double_value(&[]);
+            let _ = e.fill_(orig + h);
+            let plus = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+            let _ = e.fill_(orig - h);
+            let minus = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+            let _ = e.fill_(orig);
+            let fd = (plus - minus) / (2.0 * h);
+            let an = grad.double_value(&idx);
+            assert!((fd - an).abs() < 1e-6 + 1e-5 * an.abs(), "{} {idx:?}: analytic {an}, finite difference {fd}", cfg.name());
+        }
+    }
+}
+
+#[test]
+fn conditional_loss_ignores_prompt_tokens_that_equal_target_tokens() {
+    // Masking is by position: a prompt token equal to a target token is not trained on,
+    // so the loss equals the mean over the target positions alone.
+    let m = random_model(tiny_llama(false), Kind::Double);
+    let batch = vec![Example {
+        prompt: vec![9, 9, 9, 4],
+        target: vec![9, 5],
+    }];
+    let loss = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+    let input = Input::right_padded(&[vec![9u32, 9, 9, 4, 9, 5]], m.device()).unwrap();
+    let lp = m.forward(&input, &LogitsAt::All).unwrap().log_softmax(-1, Kind::Double);
+    let want = -(lp.double_value(&[0, 3, 9]) + lp.double_value(&[0, 4, 5])) / 2.0;
+    assert!((loss - want).abs() < 1e-10, "{loss} vs {want}");
+}
