@@ -32,16 +32,16 @@ fn logits_have_the_right_shapes_and_agree_across_selections() {
         let s = seqs();
         let input = Input::right_padded(&s, m.device()).unwrap();
         let all = m.forward(&input, &LogitsAt::All).unwrap();
-        assert_eq!(all.size(), [3, 10, 64], "{}", cfg.name());
+        assert_eq!(all.size(), [3, 10, 260], "{}", cfg.name());
         let last = m.forward(&input, &LogitsAt::Last).unwrap();
-        assert_eq!(last.size(), [3, 64]);
+        assert_eq!(last.size(), [3, 260]);
         for (r, seq) in s.iter().enumerate() {
             let want = all.get(r as i64).get(seq.len() as i64 - 1);
             assert!(max_diff(&last.get(r as i64), &want) < 1e-5, "{}", cfg.name());
         }
         let at = vec![(0, 0), (1, 2), (2, 5), (0, 9)];
         let sel = m.forward(&input, &LogitsAt::Positions(at.clone())).unwrap();
-        assert_eq!(sel.size(), [4, 64]);
+        assert_eq!(sel.size(), [4, 260]);
         for (i, (r, p)) in at.iter().enumerate() {
             let want = all.get(*r as i64).get(*p as i64);
             assert!(max_diff(&sel.get(i as i64), &want) < 1e-5, "{}", cfg.name());

@@ -402,3 +402,141 @@ impl GgufFile {
         Ok(())
     }
 }
+
+/// A tensor to write: its GGUF name, dims (innermost first), type and raw bytes.
+pub struct TensorOut<'a> {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    pub data: std::borrow::Cow<'a, [u8]>,
+}
+
+/// Writes GGUF v3 files. Output goes to a temporary file renamed into place, so an
+/// interrupted write never leaves a half-written model under the final name.
+pub struct GgufWriter<'a> {
+    pub metadata: Vec<(String, Value)>,
+    pub tensors: Vec<TensorOut<'a>>,
+    pub alignment: u64,
+}
+
+impl Default for GgufWriter<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn value_type(v: &Value) -> u32 {
+    match v {
+        Value::U8(_) => 0,
+        Value::I8(_) => 1,
+        Value::U16(_) => 2,
+        Value::I16(_) => 3,
+        Value::U32(_) => 4,
+        Value::I32(_) => 5,
+        Value::F32(_) => 6,
+        Value::Bool(_) => 7,
+        Value::String(_) => 8,
+        Value::Array(_) => 9,
+        Value::U64(_) => 10,
+        Value::I64(_) => 11,
+        Value::F64(_) => 12,
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U8(x) => out.push(*x),
+        Value::I8(x) => out.push(*x as u8),
+        Value::U16(x) => out.extend(x.to_le_bytes()),
+        Value::I16(x) => out.extend(x.to_le_bytes()),
+        Value::U32(x) => out.extend(x.to_le_bytes()),
+        Value::I32(x) => out.extend(x.to_le_bytes()),
+        Value::F32(x) => out.extend(x.to_le_bytes()),
+        Value::Bool(x) => out.push(*x as u8),
+        Value::String(s) => put_str(out, s),
+        Value::Array(items) => {
+            // An empty array's element type is not recoverable; u32 is as good as any.
+            out.extend(items.first().map_or(4, value_type).to_le_bytes());
+            out.extend((items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(out, item);
+            }
+        }
+        Value::U64(x) => out.extend(x.to_le_bytes()),
+        Value::I64(x) => out.extend(x.to_le_bytes()),
+        Value::F64(x) => out.extend(x.to_le_bytes()),
+    }
+}
+
+impl<'a> GgufWriter<'a> {
+    pub fn new() -> Self {
+        GgufWriter {
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+            alignment: 32,
+        }
+    }
+
+    pub fn add_metadata(&mut self, key: impl Into<String>, value: Value) {
+        self.metadata.push((key.into(), value));
+    }
+
+    pub fn add_tensor(&mut self, name: impl Into<String>, dims: Vec<u64>, ty: GgmlType, data: impl Into<std::borrow::Cow<'a, [u8]>>) {
+        self.tensors.push(TensorOut {
+            name: name.into(),
+            dims,
+            ty,
+            data: data.into(),
+        });
+    }
+
+    /// Writes the file to `path` (via `path.tmp` and a rename).
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        use std::io::Write;
+        let path = path.as_ref();
+        let align = |n: u64| n.div_ceil(self.alignment) * self.alignment;
+        let mut head = Vec::new();
+        head.extend(MAGIC);
+        head.extend(3u32.to_le_bytes());
+        head.extend((self.tensors.len() as u64).to_le_bytes());
+        head.extend((self.metadata.len() as u64).to_le_bytes());
+        for (k, v) in &self.metadata {
+            put_str(&mut head, k);
+            head.extend(value_type(v).to_le_bytes());
+            put_value(&mut head, v);
+        }
+        let mut offset = 0u64;
+        for t in &self.tensors {
+            put_str(&mut head, &t.name);
+            head.extend((t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                head.extend(d.to_le_bytes());
+            }
+            head.extend(t.ty.id().to_le_bytes());
+            head.extend(offset.to_le_bytes());
+            offset = align(offset + t.data.len() as u64);
+        }
+        head.resize(align(head.len() as u64) as usize, 0);
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
+            f.write_all(&head)?;
+            for t in &self.tensors {
+                f.write_all(&t.data)?;
+                let pad = align(t.data.len() as u64) - t.data.len() as u64;
+                f.write_all(&vec![0u8; pad as usize])?;
+            }
+            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(path, e)
+        })
+    }
+}

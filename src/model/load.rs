@@ -236,6 +236,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     }
     check_complete(&config, &params)?;
     let tokenizer = Tokenizer::from_gguf(&g)?;
+    check_vocab(&config, &tokenizer, path)?;
     Ok((Model::from_params(config, params, path)?, tokenizer))
 }
 
@@ -248,6 +249,21 @@ fn check_complete(config: &ArchConfig, params: &ParamStore) -> Result<()> {
         Some(s) => Err(Error::MissingTensor { name: s.name }),
         None => Ok(()),
     }
+}
+
+/// A tokenizer that can produce ids past the embedding would crash the forward pass.
+fn check_vocab(config: &ArchConfig, tokenizer: &Tokenizer, path: &Path) -> Result<()> {
+    if tokenizer.vocab_size() as i64 > config.vocab_size() {
+        return Err(Error::Format {
+            path: path.into(),
+            reason: format!(
+                "the tokenizer has {} tokens but the model's vocabulary has {}",
+                tokenizer.vocab_size(),
+                config.vocab_size()
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn read_json(path: &Path) -> Result<Json> {

@@ -42,14 +42,14 @@ pub fn test_device() -> Device {
 
 pub fn tiny_llama(bias: bool) -> ArchConfig {
     ArchConfig::Llama(llama::Config {
-        vocab_size: 64,
+        vocab_size: 260,
         hidden_size: 32,
         intermediate_size: 48,
         num_hidden_layers: 3,
         num_attention_heads: 4,
         num_key_value_heads: 2,
         head_dim: 8,
-        rms_norm_eps: 1e-5,
+        rms_norm_eps: 1.0 / 65536.0,
         rope_theta: 10_000.0,
         max_position_embeddings: 64,
         tie_word_embeddings: !bias,
@@ -61,14 +61,14 @@ pub fn tiny_llama(bias: bool) -> ArchConfig {
 pub fn tiny_gemma3(window: usize, all_sliding: bool) -> ArchConfig {
     let layers = 6;
     ArchConfig::Gemma3(gemma3::Config {
-        vocab_size: 64,
+        vocab_size: 260,
         hidden_size: 32,
         intermediate_size: 48,
         num_hidden_layers: layers,
         num_attention_heads: 2,
         num_key_value_heads: 1,
         head_dim: 16,
-        rms_norm_eps: 1e-6,
+        rms_norm_eps: 1.0 / 1048576.0,
         rope_theta: 1_000_000.0,
         rope_local_base_freq: 10_000.0,
         sliding_window: window,
@@ -81,13 +81,13 @@ pub fn tiny_gemma3(window: usize, all_sliding: bool) -> ArchConfig {
 
 pub fn tiny_gpt2() -> ArchConfig {
     ArchConfig::Gpt2(gpt2::Config {
-        vocab_size: 64,
+        vocab_size: 260,
         n_positions: 64,
         n_embd: 32,
         n_layer: 2,
         n_head: 4,
         n_inner: 128,
-        layer_norm_epsilon: 1e-5,
+        layer_norm_epsilon: 1.0 / 65536.0,
         tie_word_embeddings: true,
     })
 }
@@ -99,4 +99,175 @@ pub fn tiny_configs() -> Vec<ArchConfig> {
 
 pub fn random_model(config: ArchConfig, kind: Kind) -> Model {
     Model::random(config, 7, 0.2, kind, test_device()).unwrap()
+}
+
+use ftedit::formats::gguf::{GgufWriter, Value};
+use ftedit::formats::quant::GgmlType;
+use tch::Tensor;
+
+/// GPT-2's byte → printable-character table, which byte-level BPE vocabularies use.
+pub fn bytes_to_unicode() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut table = vec![' '; 256];
+    for (b, c) in bs.iter().zip(cs) {
+        table[*b as usize] = char::from_u32(c).unwrap();
+    }
+    table
+}
+
+/// A byte-level BPE vocabulary of the 256 bytes plus two merges ("Ġt", "he").
+pub fn tiny_bpe_metadata() -> Vec<(String, Value)> {
+    let mut tokens: Vec<Value> = bytes_to_unicode().iter().map(|c| Value::String(c.to_string())).collect();
+    tokens.push(Value::String("Ġt".into()));
+    tokens.push(Value::String("he".into()));
+    let merges = vec![Value::String("Ġ t".into()), Value::String("h e".into())];
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("default".into())),
+        ("tokenizer.ggml.tokens".into(), Value::Array(tokens)),
+        ("tokenizer.ggml.merges".into(), Value::Array(merges)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+    ]
+}
+
+/// The GGUF name of a Hugging Face parameter and the change of layout on the way,
+/// written out independently of the loader so that a round trip tests its table.
+fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (String, Tensor) {
+    let global = [
+        ("model.embed_tokens.weight", "token_embd.weight"),
+        ("model.norm.weight", "output_norm.weight"),
+        ("lm_head.weight", "output.weight"),
+        ("transformer.wte.weight", "token_embd.weight"),
+        ("transformer.wpe.weight", "position_embd.weight"),
+        ("transformer.ln_f.weight", "output_norm.weight"),
+        ("transformer.ln_f.bias", "output_norm.bias"),
+    ];
+    let layer = [
+        ("input_layernorm", "attn_norm"),
+        ("self_attn.q_proj", "attn_q"),
+        ("self_attn.k_proj", "attn_k"),
+        ("self_attn.v_proj", "attn_v"),
+        ("self_attn.o_proj", "attn_output"),
+        ("self_attn.q_norm", "attn_q_norm"),
+        ("self_attn.k_norm", "attn_k_norm"),
+        ("post_attention_layernorm", if arch == "gemma3" { "post_attention_norm" } else { "ffn_norm" }),
+        ("pre_feedforward_layernorm", "ffn_norm"),
+        ("post_feedforward_layernorm", "post_ffw_norm"),
+        ("mlp.gate_proj", "ffn_gate"),
+        ("mlp.up_proj", "ffn_up"),
+        ("mlp.down_proj", "ffn_down"),
+        ("ln_1", "attn_norm"),
+        ("attn.c_attn", "attn_qkv"),
+        ("attn.c_proj", "attn_output"),
+        ("ln_2", "ffn_norm"),
+        ("mlp.c_fc", "ffn_up"),
+        ("mlp.c_proj", "ffn_down"),
+    ];
+    if let Some((_, g)) = global.iter().find(|(h, _)| *h == name) {
+        let t = if arch == "gemma3" && name == "model.norm.weight" { t + 1.0 } else { t.shallow_clone() };
+        return (g.to_string(), t);
+    }
+    let rest = name.strip_prefix("model.layers.").or_else(|| name.strip_prefix("transformer.h.")).unwrap();
+    let (l, field) = rest.split_once('.').unwrap();
+    let (base, suffix) = field.rsplit_once('.').unwrap();
+    let g = layer.iter().find(|(h, _)| *h == base).unwrap_or_else(|| panic!("{name}")).1;
+    let permute = |t: &Tensor, n: i64| {
+        let (rows, cols) = (t.size()[0], t.size()[1]);
+        t.reshape([n, 2, rows / n / 2, cols]).transpose(1, 2).reshape([rows, cols])
+    };
+    let t = match (arch, base, suffix) {
+        ("llama", "self_attn.q_proj", "weight") => permute(t, heads),
+        ("llama", "self_attn.k_proj", "weight") => permute(t, kv_heads),
+        ("gemma3", b, _) if b.ends_with("norm") => t + 1.0,
+        ("gpt2", b, "weight") if !b.starts_with("ln_") => t.tr().contiguous(),
+        _ => t.shallow_clone(),
+    };
+    (format!("blk.{l}.{g}.{suffix}"), t)
+}
+
+fn f32_bytes(t: &Tensor) -> Vec<u8> {
+    let v = Vec::<f32>::try_from(t.to_kind(Kind::Float).contiguous().view(-1)).unwrap();
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes `model` (Hugging Face layout) as an F32 GGUF file in llama.cpp's layout,
+/// with the tiny byte-level tokenizer.
+pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
+    let arch = model.arch_name();
+    let mut w = GgufWriter::new();
+    let a = |k: &str| format!("{arch}.{k}");
+    w.add_metadata("general.architecture", Value::String(arch.into()));
+    let (heads, kv_heads) = match model.config() {
+        ArchConfig::Llama(c) => {
+            for (k, v) in [
+                ("block_count", c.num_hidden_layers),
+                ("embedding_length", c.hidden_size),
+                ("feed_forward_length", c.intermediate_size),
+                ("attention.head_count", c.num_attention_heads),
+                ("attention.head_count_kv", c.num_key_value_heads),
+            ] {
+                w.add_metadata(a(k), Value::U32(v as u32));
+            }
+            w.add_metadata(a("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+            w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
+            (c.num_attention_heads, c.num_key_value_heads)
+        }
+        ArchConfig::Gemma3(c) => {
+            for (k, v) in [
+                ("block_count", c.num_hidden_layers),
+                ("embedding_length", c.hidden_size),
+                ("feed_forward_length", c.intermediate_size),
+                ("attention.head_count", c.num_attention_heads),
+                ("attention.head_count_kv", c.num_key_value_heads),
+                ("attention.key_length", c.head_dim),
+                ("attention.sliding_window", c.sliding_window as i64),
+            ] {
+                w.add_metadata(a(k), Value::U32(v as u32));
+            }
+            w.add_metadata(a("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+            w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
+            (c.num_attention_heads, c.num_key_value_heads)
+        }
+        ArchConfig::Gpt2(c) => {
+            for (k, v) in [
+                ("block_count", c.n_layer),
+                ("embedding_length", c.n_embd),
+                ("feed_forward_length", c.n_inner),
+                ("attention.head_count", c.n_head),
+            ] {
+                w.add_metadata(a(k), Value::U32(v as u32));
+            }
+            w.add_metadata(a("attention.layer_norm_epsilon"), Value::F32(c.layer_norm_epsilon as f32));
+            (c.n_head, c.n_head)
+        }
+    };
+    w.add_metadata(a("context_length"), Value::U32(context as u32));
+    for (k, v) in tiny_bpe_metadata() {
+        w.add_metadata(k, v);
+    }
+    for (name, t) in model.params.iter() {
+        let (g, t) = to_gguf(arch, name, t, heads, kv_heads);
+        let dims = t.size().iter().rev().map(|&d| d as u64).collect();
+        w.add_tensor(g, dims, GgmlType::F32, f32_bytes(&t));
+    }
+    w.write(path).unwrap();
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ftedit-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
