@@ -153,3 +153,81 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     expect_failure(&["predict", "--model", &good, "--prompt", "x", "--device", "tpu"], "unknown device");
     expect_failure(&["predict", "--model", "nosuchmodel", "--prompt", "x"], "neither an existing path nor a default model");
 }
+
+/// Writes `m` as a Hugging Face folder: config.json, model.safetensors, tokenizer.json.
+fn write_hf_folder(m: &ftedit::Model, dir: &Path) {
+    use ftedit::model::ArchConfig;
+    use serde_json::json;
+    let config = match m.config() {
+        ArchConfig::Llama(c) => json!({
+            "model_type": if c.attention_bias { "qwen2" } else { "llama" },
+            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+            "rms_norm_eps": c.rms_norm_eps, "rope_theta": c.rope_theta,
+            "max_position_embeddings": c.max_position_embeddings,
+            "tie_word_embeddings": c.tie_word_embeddings, "bos_token_id": 0, "eos_token_id": [1],
+        }),
+        ArchConfig::Gemma3(c) => json!({
+            "model_type": "gemma3_text",
+            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim, "rms_norm_eps": c.rms_norm_eps,
+            "rope_parameters": {
+                "full_attention": {"rope_type": "default", "rope_theta": c.rope_theta},
+                "sliding_attention": {"rope_type": "default", "rope_theta": c.rope_local_base_freq},
+            },
+            "sliding_window": c.sliding_window,
+            "layer_types": c.layer_types.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect::<Vec<_>>(),
+            "query_pre_attn_scalar": c.query_pre_attn_scalar,
+            "max_position_embeddings": c.max_position_embeddings,
+            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+        }),
+        ArchConfig::Gpt2(c) => json!({
+            "model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.n_positions,
+            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head,
+            "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": "gelu_new",
+        }),
+    };
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    // The original GPT-2 checkpoints name tensors without "transformer.".
+    let tensors: Vec<(String, tch::Tensor)> = m
+        .params
+        .iter()
+        .map(|(n, t)| (n.strip_prefix("transformer.").unwrap_or(n).to_string(), t.to_device(tch::Device::Cpu)))
+        .collect();
+    tch::Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
+
+    use tokenizers::models::bpe::BPE;
+    let mut vocab: tokenizers::models::bpe::Vocab = common::bytes_to_unicode().iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+    vocab.insert("Ġt".into(), 256);
+    vocab.insert("he".into(), 257);
+    let merges = vec![("Ġ".to_string(), "t".to_string()), ("h".to_string(), "e".to_string())];
+    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().unwrap();
+    let mut tok = tokenizers::Tokenizer::new(bpe);
+    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+    tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
+    tok.save(dir.join("tokenizer.json"), false).unwrap();
+}
+
+#[test]
+fn hugging_face_folders_load_with_their_names_and_layouts() {
+    for cfg in tiny_configs() {
+        let dir = temp_dir(&format!("hf-{}", cfg.name()));
+        let m = random_model(cfg.clone(), Kind::Float);
+        write_hf_folder(&m, &dir);
+        let (loaded, tok) = ftedit::load(&dir, &LoadOptions::default()).unwrap();
+        assert_eq!(loaded.config(), m.config(), "{}", cfg.name());
+        for (name, t) in m.params.iter() {
+            let got = loaded.params.get(name).unwrap().to_device(t.device());
+            assert!(got.equal(t), "{}: {name}", cfg.name());
+        }
+        assert_eq!(tok.encode("the tether", true).unwrap(), vec![116, 257, 256, 101, 116, 257, 114]);
+        assert_eq!(tok.decode(&[116, 257, 256]), "the t");
+        // A missing tokenizer is named.
+        std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
+        let err = ftedit::load(&dir, &LoadOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("tokenizer.json"), "{err}");
+    }
+}
