@@ -8,7 +8,8 @@ mod common;
 
 use common::{random_model, tiny_configs, tiny_gemma3, tiny_llama};
 use ftedit::model::{
-    AddToMlpOutput, CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Sampling, generate,
+    AddToMlpOutput, CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Sampling,
+    generate,
 };
 use ftedit::train::{Example, Reduction, conditional_nll};
 use tch::{Kind, Tensor};
@@ -37,7 +38,11 @@ fn logits_have_the_right_shapes_and_agree_across_selections() {
         assert_eq!(last.size(), [3, 260]);
         for (r, seq) in s.iter().enumerate() {
             let want = all.get(r as i64).get(seq.len() as i64 - 1);
-            assert!(max_diff(&last.get(r as i64), &want) < 1e-5, "{}", cfg.name());
+            assert!(
+                max_diff(&last.get(r as i64), &want) < 1e-5,
+                "{}",
+                cfg.name()
+            );
         }
         let at = vec![(0, 0), (1, 2), (2, 5), (0, 9)];
         let sel = m.forward(&input, &LogitsAt::Positions(at.clone())).unwrap();
@@ -46,7 +51,10 @@ fn logits_have_the_right_shapes_and_agree_across_selections() {
             let want = all.get(*r as i64).get(*p as i64);
             assert!(max_diff(&sel.get(i as i64), &want) < 1e-5, "{}", cfg.name());
         }
-        assert!(m.forward(&input, &LogitsAt::Positions(vec![(3, 0)])).is_err());
+        assert!(
+            m.forward(&input, &LogitsAt::Positions(vec![(3, 0)]))
+                .is_err()
+        );
     }
 }
 
@@ -58,12 +66,30 @@ fn attention_is_causal() {
         let mut b = a.clone();
         b[5] = 30;
         b[7] = 1;
-        let la = m.forward(&Input::right_padded(&[&a], m.device()).unwrap(), &LogitsAt::All).unwrap();
-        let lb = m.forward(&Input::right_padded(&[&b], m.device()).unwrap(), &LogitsAt::All).unwrap();
+        let la = m
+            .forward(
+                &Input::right_padded(&[&a], m.device()).unwrap(),
+                &LogitsAt::All,
+            )
+            .unwrap();
+        let lb = m
+            .forward(
+                &Input::right_padded(&[&b], m.device()).unwrap(),
+                &LogitsAt::All,
+            )
+            .unwrap();
         let before = max_diff(&la.narrow(1, 0, 5), &lb.narrow(1, 0, 5));
         let after = max_diff(&la.narrow(1, 5, 3), &lb.narrow(1, 5, 3));
-        assert!(before < 1e-6, "{}: the past changed by {before}", cfg.name());
-        assert!(after > 1e-3, "{}: the changed tokens had no effect", cfg.name());
+        assert!(
+            before < 1e-6,
+            "{}: the past changed by {before}",
+            cfg.name()
+        );
+        assert!(
+            after > 1e-3,
+            "{}: the changed tokens had no effect",
+            cfg.name()
+        );
     }
 }
 
@@ -72,9 +98,19 @@ fn a_padded_batch_gives_the_logits_of_each_row_alone() {
     for cfg in tiny_configs() {
         let m = random_model(cfg.clone(), Kind::Float);
         let s = seqs();
-        let batch = m.forward(&Input::right_padded(&s, m.device()).unwrap(), &LogitsAt::All).unwrap();
+        let batch = m
+            .forward(
+                &Input::right_padded(&s, m.device()).unwrap(),
+                &LogitsAt::All,
+            )
+            .unwrap();
         for (r, seq) in s.iter().enumerate() {
-            let alone = m.forward(&Input::right_padded(&[seq], m.device()).unwrap(), &LogitsAt::All).unwrap();
+            let alone = m
+                .forward(
+                    &Input::right_padded(&[seq], m.device()).unwrap(),
+                    &LogitsAt::All,
+                )
+                .unwrap();
             let n = seq.len() as i64;
             let d = max_diff(&batch.get(r as i64).narrow(0, 0, n), &alone.get(0));
             assert!(d < 1e-5, "{}: row {r} differs by {d}", cfg.name());
@@ -90,11 +126,24 @@ fn sliding_window_limits_what_local_layers_see() {
     let a: Vec<u32> = (0..20).map(|i| (i * 7 % 64) as u32).collect();
     let mut b = a.clone();
     b[0] = 63;
-    let la = m.forward(&Input::right_padded(&[&a], m.device()).unwrap(), &LogitsAt::All).unwrap();
-    let lb = m.forward(&Input::right_padded(&[&b], m.device()).unwrap(), &LogitsAt::All).unwrap();
-    let reach = 2 * 6; // (window - 1) × layers
+    let la = m
+        .forward(
+            &Input::right_padded(&[&a], m.device()).unwrap(),
+            &LogitsAt::All,
+        )
+        .unwrap();
+    let lb = m
+        .forward(
+            &Input::right_padded(&[&b], m.device()).unwrap(),
+            &LogitsAt::All,
+        )
+        .unwrap();
+    let reach: i64 = 2 * 6; // (window - 1) × layers
     assert!(max_diff(&la.narrow(1, 0, 1), &lb.narrow(1, 0, 1)) > 1e-3);
-    let beyond = max_diff(&la.narrow(1, reach + 1, 20 - reach as i64 - 1), &lb.narrow(1, reach + 1, 20 - reach as i64 - 1));
+    let beyond = max_diff(
+        &la.narrow(1, reach + 1, 20 - reach - 1),
+        &lb.narrow(1, reach + 1, 20 - reach - 1),
+    );
     assert!(beyond < 1e-6, "a token leaked past the window: {beyond}");
 }
 
@@ -102,7 +151,12 @@ fn sliding_window_limits_what_local_layers_see() {
 fn recompute_greedy(m: &ftedit::Model, prompt: &[u32], n: usize) -> Vec<u32> {
     let mut seq = prompt.to_vec();
     for _ in 0..n {
-        let logits = m.forward(&Input::right_padded(&[&seq], m.device()).unwrap(), &LogitsAt::Last).unwrap();
+        let logits = m
+            .forward(
+                &Input::right_padded(&[&seq], m.device()).unwrap(),
+                &LogitsAt::Last,
+            )
+            .unwrap();
         seq.push(logits.argmax(-1, false).int64_value(&[0]) as u32);
     }
     seq[prompt.len()..].to_vec()
@@ -120,7 +174,9 @@ fn kv_cache_generation_equals_recomputation() {
         // One at a time, and as one left-padded batch.
         let batched = generate(&m, &prompts, &opts).unwrap();
         for (p, got) in prompts.iter().zip(&batched) {
-            let alone = generate(&m, std::slice::from_ref(p), &opts).unwrap().remove(0);
+            let alone = generate(&m, std::slice::from_ref(p), &opts)
+                .unwrap()
+                .remove(0);
             let want = recompute_greedy(&m, p, 12);
             assert_eq!(alone, want, "{}: cached vs recomputed", cfg.name());
             assert_eq!(got, &want, "{}: batched vs recomputed", cfg.name());
@@ -134,7 +190,10 @@ fn sampling_is_reproducible_from_a_seed() {
     let prompt = vec![vec![3u32, 17, 42]];
     let opts = |seed| GenerateOptions {
         max_new_tokens: 16,
-        sampling: Sampling::TopK { k: 5, temperature: 1.0 },
+        sampling: Sampling::TopK {
+            k: 5,
+            temperature: 1.0,
+        },
         seed,
         stop: vec![],
     };
@@ -144,7 +203,12 @@ fn sampling_is_reproducible_from_a_seed() {
     // Every sampled token is among the 5 most probable at its step.
     let mut seq = prompt[0].clone();
     for &tok in &a[0] {
-        let logits = m.forward(&Input::right_padded(&[&seq], m.device()).unwrap(), &LogitsAt::Last).unwrap();
+        let logits = m
+            .forward(
+                &Input::right_padded(&[&seq], m.device()).unwrap(),
+                &LogitsAt::Last,
+            )
+            .unwrap();
         let top5 = Vec::<i64>::try_from(logits.get(0).topk(5, -1, true, true).1).unwrap();
         assert!(top5.contains(&(tok as i64)));
         seq.push(tok);
@@ -172,9 +236,17 @@ fn no_autograd_graph_below_the_lowest_trainable_layer() {
         // Layers 0 and 1 run before anything trainable: their MLP keys carry no graph.
         for (layer, key) in &hooks.keys {
             if *layer <= 1 {
-                assert!(!key.requires_grad(), "{}: layer {layer} built a graph", cfg.name());
+                assert!(
+                    !key.requires_grad(),
+                    "{}: layer {layer} built a graph",
+                    cfg.name()
+                );
             } else {
-                assert!(key.requires_grad(), "{}: layer {layer} lost the graph", cfg.name());
+                assert!(
+                    key.requires_grad(),
+                    "{}: layer {layer} lost the graph",
+                    cfg.name()
+                );
             }
         }
         logits.sum(Kind::Float).backward();
@@ -208,7 +280,11 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
         let key = &capture.keys[0].1;
         let out_proj = m.params.get(&m.mlp_out_proj(1)).unwrap();
         assert_eq!(key.size()[..2], [3, 10]);
-        assert!(out_proj.size().contains(&key.size()[2]), "{}: key width", cfg.name());
+        assert!(
+            out_proj.size().contains(&key.size()[2]),
+            "{}: key width",
+            cfg.name()
+        );
 
         // Add a vector at row 0, position 4: rows 1-2 and positions 0-3 are unchanged.
         let d = m.params.get(&m.mlp_out_proj(1)).unwrap().size();
@@ -225,10 +301,19 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
         };
         let edited = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
         let n = cfg.name();
-        assert!(max_diff(&edited.narrow(0, 1, 2), &base.narrow(0, 1, 2)) < 1e-6, "{n}: other rows");
-        assert!(max_diff(&edited.get(0).narrow(0, 0, 4), &base.get(0).narrow(0, 0, 4)) < 1e-6, "{n}: the past");
+        assert!(
+            max_diff(&edited.narrow(0, 1, 2), &base.narrow(0, 1, 2)) < 1e-6,
+            "{n}: other rows"
+        );
+        assert!(
+            max_diff(&edited.get(0).narrow(0, 0, 4), &base.get(0).narrow(0, 0, 4)) < 1e-6,
+            "{n}: the past"
+        );
         let changed = max_diff(&edited.get(0).narrow(0, 4, 6), &base.get(0).narrow(0, 4, 6));
-        assert!(changed > 1e-3, "{n}: the edit changed the output by only {changed}");
+        assert!(
+            changed > 1e-3,
+            "{n}: the edit changed the output by only {changed}"
+        );
     }
 }
 
@@ -259,13 +344,21 @@ fn conditional_loss_gradient_matches_finite_differences() {
             let mut e = w.get(idx[0]).get(idx[1]);
             let orig = e.double_value(&[]);
             let _ = e.fill_(orig + h);
-            let plus = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+            let plus = conditional_nll(&m, &batch, Reduction::TokenMean)
+                .unwrap()
+                .double_value(&[]);
             let _ = e.fill_(orig - h);
-            let minus = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+            let minus = conditional_nll(&m, &batch, Reduction::TokenMean)
+                .unwrap()
+                .double_value(&[]);
             let _ = e.fill_(orig);
             let fd = (plus - minus) / (2.0 * h);
             let an = grad.double_value(&idx);
-            assert!((fd - an).abs() < 1e-6 + 1e-5 * an.abs(), "{} {idx:?}: analytic {an}, finite difference {fd}", cfg.name());
+            assert!(
+                (fd - an).abs() < 1e-6 + 1e-5 * an.abs(),
+                "{} {idx:?}: analytic {an}, finite difference {fd}",
+                cfg.name()
+            );
         }
     }
 }
@@ -279,9 +372,37 @@ fn conditional_loss_ignores_prompt_tokens_that_equal_target_tokens() {
         prompt: vec![9, 9, 9, 4],
         target: vec![9, 5],
     }];
-    let loss = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().double_value(&[]);
+    let loss = conditional_nll(&m, &batch, Reduction::TokenMean)
+        .unwrap()
+        .double_value(&[]);
     let input = Input::right_padded(&[vec![9u32, 9, 9, 4, 9, 5]], m.device()).unwrap();
-    let lp = m.forward(&input, &LogitsAt::All).unwrap().log_softmax(-1, Kind::Double);
+    let lp = m
+        .forward(&input, &LogitsAt::All)
+        .unwrap()
+        .log_softmax(-1, Kind::Double);
     let want = -(lp.double_value(&[0, 3, 9]) + lp.double_value(&[0, 4, 5])) / 2.0;
     assert!((loss - want).abs() < 1e-10, "{loss} vs {want}");
+}
+
+#[test]
+fn packed_sequences_give_the_logits_of_each_sequence_alone() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let s = seqs();
+        let (packed, place) = Input::packed(&s, m.device()).unwrap();
+        // 10 + 6 + 3 tokens fit in two rows of 10: no padding beyond the last row.
+        assert_eq!(packed.batch_size(), 2, "{}", cfg.name());
+        let all = m.forward(&packed, &LogitsAt::All).unwrap();
+        for (seq, (row, off)) in s.iter().zip(place) {
+            let alone = m
+                .forward(
+                    &Input::right_padded(&[seq], m.device()).unwrap(),
+                    &LogitsAt::All,
+                )
+                .unwrap();
+            let got = all.get(row as i64).narrow(0, off as i64, seq.len() as i64);
+            let d = max_diff(&got, &alone.get(0));
+            assert!(d < 1e-5, "{}: packed sequence differs by {d}", cfg.name());
+        }
+    }
 }

@@ -28,10 +28,17 @@ fn gguf_round_trip_gives_the_same_model_for_every_architecture() {
             assert!(d < 1e-6, "{}: {name} differs by {d}", cfg.name());
         }
         let ids = tok.encode("the tether", true).unwrap();
-        assert_eq!(ids, vec![116, 257, 256, 101, 116, 257, 114], "t·he Ġt·e·t·he·r");
+        assert_eq!(
+            ids,
+            vec![116, 257, 256, 101, 116, 257, 114],
+            "t·he Ġt·e·t·he·r"
+        );
         let input = Input::right_padded(&[&ids], m.device()).unwrap();
         let a = m.forward(&input, &LogitsAt::All).unwrap();
-        let b = loaded.forward(&input, &LogitsAt::All).unwrap().to_device(a.device());
+        let b = loaded
+            .forward(&input, &LogitsAt::All)
+            .unwrap()
+            .to_device(a.device());
         assert!((a - b).abs().max().double_value(&[]) < 1e-5);
     }
 }
@@ -44,12 +51,22 @@ fn the_reader_keeps_metadata_and_tensor_tables() {
     w.add_metadata("general.architecture", Value::String("llama".into()));
     w.add_metadata("x.list", Value::Array(vec![Value::I32(-1), Value::I32(7)]));
     w.add_metadata("x.f64", Value::F64(0.25));
-    w.add_tensor("a", vec![3, 2], GgmlType::F32, (0..6).flat_map(|i| (i as f32).to_le_bytes()).collect::<Vec<u8>>());
+    w.add_tensor(
+        "a",
+        vec![3, 2],
+        GgmlType::F32,
+        (0..6)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect::<Vec<u8>>(),
+    );
     w.add_tensor("b", vec![32], GgmlType::Q8_0, vec![0u8; 34]);
     w.write(&path).unwrap();
     let g = GgufFile::open(&path).unwrap();
     assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
-    assert_eq!(g.get("x.list"), Some(&Value::Array(vec![Value::I32(-1), Value::I32(7)])));
+    assert_eq!(
+        g.get("x.list"),
+        Some(&Value::Array(vec![Value::I32(-1), Value::I32(7)]))
+    );
     assert_eq!(g.get_f64("x.f64").unwrap(), 0.25);
     let a = g.tensor_info("a").unwrap();
     assert_eq!(a.torch_shape(), vec![2, 3]);
@@ -59,15 +76,29 @@ fn the_reader_keeps_metadata_and_tensor_tables() {
 }
 
 fn ftedit(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftedit")).args(args).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
+        .args(args)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!stderr.contains("panicked"), "ftedit {args:?} panicked:\n{stderr}");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    assert!(
+        !stderr.contains("panicked"),
+        "ftedit {args:?} panicked:\n{stderr}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
 }
 
 fn tiny_model_file(dir: &Path, context: u64) -> String {
     let path = dir.join("tiny.gguf");
-    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, context);
+    write_gguf(
+        &random_model(tiny_llama(false), Kind::Float),
+        &path,
+        context,
+    );
     path.to_string_lossy().into_owned()
 }
 
@@ -75,7 +106,9 @@ fn tiny_model_file(dir: &Path, context: u64) -> String {
 fn predict_and_generate_print_json() {
     let dir = temp_dir("cli-ok");
     let model = tiny_model_file(&dir, 64);
-    let (code, out, err) = ftedit(&["predict", "--model", &model, "--prompt", "the tea", "--top-k", "5", "--json"]);
+    let (code, out, err) = ftedit(&[
+        "predict", "--model", &model, "--prompt", "the tea", "--top-k", "5", "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["input_ids"].as_array().unwrap().len(), 5, "t·he, Ġt·e·a");
@@ -87,18 +120,48 @@ fn predict_and_generate_print_json() {
         assert!((c["prob"].as_f64().unwrap().ln() - c["logprob"].as_f64().unwrap()).abs() < 1e-9);
     }
 
-    let (code, out, err) = ftedit(&["generate", "--model", &model, "--prompt", "the", "--max-tokens", "6", "--ignore-eos", "--json"]);
+    let (code, out, err) = ftedit(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "the",
+        "--max-tokens",
+        "6",
+        "--ignore-eos",
+        "--json",
+    ]);
     assert_eq!(code, 0, "{err}");
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["output_ids"].as_array().unwrap().len(), 6);
-    let sampled = |seed: &str| ftedit(&["generate", "--model", &model, "--prompt", "the", "--max-tokens", "8", "--top-k", "5", "--seed", seed, "--ignore-eos", "--json"]).1;
+    let sampled = |seed: &str| {
+        ftedit(&[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "the",
+            "--max-tokens",
+            "8",
+            "--top-k",
+            "5",
+            "--seed",
+            seed,
+            "--ignore-eos",
+            "--json",
+        ])
+        .1
+    };
     assert_eq!(sampled("3"), sampled("3"));
 }
 
 fn expect_failure(args: &[&str], needle: &str) {
     let (code, _, err) = ftedit(args);
     assert_ne!(code, 0, "ftedit {args:?} should fail");
-    assert!(err.contains(needle), "ftedit {args:?}: expected '{needle}' in:\n{err}");
+    assert!(
+        err.contains(needle),
+        "ftedit {args:?}: expected '{needle}' in:\n{err}"
+    );
 }
 
 #[test]
@@ -107,18 +170,48 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     let good = tiny_model_file(&dir, 16);
     let bytes = std::fs::read(&good).unwrap();
 
-    expect_failure(&["predict", "--model", "/no/such/model.gguf", "--prompt", "x"], "/no/such/model.gguf");
+    expect_failure(
+        &["predict", "--model", "/no/such/model.gguf", "--prompt", "x"],
+        "/no/such/model.gguf",
+    );
 
     let truncated = dir.join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    expect_failure(&["predict", "--model", truncated.to_str().unwrap(), "--prompt", "x"], "truncated or corrupt");
+    expect_failure(
+        &[
+            "predict",
+            "--model",
+            truncated.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "truncated or corrupt",
+    );
     let cut_header = dir.join("cut-header.gguf");
     std::fs::write(&cut_header, &bytes[..100]).unwrap();
-    expect_failure(&["predict", "--model", cut_header.to_str().unwrap(), "--prompt", "x"], "truncated or corrupt");
+    expect_failure(
+        &[
+            "predict",
+            "--model",
+            cut_header.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "truncated or corrupt",
+    );
 
     let not_gguf = dir.join("notes.txt");
     std::fs::write(&not_gguf, "hello").unwrap();
-    expect_failure(&["predict", "--model", not_gguf.to_str().unwrap(), "--prompt", "x"], "expected a GGUF file");
+    expect_failure(
+        &[
+            "predict",
+            "--model",
+            not_gguf.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "expected a GGUF file",
+    );
 
     // A tensor of a type we cannot decode (IQ2_XXS, id 16).
     let g = GgufFile::open(&good).unwrap();
@@ -134,7 +227,10 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     }
     let odd = dir.join("odd-type.gguf");
     w.write(&odd).unwrap();
-    expect_failure(&["predict", "--model", odd.to_str().unwrap(), "--prompt", "x"], "blk.0.ffn_up.weight: unsupported tensor type ggml type 16");
+    expect_failure(
+        &["predict", "--model", odd.to_str().unwrap(), "--prompt", "x"],
+        "blk.0.ffn_up.weight: unsupported tensor type ggml type 16",
+    );
 
     // An architecture we do not know.
     let mut w = GgufWriter::new();
@@ -142,16 +238,42 @@ fn bad_input_is_a_clear_error_never_a_panic() {
     w.metadata[0].1 = Value::String("mamba".into());
     let mamba = dir.join("mamba.gguf");
     w.write(&mamba).unwrap();
-    expect_failure(&["predict", "--model", mamba.to_str().unwrap(), "--prompt", "x"], "unknown or unsupported architecture 'mamba'");
+    expect_failure(
+        &[
+            "predict",
+            "--model",
+            mamba.to_str().unwrap(),
+            "--prompt",
+            "x",
+        ],
+        "unknown or unsupported architecture 'mamba'",
+    );
 
     // A prompt longer than the 16-token context.
     let long = "the ".repeat(20);
-    expect_failure(&["predict", "--model", &good, "--prompt", &long], "longer than the model's context of 16");
-    expect_failure(&["generate", "--model", &good, "--prompt", &long], "longer than the model's context of 16");
+    expect_failure(
+        &["predict", "--model", &good, "--prompt", &long],
+        "longer than the model's context of 16",
+    );
+    expect_failure(
+        &["generate", "--model", &good, "--prompt", &long],
+        "longer than the model's context of 16",
+    );
 
-    expect_failure(&["predict", "--model", &good, "--prompt", ""], "tokenizes to nothing");
-    expect_failure(&["predict", "--model", &good, "--prompt", "x", "--device", "tpu"], "unknown device");
-    expect_failure(&["predict", "--model", "nosuchmodel", "--prompt", "x"], "neither an existing path nor a default model");
+    expect_failure(
+        &["predict", "--model", &good, "--prompt", ""],
+        "tokenizes to nothing",
+    );
+    expect_failure(
+        &[
+            "predict", "--model", &good, "--prompt", "x", "--device", "tpu",
+        ],
+        "unknown device",
+    );
+    expect_failure(
+        &["predict", "--model", "nosuchmodel", "--prompt", "x"],
+        "neither an existing path nor a default model",
+    );
 }
 
 /// Writes `m` as a Hugging Face folder: config.json, model.safetensors, tokenizer.json.
@@ -195,18 +317,35 @@ fn write_hf_folder(m: &ftedit::Model, dir: &Path) {
     let tensors: Vec<(String, tch::Tensor)> = m
         .params
         .iter()
-        .map(|(n, t)| (n.strip_prefix("transformer.").unwrap_or(n).to_string(), t.to_device(tch::Device::Cpu)))
+        .map(|(n, t)| {
+            (
+                n.strip_prefix("transformer.").unwrap_or(n).to_string(),
+                t.to_device(tch::Device::Cpu),
+            )
+        })
         .collect();
     tch::Tensor::write_safetensors(&tensors, dir.join("model.safetensors")).unwrap();
 
     use tokenizers::models::bpe::BPE;
-    let mut vocab: tokenizers::models::bpe::Vocab = common::bytes_to_unicode().iter().enumerate().map(|(i, c)| (c.to_string(), i as u32)).collect();
+    let mut vocab: tokenizers::models::bpe::Vocab = common::bytes_to_unicode()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), i as u32))
+        .collect();
     vocab.insert("Ġt".into(), 256);
     vocab.insert("he".into(), 257);
-    let merges = vec![("Ġ".to_string(), "t".to_string()), ("h".to_string(), "e".to_string())];
-    let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().unwrap();
+    let merges = vec![
+        ("Ġ".to_string(), "t".to_string()),
+        ("h".to_string(), "e".to_string()),
+    ];
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .unwrap();
     let mut tok = tokenizers::Tokenizer::new(bpe);
-    tok.with_pre_tokenizer(Some(tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true)));
+    tok.with_pre_tokenizer(Some(
+        tokenizers::pre_tokenizers::byte_level::ByteLevel::new(false, true, true),
+    ));
     tok.with_decoder(Some(tokenizers::decoders::byte_level::ByteLevel::default()));
     tok.save(dir.join("tokenizer.json"), false).unwrap();
 }
@@ -223,11 +362,17 @@ fn hugging_face_folders_load_with_their_names_and_layouts() {
             let got = loaded.params.get(name).unwrap().to_device(t.device());
             assert!(got.equal(t), "{}: {name}", cfg.name());
         }
-        assert_eq!(tok.encode("the tether", true).unwrap(), vec![116, 257, 256, 101, 116, 257, 114]);
+        assert_eq!(
+            tok.encode("the tether", true).unwrap(),
+            vec![116, 257, 256, 101, 116, 257, 114]
+        );
         assert_eq!(tok.decode(&[116, 257, 256]), "the t");
         // A missing tokenizer is named.
         std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
-        let err = ftedit::load(&dir, &LoadOptions::default()).err().unwrap().to_string();
+        let err = ftedit::load(&dir, &LoadOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("tokenizer.json"), "{err}");
     }
 }

@@ -6,7 +6,10 @@ mod common;
 use ftedit::formats::quant::{GgmlType, dequantize};
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 /// Every type against `gguf.quants.dequantize` (llama.cpp's gguf-py) on random blocks:
@@ -14,7 +17,11 @@ fn hex(s: &str) -> Vec<u8> {
 /// operations is kept, so the values agree bit for bit.
 #[test]
 fn dequantizers_match_gguf_py() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dequant.json")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/dequant.json"
+    ))
+    .unwrap();
     let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
     let types = [
         ("F32", GgmlType::F32),
@@ -32,8 +39,17 @@ fn dequantizers_match_gguf_py() {
     for (name, ty) in types {
         let case = &fixture["types"][name];
         let bytes = hex(case["hex"].as_str().unwrap());
-        let want: Vec<f32> = case["values"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-        assert_eq!(ty.bytes_for(want.len()), Some(bytes.len()), "{name}: layout");
+        let want: Vec<f32> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        assert_eq!(
+            ty.bytes_for(want.len()),
+            Some(bytes.len()),
+            "{name}: layout"
+        );
         let mut got = vec![0f32; want.len()];
         assert!(dequantize(ty, &bytes, &mut got), "{name}");
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

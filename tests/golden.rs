@@ -15,10 +15,22 @@ fn check_tokenizer(model: &str) {
     assert_eq!(tok.adds_bos(), r["bos_added_by_default"].as_bool().unwrap());
     for item in r["items"].as_array().unwrap() {
         let text = item["text"].as_str().unwrap();
-        assert_eq!(tok.encode(text, false).unwrap(), ids(&item["ids"]), "ids of {text:?}");
-        assert_eq!(tok.encode(text, true).unwrap(), ids(&item["ids_with_special"]), "model input of {text:?}");
+        assert_eq!(
+            tok.encode(text, false).unwrap(),
+            ids(&item["ids"]),
+            "ids of {text:?}"
+        );
+        assert_eq!(
+            tok.encode(text, true).unwrap(),
+            ids(&item["ids_with_special"]),
+            "model input of {text:?}"
+        );
         let decoded = tok.decode(&ids(&item["ids"]));
-        assert_eq!(decoded, item["decoded"].as_str().unwrap(), "decode of {text:?}");
+        assert_eq!(
+            decoded,
+            item["decoded"].as_str().unwrap(),
+            "decode of {text:?}"
+        );
     }
 }
 
@@ -33,8 +45,17 @@ fn check_next_token(model: &str) {
         let lp = Vec::<f64>::try_from(m.next_token_logprobs(&input).unwrap()).unwrap();
         let top = p["top10"].as_array().unwrap();
         // The argmax must agree exactly, and every reference top-10 log-prob within 1e-3.
-        let argmax = lp.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
-        assert_eq!(argmax as u64, top[0]["id"].as_u64().unwrap(), "top-1 of {prompt:?}");
+        let argmax = lp
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .unwrap()
+            .0;
+        assert_eq!(
+            argmax as u64,
+            top[0]["id"].as_u64().unwrap(),
+            "top-1 of {prompt:?}"
+        );
         for t in top {
             let id = t["id"].as_u64().unwrap() as usize;
             let diff = (lp[id] - t["logprob"].as_f64().unwrap()).abs();
@@ -68,7 +89,10 @@ fn gemma3_next_token_logprobs_match_reference() {
 
 fn rel_close(got: f64, want: f64, what: &str) {
     let rel = (got - want).abs() / want.abs().max(1e-12);
-    assert!(rel < 1e-3, "{what}: got {got}, reference {want} (relative error {rel:.2e})");
+    assert!(
+        rel < 1e-3,
+        "{what}: got {got}, reference {want} (relative error {rel:.2e})"
+    );
 }
 
 fn train_pairs(r: &serde_json::Value) -> Vec<Example> {
@@ -89,22 +113,42 @@ fn smollm2_training_step_matches_reference() {
     let batch = train_pairs(&r);
     let (m, tok) = load("smollm2");
     for (ex, p) in batch.iter().zip(r["pairs"].as_array().unwrap()) {
-        assert_eq!(tok.encode(p["prompt"].as_str().unwrap(), true).unwrap(), ex.prompt);
-        assert_eq!(tok.encode(p["target"].as_str().unwrap(), false).unwrap(), ex.target);
+        assert_eq!(
+            tok.encode(p["prompt"].as_str().unwrap(), true).unwrap(),
+            ex.prompt
+        );
+        assert_eq!(
+            tok.encode(p["target"].as_str().unwrap(), false).unwrap(),
+            ex.target
+        );
     }
 
     // Per-token NLLs of a right-padded batch.
     let nlls = target_token_nlls(&m, &batch).unwrap();
-    for (got, want) in nlls.iter().zip(r["per_example_target_token_nll"].as_array().unwrap()) {
+    for (got, want) in nlls
+        .iter()
+        .zip(r["per_example_target_token_nll"].as_array().unwrap())
+    {
         for (g, w) in got.iter().zip(want.as_array().unwrap()) {
-            assert!((g - w.as_f64().unwrap()).abs() < 1e-3, "token NLL {g} vs {w}");
+            assert!(
+                (g - w.as_f64().unwrap()).abs() < 1e-3,
+                "token NLL {g} vs {w}"
+            );
         }
     }
 
     // Losses and gradient norms with every parameter trainable.
     for (reduction, loss_key, grad_key) in [
-        (Reduction::TokenMean, "loss_token_mean", "grad_l2_norm_token_mean_loss"),
-        (Reduction::ExampleMean, "loss_example_mean", "grad_l2_norm_example_mean_loss"),
+        (
+            Reduction::TokenMean,
+            "loss_token_mean",
+            "grad_l2_norm_token_mean_loss",
+        ),
+        (
+            Reduction::ExampleMean,
+            "loss_example_mean",
+            "grad_l2_norm_example_mean_loss",
+        ),
     ] {
         m.params.set_trainable("*", true).unwrap();
         for (_, t) in m.params.iter() {
@@ -114,7 +158,11 @@ fn smollm2_training_step_matches_reference() {
             }
         }
         let loss = conditional_nll(&m, &batch, reduction).unwrap();
-        rel_close(loss.double_value(&[]), r[loss_key].as_f64().unwrap(), loss_key);
+        rel_close(
+            loss.double_value(&[]),
+            r[loss_key].as_f64().unwrap(),
+            loss_key,
+        );
         loss.backward();
         for (name, want) in r[grad_key].as_object().unwrap() {
             let g = m.params.get(name).unwrap().grad();
@@ -126,8 +174,14 @@ fn smollm2_training_step_matches_reference() {
     // One AdamW step on the down projections of layers 3-5, from a fresh model.
     let (m, _) = load("smollm2");
     let adam = &r["adamw"];
-    m.params.set_trainable("model.layers.{3..5}.mlp.down_proj.weight", true).unwrap();
-    let before = m.params.get("model.layers.3.mlp.down_proj.weight").unwrap().copy();
+    m.params
+        .set_trainable("model.layers.{3..5}.mlp.down_proj.weight", true)
+        .unwrap();
+    let before = m
+        .params
+        .get("model.layers.3.mlp.down_proj.weight")
+        .unwrap()
+        .copy();
     let mut opt = AdamW::new(
         &m.params,
         AdamWConfig {
@@ -137,13 +191,23 @@ fn smollm2_training_step_matches_reference() {
     )
     .unwrap();
     opt.zero_grad().unwrap();
-    conditional_nll(&m, &batch, Reduction::TokenMean).unwrap().backward();
+    conditional_nll(&m, &batch, Reduction::TokenMean)
+        .unwrap()
+        .backward();
     opt.step().unwrap();
     let after = m.params.get("model.layers.3.mlp.down_proj.weight").unwrap();
     let update = (after.detach() - before).to_kind(Kind::Double);
     let per = &adam["per_param"]["model.layers.3.mlp.down_proj.weight"];
-    rel_close(update.norm().double_value(&[]), per["update_l2"].as_f64().unwrap(), "update L2");
+    rel_close(
+        update.norm().double_value(&[]),
+        per["update_l2"].as_f64().unwrap(),
+        "update L2",
+    );
     let _g = tch::no_grad_guard();
     let loss_after = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap();
-    rel_close(loss_after.double_value(&[]), adam["loss_token_mean_after"].as_f64().unwrap(), "loss after the step");
+    rel_close(
+        loss_after.double_value(&[]),
+        adam["loss_token_mean_after"].as_f64().unwrap(),
+        "loss after the step",
+    );
 }

@@ -486,7 +486,13 @@ impl<'a> GgufWriter<'a> {
         self.metadata.push((key.into(), value));
     }
 
-    pub fn add_tensor(&mut self, name: impl Into<String>, dims: Vec<u64>, ty: GgmlType, data: impl Into<std::borrow::Cow<'a, [u8]>>) {
+    pub fn add_tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: Vec<u64>,
+        ty: GgmlType,
+        data: impl Into<std::borrow::Cow<'a, [u8]>>,
+    ) {
         self.tensors.push(TensorOut {
             name: name.into(),
             dims,

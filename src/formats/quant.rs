@@ -84,7 +84,7 @@ impl GgmlType {
     /// whole number of blocks.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
         let (block, bytes) = self.block_layout()?;
-        (n % block == 0).then(|| n / block * bytes)
+        n.is_multiple_of(block).then(|| n / block * bytes)
     }
 
     pub fn name(self) -> String {

@@ -123,6 +123,7 @@ pub fn generate(
         lengths: vec![len; b],
         key_mask: key_mask.as_ref().map(Tensor::shallow_clone),
         positions: positions.as_ref().map(Tensor::shallow_clone),
+        segments: None,
     };
     let mut cache = KvCache::new();
     let mut rng = SplitMix64(opts.seed);
@@ -159,6 +160,7 @@ pub fn generate(
             lengths: vec![1; b],
             key_mask: key_mask.as_ref().map(Tensor::shallow_clone),
             positions: positions.as_ref().map(Tensor::shallow_clone),
+            segments: None,
         };
     }
     Ok(out)

@@ -138,6 +138,9 @@ pub struct Input {
     pub key_mask: Option<Tensor>,
     /// Positions `[B, T]`; `None` means `past + 0..T` for every row.
     pub positions: Option<Tensor>,
+    /// Segment ids `[B, T]` when several sequences are packed into one row: a token
+    /// attends only to earlier tokens of its own segment (see [`Input::packed`]).
+    pub segments: Option<Tensor>,
 }
 
 impl Input {
@@ -161,7 +164,62 @@ impl Input {
             lengths,
             key_mask: None,
             positions: None,
+            segments: None,
         })
+    }
+
+    /// Packs sequences into as few rows as possible (first-fit by decreasing length,
+    /// rows as long as the longest sequence), each sequence attending only to itself
+    /// with positions from 0, so no compute is spent on padding. Returns the batch and
+    /// where each sequence landed, as `(row, offset)`.
+    pub fn packed<S: AsRef<[u32]>>(
+        seqs: &[S],
+        device: Device,
+    ) -> Result<(Self, Vec<(usize, usize)>)> {
+        let lens: Vec<usize> = seqs.iter().map(|s| s.as_ref().len()).collect();
+        if seqs.is_empty() || lens.contains(&0) {
+            return Err(Error::Input("empty batch or empty sequence".into()));
+        }
+        let cap = *lens.iter().max().unwrap();
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
+        let mut fill: Vec<usize> = Vec::new();
+        let mut place = vec![(0, 0); seqs.len()];
+        for i in order {
+            let row = match fill.iter().position(|&f| f + lens[i] <= cap) {
+                Some(r) => r,
+                None => {
+                    fill.push(0);
+                    fill.len() - 1
+                }
+            };
+            place[i] = (row, fill[row]);
+            fill[row] += lens[i];
+        }
+        let rows = fill.len();
+        let mut ids = vec![0i64; rows * cap];
+        let mut pos = vec![0i64; rows * cap];
+        let mut seg = vec![-1i64; rows * cap];
+        for (i, s) in seqs.iter().enumerate() {
+            let (r, off) = place[i];
+            for (j, &id) in s.as_ref().iter().enumerate() {
+                ids[r * cap + off + j] = id as i64;
+                pos[r * cap + off + j] = j as i64;
+                seg[r * cap + off + j] = i as i64;
+            }
+        }
+        let shape = [rows as i64, cap as i64];
+        let t = |v: &[i64]| Tensor::from_slice(v).view(shape).to_device(device);
+        Ok((
+            Input {
+                ids: t(&ids),
+                lengths: fill,
+                key_mask: None,
+                positions: Some(t(&pos)),
+                segments: Some(t(&seg)),
+            },
+            place,
+        ))
     }
 
     pub fn batch_size(&self) -> usize {
@@ -343,6 +401,7 @@ impl Model {
     /// Hidden states `[B, T, D]` before the final norm.
     pub fn hidden_states(&self, input: &Input, extras: ForwardExtras) -> Result<Tensor> {
         let past = extras.cache.as_ref().map_or(0, |c| c.len());
+        let has_cache = extras.cache.is_some();
         let t = input.seq_len();
         if past + t > self.max_positions() {
             return Err(Error::ContextOverflow {
@@ -357,16 +416,16 @@ impl Model {
                 .unsqueeze(0)
                 .expand([input.batch_size() as i64, t as i64], false),
         };
+        if input.segments.is_some() && has_cache {
+            return Err(Error::Input("packed inputs cannot use a KV cache".into()));
+        }
         let grad_from = self.grad_from();
         let ForwardExtras { hooks, cache } = extras;
-        let mut ctx = Ctx::new(
-            positions,
-            past,
-            input.key_mask.as_ref().map(Tensor::shallow_clone),
-            cache,
-            hooks,
-            grad_from,
-        );
+        let masks = nn::MaskInputs {
+            key_mask: input.key_mask.as_ref().map(Tensor::shallow_clone),
+            segments: input.segments.as_ref().map(Tensor::shallow_clone),
+        };
+        let mut ctx = Ctx::new(positions, past, masks, cache, hooks, grad_from);
         let h = self.arch.hidden_states(&input.ids, &mut ctx);
         if let Some(c) = ctx.cache {
             c.advance(t);

@@ -57,7 +57,11 @@ impl RmsNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let kind = x.kind();
         // At least f32; f64 models (used for finite-difference tests) stay f64.
-        let up = if kind == Kind::Double { Kind::Double } else { Kind::Float };
+        let up = if kind == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
         let xf = x.to_kind(up);
         let var = xf.square().mean_dim(-1, true, up);
         let normed = xf * (var + self.eps).rsqrt();
@@ -257,14 +261,21 @@ impl LayerHooks for AddToMlpOutput {
     }
 }
 
+/// What shapes the attention mask beyond causality.
+pub struct MaskInputs {
+    /// Key padding mask `[B, past + T]` (true = real token), if any position is padding.
+    pub key_mask: Option<Tensor>,
+    /// Segment ids `[B, T]` of packed sequences.
+    pub segments: Option<Tensor>,
+}
+
 /// What a forward pass carries through the layers.
 pub struct Ctx<'a> {
     /// Positions `[B, T]` of the input tokens.
     pub positions: Tensor,
     /// Keys already cached before this input.
     pub past: usize,
-    /// Key padding mask `[B, past + T]` (true = real token), if any position is padding.
-    pub key_mask: Option<Tensor>,
+    masks_in: MaskInputs,
     pub cache: Option<&'a mut KvCache>,
     pub hooks: Option<&'a mut dyn LayerHooks>,
     /// First stage that needs an autograd graph: 0 = embedding, `i + 1` = layer `i`.
@@ -282,7 +293,7 @@ impl<'a> Ctx<'a> {
     pub(crate) fn new(
         positions: Tensor,
         past: usize,
-        key_mask: Option<Tensor>,
+        masks_in: MaskInputs,
         cache: Option<&'a mut KvCache>,
         hooks: Option<&'a mut dyn LayerHooks>,
         grad_from: usize,
@@ -290,7 +301,7 @@ impl<'a> Ctx<'a> {
         Ctx {
             positions,
             past,
-            key_mask,
+            masks_in,
             cache,
             hooks,
             grad_from,
@@ -311,9 +322,11 @@ impl<'a> Ctx<'a> {
         let q_len = self.positions.size()[1] as usize;
         let k_len = self.past + q_len;
         let windowed = window.is_some_and(|w| w < k_len);
-        let m = if self.key_mask.is_none() && !windowed && self.past == 0 {
+        let plain =
+            self.masks_in.key_mask.is_none() && self.masks_in.segments.is_none() && !windowed;
+        let m = if plain && self.past == 0 {
             AttnMaskCached::Causal
-        } else if self.key_mask.is_none() && !windowed && q_len == 1 {
+        } else if plain && q_len == 1 {
             AttnMaskCached::Full
         } else {
             let device = self.positions.device();
@@ -325,7 +338,12 @@ impl<'a> Ctx<'a> {
                 allowed = allowed.logical_and(&(&q - &k).lt(w as i64));
             }
             let mut allowed = allowed.unsqueeze(0).unsqueeze(0);
-            if let Some(km) = &self.key_mask {
+            if let Some(seg) = &self.masks_in.segments {
+                // Packed rows: each segment attends within itself (shapes [B, 1, T, T]).
+                allowed = allowed
+                    .logical_and(&seg.unsqueeze(-1).eq_tensor(&seg.unsqueeze(-2)).unsqueeze(1));
+            }
+            if let Some(km) = &self.masks_in.key_mask {
                 // A query always sees itself, so rows of padding never go all-masked (NaN).
                 let diag = k.eq_tensor(&q).unsqueeze(0).unsqueeze(0);
                 allowed = allowed

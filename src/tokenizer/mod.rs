@@ -24,7 +24,7 @@ use spm::{Spm, TokenType};
 
 enum Inner {
     Hf(Box<tokenizers::Tokenizer>),
-    Spm(Spm),
+    Spm(Box<Spm>),
 }
 
 /// A model's tokenizer, with its special tokens.
@@ -117,7 +117,7 @@ impl Tokenizer {
                     });
                 }
                 let add_space_prefix = opt_bool("tokenizer.ggml.add_space_prefix").unwrap_or(true);
-                Inner::Spm(Spm::new(tokens, scores, types, add_space_prefix))
+                Inner::Spm(Box::new(Spm::new(tokens, scores, types, add_space_prefix)))
             }
             other => {
                 return Err(Error::Tokenizer(format!(

@@ -25,37 +25,70 @@ pub enum Reduction {
     ExampleMean,
 }
 
-/// Builds the batch and the `(row, position)` pairs whose logits predict target tokens.
-fn layout(batch: &[Example], model: &Model) -> Result<(Input, Vec<(usize, usize)>, Vec<i64>, Vec<i64>)> {
+/// A packed batch and where its target tokens are predicted.
+struct Layout {
+    input: Input,
+    /// `(row, position)` of the logits that predict each target token.
+    at: Vec<(usize, usize)>,
+    labels: Vec<i64>,
+    /// The example each target token belongs to.
+    owner: Vec<i64>,
+}
+
+/// Packs the batch (no compute on padding) and lists the positions whose logits predict
+/// target tokens.
+fn layout(batch: &[Example], model: &Model) -> Result<Layout> {
     let mut seqs = Vec::with_capacity(batch.len());
-    let (mut at, mut labels, mut owner) = (Vec::new(), Vec::new(), Vec::new());
     for (r, ex) in batch.iter().enumerate() {
         if ex.prompt.is_empty() || ex.target.is_empty() {
-            return Err(Error::Input(format!("example {r} has an empty prompt or target")));
-        }
-        let p = ex.prompt.len();
-        for (j, &tok) in ex.target.iter().enumerate() {
-            at.push((r, p - 1 + j));
-            labels.push(tok as i64);
-            owner.push(r as i64);
+            return Err(Error::Input(format!(
+                "example {r} has an empty prompt or target"
+            )));
         }
         seqs.push([ex.prompt.as_slice(), ex.target.as_slice()].concat());
     }
-    Ok((Input::right_padded(&seqs, model.device())?, at, labels, owner))
+    let (input, place) = Input::packed(&seqs, model.device())?;
+    let (mut at, mut labels, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, (ex, (row, offset))) in batch.iter().zip(place).enumerate() {
+        for (j, &tok) in ex.target.iter().enumerate() {
+            at.push((row, offset + ex.prompt.len() - 1 + j));
+            labels.push(tok as i64);
+            owner.push(r as i64);
+        }
+    }
+    Ok(Layout {
+        input,
+        at,
+        labels,
+        owner,
+    })
 }
 
 /// Per-token NLLs `[N]` of all target tokens of the batch, in order, and each token's
 /// example index.
 fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)> {
-    let (input, at, labels, owner) = layout(batch, model)?;
+    let Layout {
+        input,
+        at,
+        labels,
+        owner,
+    } = layout(batch, model)?;
     let device = model.device();
     let logits = model.forward(&input, &LogitsAt::Positions(at))?;
     let labels = Tensor::from_slice(&labels).to_device(device);
     // Low-precision models take the loss in f32; f64 models keep f64.
-    let kind = if logits.kind() == Kind::Double { Kind::Double } else { Kind::Float };
-    let nll = logits
-        .to_kind(kind)
-        .cross_entropy_loss::<Tensor>(&labels, None, tch::Reduction::None, -100, 0.0);
+    let kind = if logits.kind() == Kind::Double {
+        Kind::Double
+    } else {
+        Kind::Float
+    };
+    let nll = logits.to_kind(kind).cross_entropy_loss::<Tensor>(
+        &labels,
+        None,
+        tch::Reduction::None,
+        -100,
+        0.0,
+    );
     Ok((nll, Tensor::from_slice(&owner).to_device(device)))
 }
 
@@ -69,7 +102,9 @@ pub fn conditional_nll(model: &Model, batch: &[Example], reduction: Reduction) -
             let n = batch.len() as i64;
             let sums = Tensor::zeros([n], (nll.kind(), nll.device())).index_add(0, &owner, &nll);
             let counts: Vec<f64> = batch.iter().map(|e| e.target.len() as f64).collect();
-            let counts = Tensor::from_slice(&counts).to_kind(nll.kind()).to_device(nll.device());
+            let counts = Tensor::from_slice(&counts)
+                .to_kind(nll.kind())
+                .to_device(nll.device());
             (sums / counts).mean(nll.kind())
         }
     })

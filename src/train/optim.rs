@@ -35,11 +35,22 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(store: &ParamStore, cfg: AdamWConfig) -> Result<Self> {
-        let params: Vec<Tensor> = store.trainable().into_iter().map(|(_, t)| t.shallow_clone()).collect();
+        let params: Vec<Tensor> = store
+            .trainable()
+            .into_iter()
+            .map(|(_, t)| t.shallow_clone())
+            .collect();
         if params.is_empty() {
             return Err(Error::Input("no trainable parameters".into()));
         }
-        let mut inner = COptimizer::adamw(cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.eps, false)?;
+        let mut inner = COptimizer::adamw(
+            cfg.lr,
+            cfg.beta1,
+            cfg.beta2,
+            cfg.weight_decay,
+            cfg.eps,
+            false,
+        )?;
         for p in &params {
             inner.add_parameters(p, 0)?;
         }

@@ -28,7 +28,11 @@ pub fn load(name: &str) -> (Model, Tokenizer) {
 }
 
 pub fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 use ftedit::model::{ArchConfig, gemma3, gpt2, llama};
@@ -94,7 +98,12 @@ pub fn tiny_gpt2() -> ArchConfig {
 
 /// One tiny configuration of every architecture.
 pub fn tiny_configs() -> Vec<ArchConfig> {
-    vec![tiny_llama(false), tiny_llama(true), tiny_gemma3(4, false), tiny_gpt2()]
+    vec![
+        tiny_llama(false),
+        tiny_llama(true),
+        tiny_gemma3(4, false),
+        tiny_gpt2(),
+    ]
 }
 
 pub fn random_model(config: ArchConfig, kind: Kind) -> Model {
@@ -107,7 +116,10 @@ use tch::Tensor;
 
 /// GPT-2's byte → printable-character table, which byte-level BPE vocabularies use.
 pub fn bytes_to_unicode() -> Vec<char> {
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
     let mut cs = bs.clone();
     let mut n = 0;
     for b in 0..256u32 {
@@ -126,7 +138,10 @@ pub fn bytes_to_unicode() -> Vec<char> {
 
 /// A byte-level BPE vocabulary of the 256 bytes plus two merges ("Ġt", "he").
 pub fn tiny_bpe_metadata() -> Vec<(String, Value)> {
-    let mut tokens: Vec<Value> = bytes_to_unicode().iter().map(|c| Value::String(c.to_string())).collect();
+    let mut tokens: Vec<Value> = bytes_to_unicode()
+        .iter()
+        .map(|c| Value::String(c.to_string()))
+        .collect();
     tokens.push(Value::String("Ġt".into()));
     tokens.push(Value::String("he".into()));
     let merges = vec![Value::String("Ġ t".into()), Value::String("h e".into())];
@@ -161,7 +176,14 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("self_attn.o_proj", "attn_output"),
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),
-        ("post_attention_layernorm", if arch == "gemma3" { "post_attention_norm" } else { "ffn_norm" }),
+        (
+            "post_attention_layernorm",
+            if arch == "gemma3" {
+                "post_attention_norm"
+            } else {
+                "ffn_norm"
+            },
+        ),
         ("pre_feedforward_layernorm", "ffn_norm"),
         ("post_feedforward_layernorm", "post_ffw_norm"),
         ("mlp.gate_proj", "ffn_gate"),
@@ -175,16 +197,29 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("mlp.c_proj", "ffn_down"),
     ];
     if let Some((_, g)) = global.iter().find(|(h, _)| *h == name) {
-        let t = if arch == "gemma3" && name == "model.norm.weight" { t + 1.0 } else { t.shallow_clone() };
+        let t = if arch == "gemma3" && name == "model.norm.weight" {
+            t + 1.0
+        } else {
+            t.shallow_clone()
+        };
         return (g.to_string(), t);
     }
-    let rest = name.strip_prefix("model.layers.").or_else(|| name.strip_prefix("transformer.h.")).unwrap();
+    let rest = name
+        .strip_prefix("model.layers.")
+        .or_else(|| name.strip_prefix("transformer.h."))
+        .unwrap();
     let (l, field) = rest.split_once('.').unwrap();
     let (base, suffix) = field.rsplit_once('.').unwrap();
-    let g = layer.iter().find(|(h, _)| *h == base).unwrap_or_else(|| panic!("{name}")).1;
+    let g = layer
+        .iter()
+        .find(|(h, _)| *h == base)
+        .unwrap_or_else(|| panic!("{name}"))
+        .1;
     let permute = |t: &Tensor, n: i64| {
         let (rows, cols) = (t.size()[0], t.size()[1]);
-        t.reshape([n, 2, rows / n / 2, cols]).transpose(1, 2).reshape([rows, cols])
+        t.reshape([n, 2, rows / n / 2, cols])
+            .transpose(1, 2)
+            .reshape([rows, cols])
     };
     let t = match (arch, base, suffix) {
         ("llama", "self_attn.q_proj", "weight") => permute(t, heads),
@@ -219,7 +254,10 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
             ] {
                 w.add_metadata(a(k), Value::U32(v as u32));
             }
-            w.add_metadata(a("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+            w.add_metadata(
+                a("attention.layer_norm_rms_epsilon"),
+                Value::F32(c.rms_norm_eps as f32),
+            );
             w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
             (c.num_attention_heads, c.num_key_value_heads)
         }
@@ -235,7 +273,10 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
             ] {
                 w.add_metadata(a(k), Value::U32(v as u32));
             }
-            w.add_metadata(a("attention.layer_norm_rms_epsilon"), Value::F32(c.rms_norm_eps as f32));
+            w.add_metadata(
+                a("attention.layer_norm_rms_epsilon"),
+                Value::F32(c.rms_norm_eps as f32),
+            );
             w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
             (c.num_attention_heads, c.num_key_value_heads)
         }
@@ -248,7 +289,10 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
             ] {
                 w.add_metadata(a(k), Value::U32(v as u32));
             }
-            w.add_metadata(a("attention.layer_norm_epsilon"), Value::F32(c.layer_norm_epsilon as f32));
+            w.add_metadata(
+                a("attention.layer_norm_epsilon"),
+                Value::F32(c.layer_norm_epsilon as f32),
+            );
             (c.n_head, c.n_head)
         }
     };
