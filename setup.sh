@@ -15,7 +15,7 @@ TORCH_VERSION="2.11.0"
 # libtorch_cpu.so links the CUDA runtime and CUPTI even on CPU; the full CUDA stack
 # (4-5 GB) is only needed to run on a GPU, where the machine's own torch is used.
 CUDA_WHEELS="nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85"
-BENCH_PACKAGES="transformers==5.2.0 numpy safetensors filelock typing-extensions sympy networkx jinja2 fsspec"
+BENCH_PACKAGES="torch==$TORCH_VERSION transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy"
 MODELS="${FTEDIT_MODELS:-smollm2 gemma3}"
 PYTHON="${PYTHON:-python3}"
 
@@ -44,7 +44,7 @@ fi
 ln -sfn "$SITE/torch" libtorch
 
 if [ "$WITH_BENCH" = 1 ]; then
-  say "installing benchmark packages into .venv"
+  say "installing the PyTorch + transformers comparison stack into .venv (full CUDA wheels, ~5 GB)"
   .venv/bin/pip install --quiet --disable-pip-version-check $BENCH_PACKAGES
 fi
 

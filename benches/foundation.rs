@@ -2,7 +2,9 @@
 //! training step (forward + backward + AdamW on the MLPs of layers 3-5, batch of 32
 //! ~20-token CounterFact paraphrase prompts with their new targets), medians of
 //! several runs. Writes the batch it trained on so bench/foundation_torch.py times the
-//! same step in PyTorch. Run through bench/foundation.sh.
+//! same step in PyTorch. Run through bench/foundation.sh (CPU) or bench/device.sh (GPU,
+//! where the model files cannot travel: `--config` builds random weights of the same
+//! shapes, `--batch-in` reads the batch the CPU run wrote).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +38,15 @@ struct Args {
     /// Batch size of the training step.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// A Hugging Face config.json: random weights of that shape instead of a model file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Read the training batch (token ids) from this file instead of tokenizing data.
+    #[arg(long)]
+    batch_in: Option<PathBuf>,
+    /// Parameter dtype: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Cargo's bench harness flag (ignored).
     #[arg(long, hide = true)]
     bench: bool,
@@ -63,28 +74,83 @@ fn main() -> anyhow::Result<()> {
     tch::set_num_threads(args.threads);
     let opts = LoadOptions {
         device: runtime::parse_device(&args.device)?,
-        ..LoadOptions::default()
+        kind: runtime::parse_kind(&args.dtype)?,
     };
-    let path = registry::resolve(&args.model)?;
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
 
-    let mut loads = Vec::new();
-    for _ in 0..3 {
-        let (_, secs) = time(|| ftedit::load(&path, &opts));
-        loads.push(secs);
-    }
-    let (model, tok) = ftedit::load(&path, &opts)?;
+    let (model, tok, load_s) = match &args.config {
+        Some(cfg) => {
+            let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cfg)?)?;
+            let config = ftedit::model::ArchConfig::from_hf(&j)?;
+            (
+                ftedit::Model::random(config, 0, 0.02, opts.kind, opts.device)?,
+                None,
+                None,
+            )
+        }
+        None => {
+            let path = registry::resolve(&args.model)?;
+            let mut loads = Vec::new();
+            for _ in 0..3 {
+                let (_, secs) = time(|| ftedit::load(&path, &opts));
+                loads.push(secs);
+            }
+            let (model, tok) = ftedit::load(&path, &opts)?;
+            (model, Some(tok), Some(median(loads)))
+        }
+    };
     let device = model.device();
 
-    // Forward latency: 16 tokens, next-token logits.
-    let text = std::fs::read_to_string(&args.data)?;
-    let records: Vec<serde_json::Value> = serde_json::from_str(&text)?;
-    let long = records
+    // The training batch: 32 CounterFact paraphrase prompts with their new targets.
+    let batch: Vec<Example> = match (&args.batch_in, &tok) {
+        (Some(file), _) => {
+            let j: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)?;
+            j["examples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| Example {
+                    prompt: ids(&e["prompt"]),
+                    target: ids(&e["target"]),
+                })
+                .collect()
+        }
+        (None, Some(tok)) => {
+            let records: Vec<serde_json::Value> =
+                serde_json::from_str(&std::fs::read_to_string(&args.data)?)?;
+            records
+                .iter()
+                .take(args.batch)
+                .map(|r| {
+                    let prompt = r["paraphrase_prompts"][0].as_str().unwrap();
+                    let target = format!(
+                        " {}",
+                        r["requested_rewrite"]["target_new"]["str"]
+                            .as_str()
+                            .unwrap()
+                    );
+                    Ok(Example {
+                        prompt: tok.encode(prompt, true)?,
+                        target: tok.encode(&target, false)?,
+                    })
+                })
+                .collect::<anyhow::Result<_>>()?
+        }
+        (None, None) => anyhow::bail!("--config needs --batch-in"),
+    };
+
+    // Forward latency: the first 16 tokens of the batch's prompts, next-token logits.
+    let prompt16: Vec<u32> = batch
         .iter()
-        .flat_map(|r| r["paraphrase_prompts"].as_array().unwrap())
-        .map(|p| p.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let prompt16: Vec<u32> = tok.encode(&long, true)?[..16].to_vec();
+        .flat_map(|e| e.prompt.iter().copied())
+        .take(16)
+        .collect();
     let input = Input::right_padded(&[&prompt16], device)?;
     let mut fwd = Vec::new();
     {
@@ -102,23 +168,6 @@ fn main() -> anyhow::Result<()> {
     }
 
     // Training step on the MLPs of layers 3-5.
-    let batch: Vec<Example> = records
-        .iter()
-        .take(args.batch)
-        .map(|r| {
-            let prompt = r["paraphrase_prompts"][0].as_str().unwrap();
-            let target = format!(
-                " {}",
-                r["requested_rewrite"]["target_new"]["str"]
-                    .as_str()
-                    .unwrap()
-            );
-            Ok(Example {
-                prompt: tok.encode(prompt, true)?,
-                target: tok.encode(&target, false)?,
-            })
-        })
-        .collect::<anyhow::Result<_>>()?;
     let tokens: usize = batch.iter().map(|e| e.prompt.len() + e.target.len()).sum();
     model
         .params
@@ -162,10 +211,12 @@ fn main() -> anyhow::Result<()> {
         "{}",
         json!({
             "impl": "ftedit",
-            "model": args.model,
+            "model": args.config.as_ref().map_or(args.model.clone(), |c| c.display().to_string()),
             "device": format!("{device:?}"),
             "threads": args.threads,
-            "load_s": median(loads),
+            "load_s": load_s,
+            "dtype": args.dtype,
+            "prompt16": prompt16,
             "forward16_ms": median(fwd) * 1e3,
             "train_step_ms": median(steps) * 1e3,
             "batch": batch.len(),

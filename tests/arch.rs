@@ -406,3 +406,37 @@ fn packed_sequences_give_the_logits_of_each_sequence_alone() {
         }
     }
 }
+
+#[test]
+fn f32_on_the_test_device_agrees_with_f64_on_the_cpu() {
+    // On CPU this checks single against double precision; with FTEDIT_TEST_DEVICE=cuda
+    // it checks the GPU against the CPU as well.
+    for cfg in tiny_configs() {
+        let reference =
+            ftedit::Model::random(cfg.clone(), 11, 0.2, Kind::Double, tch::Device::Cpu).unwrap();
+        let m = reference.to(common::test_device(), Kind::Float).unwrap();
+        let s = seqs();
+        let want = reference
+            .forward(
+                &Input::right_padded(&s, tch::Device::Cpu).unwrap(),
+                &LogitsAt::All,
+            )
+            .unwrap();
+        let got = m
+            .forward(
+                &Input::right_padded(&s, m.device()).unwrap(),
+                &LogitsAt::All,
+            )
+            .unwrap();
+        let d = max_diff(
+            &got.to_device(tch::Device::Cpu).to_kind(Kind::Double),
+            &want,
+        );
+        assert!(
+            d < 1e-4,
+            "{}: f32 on {:?} differs from f64 by {d}",
+            cfg.name(),
+            m.device()
+        );
+    }
+}

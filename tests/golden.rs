@@ -211,3 +211,19 @@ fn smollm2_training_step_matches_reference() {
         "loss after the step",
     );
 }
+
+#[test]
+fn benchmark_configs_describe_the_default_models() {
+    // bench/configs/*.json stand in for the models where the files cannot travel (GPU runs).
+    for name in ["smollm2", "gemma3"] {
+        let (m, _) = load(name);
+        let path = format!("{}/bench/configs/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(
+            &ftedit::model::ArchConfig::from_hf(&j).unwrap(),
+            m.config(),
+            "{name}"
+        );
+    }
+}

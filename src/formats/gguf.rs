@@ -47,9 +47,11 @@ impl Value {
         }
     }
 
+    /// A number as f64. An f32 becomes the f64 of its shortest decimal form, so an
+    /// `rms_norm_eps` of `1e-5` reads as `1e-5`, as in the model's `config.json`.
     pub fn as_f64(&self) -> Option<f64> {
         match *self {
-            Value::F32(v) => Some(v as f64),
+            Value::F32(v) => v.to_string().parse().ok(),
             Value::F64(v) => Some(v),
             _ => self.as_u64().map(|v| v as f64),
         }

@@ -277,18 +277,7 @@ fn read_json(path: &Path) -> Result<Json> {
 fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     let cfg_path = dir.join("config.json");
     let j = read_json(&cfg_path)?;
-    let model_type = j.get("model_type").and_then(Json::as_str).unwrap_or("");
-    let config = match model_type {
-        "llama" | "mistral" | "qwen2" => ArchConfig::Llama(llama::Config::from_hf(&j)?),
-        "gemma3_text" => ArchConfig::Gemma3(gemma3::Config::from_hf(&j)?),
-        "gpt2" => ArchConfig::Gpt2(gpt2::Config::from_hf(&j)?),
-        "gemma3" => {
-            return Err(Error::Config(
-                "multimodal gemma3 checkpoints are not supported; use a text-only (gemma3_text) model".into(),
-            ));
-        }
-        other => return Err(Error::UnknownArchitecture(other.into())),
-    };
+    let config = ArchConfig::from_hf(&j)?;
     let files = safetensors_files(dir)?;
     let specs: HashMap<String, Vec<i64>> = config
         .param_specs()

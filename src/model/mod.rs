@@ -58,6 +58,25 @@ pub enum ArchConfig {
 }
 
 impl ArchConfig {
+    /// From a Hugging Face `config.json`, by its `model_type`.
+    pub fn from_hf(j: &serde_json::Value) -> Result<Self> {
+        let model_type = j
+            .get("model_type")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("");
+        Ok(match model_type {
+            "llama" | "mistral" | "qwen2" => ArchConfig::Llama(llama::Config::from_hf(j)?),
+            "gemma3_text" => ArchConfig::Gemma3(gemma3::Config::from_hf(j)?),
+            "gpt2" => ArchConfig::Gpt2(gpt2::Config::from_hf(j)?),
+            "gemma3" => {
+                return Err(Error::Config(
+                    "multimodal gemma3 checkpoints are not supported; use a text-only (gemma3_text) model".into(),
+                ));
+            }
+            other => return Err(Error::UnknownArchitecture(other.into())),
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             ArchConfig::Llama(c) if c.attention_bias => "qwen2",
@@ -294,6 +313,15 @@ impl Model {
             params.insert(spec.name, t);
         }
         Self::from_params(config, params, "")
+    }
+
+    /// A copy of the model on another device and/or in another dtype.
+    pub fn to(&self, device: Device, kind: Kind) -> Result<Self> {
+        let mut params = ParamStore::new();
+        for (name, t) in self.params.iter() {
+            params.insert(name, t.detach().to_device(device).to_kind(kind));
+        }
+        Self::from_params(self.config.clone(), params, &self.source)
     }
 
     pub fn config(&self) -> &ArchConfig {
