@@ -7,7 +7,32 @@
 //! - [`model`]: architectures behind one [`model::Model`], loading, forward passes
 //!   built for editing (logits only where needed, frozen layers without autograd,
 //!   MLP hooks), generation.
+//! - [`train`]: the conditional-likelihood loss and the optimiser.
 //! - [`runtime`]: devices and the libtorch runtime.
+//!
+//! ```
+//! use ftedit::model::{ArchConfig, Model};
+//! use ftedit::{Input, LogitsAt};
+//!
+//! // A tiny random llama; `ftedit::load(path, &LoadOptions::default())` loads a real one.
+//! let config = ArchConfig::from_hf(&serde_json::json!({
+//!     "model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+//!     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+//! }))?;
+//! let model = Model::random(config, 0, 0.02, tch::Kind::Float, tch::Device::Cpu)?;
+//!
+//! // A right-padded batch; logits for each row's last token only.
+//! let input = Input::right_padded(&[vec![1, 2, 3], vec![4, 5]], model.device())?;
+//! assert_eq!(model.forward(&input, &LogitsAt::Last)?.size(), [2, 100]);
+//! // Or at chosen (row, position) pairs: the vocabulary projection runs only there.
+//! let some = model.forward(&input, &LogitsAt::Positions(vec![(0, 1), (1, 0)]))?;
+//! assert_eq!(some.size(), [2, 100]);
+//!
+//! // Train layer 1's MLP: layer 0 then runs without an autograd graph.
+//! model.params.set_trainable("model.layers.1.mlp.*", true)?;
+//! assert_eq!(model.grad_from(), 2);
+//! # Ok::<(), ftedit::Error>(())
+//! ```
 
 pub mod error;
 pub mod formats;

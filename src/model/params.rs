@@ -130,8 +130,14 @@ impl ParamStore {
 }
 
 /// Matches a parameter name against a pattern: `*` any run of characters, `?` one
-/// character, `{a,b}` alternatives and `{3..5}` an inclusive integer range; e.g.
-/// `model.layers.{3..5}.mlp.*`.
+/// character, `{a,b}` alternatives and `{3..5}` an inclusive integer range.
+///
+/// ```
+/// use ftedit::model::glob_match;
+/// assert!(glob_match("model.layers.{3..5}.mlp.*", "model.layers.4.mlp.up_proj.weight"));
+/// assert!(glob_match("*.{q,k}_proj.weight", "model.layers.0.self_attn.k_proj.weight"));
+/// assert!(!glob_match("model.layers.{3..5}.mlp.*", "model.layers.6.mlp.up_proj.weight"));
+/// ```
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     expand_braces(pattern)
         .iter()
