@@ -389,20 +389,34 @@ fn packed_sequences_give_the_logits_of_each_sequence_alone() {
     for cfg in tiny_configs() {
         let m = random_model(cfg.clone(), Kind::Float);
         let s = seqs();
-        let (packed, place) = Input::packed(&s, m.device()).unwrap();
-        // 10 + 6 + 3 tokens fit in two rows of 10: no padding beyond the last row.
-        assert_eq!(packed.batch_size(), 2, "{}", cfg.name());
-        let all = m.forward(&packed, &LogitsAt::All).unwrap();
-        for (seq, (row, off)) in s.iter().zip(place) {
-            let alone = m
-                .forward(
-                    &Input::right_padded(&[seq], m.device()).unwrap(),
-                    &LogitsAt::All,
-                )
-                .unwrap();
-            let got = all.get(row as i64).narrow(0, off as i64, seq.len() as i64);
-            let d = max_diff(&got, &alone.get(0));
-            assert!(d < 1e-5, "{}: packed sequence differs by {d}", cfg.name());
+        // All 10 + 6 + 3 tokens in one row, or in two rows of at most 10.
+        let one = Input::packed(&s, m.device()).unwrap();
+        let two = Input::packed_into(&s, 10, m.device()).unwrap();
+        assert_eq!(
+            (one.0.batch_size(), one.0.seq_len()),
+            (1, 19),
+            "{}",
+            cfg.name()
+        );
+        assert_eq!(
+            (two.0.batch_size(), two.0.seq_len()),
+            (2, 10),
+            "{}",
+            cfg.name()
+        );
+        for (packed, place) in [one, two] {
+            let all = m.forward(&packed, &LogitsAt::All).unwrap();
+            for (seq, &(row, off)) in s.iter().zip(&place) {
+                let alone = m
+                    .forward(
+                        &Input::right_padded(&[seq], m.device()).unwrap(),
+                        &LogitsAt::All,
+                    )
+                    .unwrap();
+                let got = all.get(row as i64).narrow(0, off as i64, seq.len() as i64);
+                let d = max_diff(&got, &alone.get(0));
+                assert!(d < 1e-5, "{}: packed sequence differs by {d}", cfg.name());
+            }
         }
     }
 }

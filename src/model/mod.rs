@@ -187,19 +187,33 @@ impl Input {
         })
     }
 
-    /// Packs sequences into as few rows as possible (first-fit by decreasing length,
-    /// rows as long as the longest sequence), each sequence attending only to itself
-    /// with positions from 0, so no compute is spent on padding. Returns the batch and
-    /// where each sequence landed, as `(row, offset)`.
+    /// Packs sequences into as few rows as possible (first-fit by decreasing length),
+    /// each sequence attending only to itself with positions from 0, so almost no
+    /// compute is spent on padding. Rows hold up to [`Input::PACK_ROW`] tokens, or the
+    /// longest sequence. Returns the batch and where each sequence landed, as
+    /// `(row, offset)`.
     pub fn packed<S: AsRef<[u32]>>(
         seqs: &[S],
+        device: Device,
+    ) -> Result<(Self, Vec<(usize, usize)>)> {
+        Self::packed_into(seqs, Self::PACK_ROW, device)
+    }
+
+    /// Row length [`Input::packed`] aims for: long enough to pack short sequences
+    /// tightly, short enough that attention over a row stays cheap next to the MLPs.
+    pub const PACK_ROW: usize = 64;
+
+    /// Like [`Input::packed`], with rows of up to `cap` tokens (or the longest sequence).
+    pub fn packed_into<S: AsRef<[u32]>>(
+        seqs: &[S],
+        cap: usize,
         device: Device,
     ) -> Result<(Self, Vec<(usize, usize)>)> {
         let lens: Vec<usize> = seqs.iter().map(|s| s.as_ref().len()).collect();
         if seqs.is_empty() || lens.contains(&0) {
             return Err(Error::Input("empty batch or empty sequence".into()));
         }
-        let cap = *lens.iter().max().unwrap();
+        let cap = cap.max(*lens.iter().max().unwrap());
         let mut order: Vec<usize> = (0..seqs.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(lens[i]));
         let mut fill: Vec<usize> = Vec::new();
@@ -216,6 +230,8 @@ impl Input {
             fill[row] += lens[i];
         }
         let rows = fill.len();
+        // Rows end where their last sequence ends.
+        let cap = fill.iter().copied().max().unwrap_or(cap);
         let mut ids = vec![0i64; rows * cap];
         let mut pos = vec![0i64; rows * cap];
         let mut seg = vec![-1i64; rows * cap];
