@@ -18,6 +18,15 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().to_kind(Kind::Double).double_value(&[])
 }
 
+/// Logits `[1, T, V]` of one sequence run alone.
+fn all_logits(m: &ftedit::Model, seq: &[u32]) -> Tensor {
+    m.forward(
+        &Input::right_padded(&[seq], m.device()).unwrap(),
+        &LogitsAt::All,
+    )
+    .unwrap()
+}
+
 fn seqs() -> Vec<Vec<u32>> {
     vec![
         vec![3, 17, 42, 5, 9, 11, 60, 2, 8, 33],
@@ -66,18 +75,8 @@ fn attention_is_causal() {
         let mut b = a.clone();
         b[5] = 30;
         b[7] = 1;
-        let la = m
-            .forward(
-                &Input::right_padded(&[&a], m.device()).unwrap(),
-                &LogitsAt::All,
-            )
-            .unwrap();
-        let lb = m
-            .forward(
-                &Input::right_padded(&[&b], m.device()).unwrap(),
-                &LogitsAt::All,
-            )
-            .unwrap();
+        let la = all_logits(&m, &a);
+        let lb = all_logits(&m, &b);
         let before = max_diff(&la.narrow(1, 0, 5), &lb.narrow(1, 0, 5));
         let after = max_diff(&la.narrow(1, 5, 3), &lb.narrow(1, 5, 3));
         assert!(
@@ -105,12 +104,7 @@ fn a_padded_batch_gives_the_logits_of_each_row_alone() {
             )
             .unwrap();
         for (r, seq) in s.iter().enumerate() {
-            let alone = m
-                .forward(
-                    &Input::right_padded(&[seq], m.device()).unwrap(),
-                    &LogitsAt::All,
-                )
-                .unwrap();
+            let alone = all_logits(&m, seq);
             let n = seq.len() as i64;
             let d = max_diff(&batch.get(r as i64).narrow(0, 0, n), &alone.get(0));
             assert!(d < 1e-5, "{}: row {r} differs by {d}", cfg.name());
@@ -126,18 +120,8 @@ fn sliding_window_limits_what_local_layers_see() {
     let a: Vec<u32> = (0..20).map(|i| (i * 7 % 64) as u32).collect();
     let mut b = a.clone();
     b[0] = 63;
-    let la = m
-        .forward(
-            &Input::right_padded(&[&a], m.device()).unwrap(),
-            &LogitsAt::All,
-        )
-        .unwrap();
-    let lb = m
-        .forward(
-            &Input::right_padded(&[&b], m.device()).unwrap(),
-            &LogitsAt::All,
-        )
-        .unwrap();
+    let la = all_logits(&m, &a);
+    let lb = all_logits(&m, &b);
     let reach: i64 = 2 * 6; // (window - 1) × layers
     assert!(max_diff(&la.narrow(1, 0, 1), &lb.narrow(1, 0, 1)) > 1e-3);
     let beyond = max_diff(
@@ -407,12 +391,7 @@ fn packed_sequences_give_the_logits_of_each_sequence_alone() {
         for (packed, place) in [one, two] {
             let all = m.forward(&packed, &LogitsAt::All).unwrap();
             for (seq, &(row, off)) in s.iter().zip(&place) {
-                let alone = m
-                    .forward(
-                        &Input::right_padded(&[seq], m.device()).unwrap(),
-                        &LogitsAt::All,
-                    )
-                    .unwrap();
+                let alone = all_logits(&m, seq);
                 let got = all.get(row as i64).narrow(0, off as i64, seq.len() as i64);
                 let d = max_diff(&got, &alone.get(0));
                 assert!(d < 1e-5, "{}: packed sequence differs by {d}", cfg.name());

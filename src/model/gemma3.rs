@@ -10,10 +10,13 @@
 //! subtracts the one).
 
 use serde_json::Value as Json;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::config::{JsonConfig, rope_theta};
-use super::nn::{Ctx, Linear, RmsNorm, Rope, apply_rope, attention, merge_heads, split_heads};
+use super::nn::{
+    Activation, Ctx, GatedMlp, Linear, RmsNorm, Rope, apply_rope, attention, merge_heads,
+    split_heads,
+};
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
 use crate::error::{Error, Result};
@@ -239,36 +242,12 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
-}
-
-impl Mlp {
-    fn load(p: &ParamStore, prefix: &str, c: &Config) -> Result<Self> {
-        let (d, i) = (c.hidden_size, c.intermediate_size);
-        Ok(Mlp {
-            gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), d, i, false)?,
-            up_proj: Linear::load(p, &format!("{prefix}.up_proj"), d, i, false)?,
-            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), i, d, false)?,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let key = self.gate_proj.forward(x).gelu("tanh") * self.up_proj.forward(x);
-        ctx.hook_key(layer, &key);
-        let out = self.down_proj.forward(&key);
-        ctx.hook_output(layer, out)
-    }
-}
-
 struct Block {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
     pre_feedforward_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     post_feedforward_layernorm: RmsNorm,
     sliding: bool,
 }
@@ -290,7 +269,13 @@ impl Block {
             self_attn: Attention::load(p, &format!("{prefix}.self_attn"), c)?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
             pre_feedforward_layernorm: norm("pre_feedforward_layernorm")?,
-            mlp: Mlp::load(p, &format!("{prefix}.mlp"), c)?,
+            mlp: GatedMlp::load(
+                p,
+                &format!("{prefix}.mlp"),
+                c.hidden_size,
+                c.intermediate_size,
+                Activation::GeluTanh,
+            )?,
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
             sliding: c.layer_types.get(l as usize).copied().unwrap_or(true),
         })
@@ -394,29 +379,5 @@ impl Architecture for Model {
 
     fn lm_head(&self) -> &Tensor {
         &self.lm_head
-    }
-
-    fn num_layers(&self) -> usize {
-        self.layers.len()
-    }
-
-    fn layer_prefix(&self) -> &'static str {
-        "model.layers."
-    }
-
-    fn is_head_param(&self, name: &str) -> bool {
-        name == "model.norm.weight" || name == "lm_head.weight"
-    }
-
-    fn mlp_out_proj(&self, layer: usize) -> String {
-        format!("model.layers.{layer}.mlp.down_proj.weight")
-    }
-
-    fn max_positions(&self) -> usize {
-        self.config.max_position_embeddings as usize
-    }
-
-    fn kind(&self) -> Kind {
-        self.embed_tokens.kind()
     }
 }

@@ -5,7 +5,7 @@
 //! (`y = x·W + b`); we keep that layout so names and shapes match the checkpoints.
 
 use serde_json::Value as Json;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::config::JsonConfig;
 use super::nn::{Ctx, LayerNorm, attention, merge_heads, split_heads};
@@ -191,7 +191,6 @@ pub struct Model {
     h: Vec<Block>,
     ln_f: LayerNorm,
     lm_head: Tensor,
-    config: Config,
 }
 
 impl Model {
@@ -217,7 +216,6 @@ impl Model {
             ln_f: LayerNorm::load(p, "transformer.ln_f", c.n_embd, c.layer_norm_epsilon)?,
             wte,
             lm_head,
-            config,
         })
     }
 }
@@ -242,29 +240,5 @@ impl Architecture for Model {
 
     fn lm_head(&self) -> &Tensor {
         &self.lm_head
-    }
-
-    fn num_layers(&self) -> usize {
-        self.h.len()
-    }
-
-    fn layer_prefix(&self) -> &'static str {
-        "transformer.h."
-    }
-
-    fn is_head_param(&self, name: &str) -> bool {
-        name.starts_with("transformer.ln_f.") || name == "lm_head.weight"
-    }
-
-    fn mlp_out_proj(&self, layer: usize) -> String {
-        format!("transformer.h.{layer}.mlp.c_proj.weight")
-    }
-
-    fn max_positions(&self) -> usize {
-        self.config.n_positions as usize
-    }
-
-    fn kind(&self) -> Kind {
-        self.wte.kind()
     }
 }

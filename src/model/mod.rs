@@ -2,7 +2,7 @@
 //! abstraction, and running them the way editing needs.
 //!
 //! - [`load`] opens a GGUF file or a Hugging Face folder and returns a [`Model`] whose
-//!   parameters carry their Hugging Face names, plus its [`Tokenizer`].
+//!   parameters carry their Hugging Face names, plus its [`crate::Tokenizer`].
 //! - [`Model::forward`] runs right-padded batches and computes logits only at the
 //!   positions asked for; layers below the lowest trainable parameter run without an
 //!   autograd graph; [`LayerHooks`] read and change the MLP of any layer.
@@ -30,22 +30,14 @@ pub use params::{ParamStore, glob_match};
 use crate::error::{Error, Result};
 use nn::Ctx;
 
-/// What every architecture provides to the shared forward driver.
+/// What every architecture provides to the shared forward driver; everything else
+/// about an architecture (names, sizes) is read off its [`ArchConfig`].
 pub trait Architecture: Send {
     /// The embedding and all blocks: hidden states `[B, T, D]` before the final norm.
     fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor;
     fn final_norm(&self, h: &Tensor) -> Tensor;
     /// The output projection `[vocab, D]` (the embedding itself when tied).
     fn lm_head(&self) -> &Tensor;
-    fn num_layers(&self) -> usize;
-    /// Parameter-name prefix of the blocks, followed by the layer number.
-    fn layer_prefix(&self) -> &'static str;
-    /// Whether a parameter is used only after the blocks (final norm, untied head).
-    fn is_head_param(&self, name: &str) -> bool;
-    /// Name of layer `layer`'s MLP output-projection weight (ROME/MEMIT edit it).
-    fn mlp_out_proj(&self, layer: usize) -> String;
-    fn max_positions(&self) -> usize;
-    fn kind(&self) -> Kind;
 }
 
 /// The supported architectures, with their hyper-parameters.
@@ -92,6 +84,49 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.param_specs(),
             ArchConfig::Gemma3(c) => c.param_specs(),
             ArchConfig::Gpt2(c) => c.param_specs(),
+        }
+    }
+
+    pub fn num_layers(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.num_hidden_layers as usize,
+            ArchConfig::Gemma3(c) => c.num_hidden_layers as usize,
+            ArchConfig::Gpt2(c) => c.n_layer as usize,
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.max_position_embeddings as usize,
+            ArchConfig::Gemma3(c) => c.max_position_embeddings as usize,
+            ArchConfig::Gpt2(c) => c.n_positions as usize,
+        }
+    }
+
+    /// Parameter-name prefix of the blocks, followed by the layer number.
+    fn layer_prefix(&self) -> &'static str {
+        match self {
+            ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => "model.layers.",
+            ArchConfig::Gpt2(_) => "transformer.h.",
+        }
+    }
+
+    /// Whether a parameter is used only after the blocks (final norm, untied head).
+    fn is_head_param(&self, name: &str) -> bool {
+        let final_norm = match self {
+            ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => name == "model.norm.weight",
+            ArchConfig::Gpt2(_) => name.starts_with("transformer.ln_f."),
+        };
+        final_norm || name == "lm_head.weight"
+    }
+
+    /// Name of layer `layer`'s MLP output-projection weight (ROME and MEMIT edit it).
+    pub fn mlp_out_proj(&self, layer: usize) -> String {
+        match self {
+            ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => {
+                format!("model.layers.{layer}.mlp.down_proj.weight")
+            }
+            ArchConfig::Gpt2(_) => format!("transformer.h.{layer}.mlp.c_proj.weight"),
         }
     }
 
@@ -349,11 +384,11 @@ impl Model {
     }
 
     pub fn num_layers(&self) -> usize {
-        self.arch.num_layers()
+        self.config.num_layers()
     }
 
     pub fn max_positions(&self) -> usize {
-        self.arch.max_positions()
+        self.config.max_positions()
     }
 
     pub fn device(&self) -> Device {
@@ -361,17 +396,17 @@ impl Model {
     }
 
     pub fn kind(&self) -> Kind {
-        self.arch.kind()
+        self.arch.lm_head().kind()
     }
 
     /// Name of layer `layer`'s MLP output-projection weight.
     pub fn mlp_out_proj(&self, layer: usize) -> String {
-        self.arch.mlp_out_proj(layer)
+        self.config.mlp_out_proj(layer)
     }
 
     /// The layer a parameter belongs to (`None` for embeddings, final norm, head).
     pub fn layer_of(&self, name: &str) -> Option<usize> {
-        let rest = name.strip_prefix(self.arch.layer_prefix())?;
+        let rest = name.strip_prefix(self.config.layer_prefix())?;
         rest.split('.').next()?.parse().ok()
     }
 
@@ -384,7 +419,7 @@ impl Model {
             if t.requires_grad() {
                 let stage = match self.layer_of(name) {
                     Some(l) => l + 1,
-                    None if self.arch.is_head_param(name) => n + 1,
+                    None if self.config.is_head_param(name) => n + 1,
                     None => 0,
                 };
                 first = first.min(stage);

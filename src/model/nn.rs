@@ -37,6 +37,53 @@ impl Linear {
     }
 }
 
+/// The activation of a gated MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// SwiGLU (Llama, Qwen2).
+    Silu,
+    /// GeGLU with the tanh approximation (Gemma).
+    GeluTanh,
+}
+
+/// The gated MLP of Llama-style blocks, `down(act(gate(x)) · up(x))`, with the hooks
+/// around its output projection.
+pub struct GatedMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+    pub act: Activation,
+}
+
+impl GatedMlp {
+    pub fn load(
+        p: &ParamStore,
+        prefix: &str,
+        hidden: i64,
+        inner: i64,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(GatedMlp {
+            gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), hidden, inner, false)?,
+            up_proj: Linear::load(p, &format!("{prefix}.up_proj"), hidden, inner, false)?,
+            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), inner, hidden, false)?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
+        let gate = self.gate_proj.forward(x);
+        let gate = match self.act {
+            Activation::Silu => gate.silu(),
+            Activation::GeluTanh => gate.gelu("tanh"),
+        };
+        let key = gate * self.up_proj.forward(x);
+        ctx.hook_key(layer, &key);
+        let out = self.down_proj.forward(&key);
+        ctx.hook_output(layer, out)
+    }
+}
+
 /// RMSNorm computed in f32, as Hugging Face does. Gemma scales by `1 + w` (its stored
 /// weights are offsets from one), the others by `w`.
 pub struct RmsNorm {

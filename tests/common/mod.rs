@@ -53,7 +53,7 @@ pub fn tiny_llama(bias: bool) -> ArchConfig {
         num_attention_heads: 4,
         num_key_value_heads: 2,
         head_dim: 8,
-        rms_norm_eps: 1.0 / 65536.0,
+        rms_norm_eps: 1e-5,
         rope_theta: 10_000.0,
         max_position_embeddings: 64,
         tie_word_embeddings: !bias,
@@ -72,7 +72,7 @@ pub fn tiny_gemma3(window: usize, all_sliding: bool) -> ArchConfig {
         num_attention_heads: 2,
         num_key_value_heads: 1,
         head_dim: 16,
-        rms_norm_eps: 1.0 / 1048576.0,
+        rms_norm_eps: 1e-6,
         rope_theta: 1_000_000.0,
         rope_local_base_freq: 10_000.0,
         sliding_window: window,
@@ -91,7 +91,7 @@ pub fn tiny_gpt2() -> ArchConfig {
         n_layer: 2,
         n_head: 4,
         n_inner: 128,
-        layer_norm_epsilon: 1.0 / 65536.0,
+        layer_norm_epsilon: 1e-5,
         tie_word_embeddings: true,
     })
 }
@@ -236,6 +236,9 @@ fn f32_bytes(t: &Tensor) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// Integer and float metadata keys, heads and KV heads of an architecture.
+type Meta = (Vec<(&'static str, i64)>, Vec<(&'static str, f64)>, i64, i64);
+
 /// Writes `model` (Hugging Face layout) as an F32 GGUF file in llama.cpp's layout,
 /// with the tiny byte-level tokenizer.
 pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
@@ -243,26 +246,24 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
     let mut w = GgufWriter::new();
     let a = |k: &str| format!("{arch}.{k}");
     w.add_metadata("general.architecture", Value::String(arch.into()));
-    let (heads, kv_heads) = match model.config() {
-        ArchConfig::Llama(c) => {
-            for (k, v) in [
+    let (ints, floats, heads, kv_heads): Meta = match model.config() {
+        ArchConfig::Llama(c) => (
+            vec![
                 ("block_count", c.num_hidden_layers),
                 ("embedding_length", c.hidden_size),
                 ("feed_forward_length", c.intermediate_size),
                 ("attention.head_count", c.num_attention_heads),
                 ("attention.head_count_kv", c.num_key_value_heads),
-            ] {
-                w.add_metadata(a(k), Value::U32(v as u32));
-            }
-            w.add_metadata(
-                a("attention.layer_norm_rms_epsilon"),
-                Value::F32(c.rms_norm_eps as f32),
-            );
-            w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
-            (c.num_attention_heads, c.num_key_value_heads)
-        }
-        ArchConfig::Gemma3(c) => {
-            for (k, v) in [
+            ],
+            vec![
+                ("attention.layer_norm_rms_epsilon", c.rms_norm_eps),
+                ("rope.freq_base", c.rope_theta),
+            ],
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        ),
+        ArchConfig::Gemma3(c) => (
+            vec![
                 ("block_count", c.num_hidden_layers),
                 ("embedding_length", c.hidden_size),
                 ("feed_forward_length", c.intermediate_size),
@@ -270,32 +271,32 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
                 ("attention.head_count_kv", c.num_key_value_heads),
                 ("attention.key_length", c.head_dim),
                 ("attention.sliding_window", c.sliding_window as i64),
-            ] {
-                w.add_metadata(a(k), Value::U32(v as u32));
-            }
-            w.add_metadata(
-                a("attention.layer_norm_rms_epsilon"),
-                Value::F32(c.rms_norm_eps as f32),
-            );
-            w.add_metadata(a("rope.freq_base"), Value::F32(c.rope_theta as f32));
-            (c.num_attention_heads, c.num_key_value_heads)
-        }
-        ArchConfig::Gpt2(c) => {
-            for (k, v) in [
+            ],
+            vec![
+                ("attention.layer_norm_rms_epsilon", c.rms_norm_eps),
+                ("rope.freq_base", c.rope_theta),
+            ],
+            c.num_attention_heads,
+            c.num_key_value_heads,
+        ),
+        ArchConfig::Gpt2(c) => (
+            vec![
                 ("block_count", c.n_layer),
                 ("embedding_length", c.n_embd),
                 ("feed_forward_length", c.n_inner),
                 ("attention.head_count", c.n_head),
-            ] {
-                w.add_metadata(a(k), Value::U32(v as u32));
-            }
-            w.add_metadata(
-                a("attention.layer_norm_epsilon"),
-                Value::F32(c.layer_norm_epsilon as f32),
-            );
-            (c.n_head, c.n_head)
-        }
+            ],
+            vec![("attention.layer_norm_epsilon", c.layer_norm_epsilon)],
+            c.n_head,
+            c.n_head,
+        ),
     };
+    for (k, v) in ints {
+        w.add_metadata(a(k), Value::U32(v as u32));
+    }
+    for (k, v) in floats {
+        w.add_metadata(a(k), Value::F32(v as f32));
+    }
     w.add_metadata(a("context_length"), Value::U32(context as u32));
     for (k, v) in tiny_bpe_metadata() {
         w.add_metadata(k, v);
