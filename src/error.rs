@@ -40,6 +40,14 @@ pub enum Error {
         found: Vec<i64>,
     },
 
+    #[error("{path}: record {index}: field '{field}': {reason}")]
+    Record {
+        path: PathBuf,
+        index: usize,
+        field: String,
+        reason: String,
+    },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

@@ -8,6 +8,8 @@
 //!   built for editing (logits only where needed, frozen layers without autograd,
 //!   MLP hooks), generation.
 //! - [`train`]: the conditional-likelihood loss and the optimiser.
+//! - [`data`]: edit data sets (CounterFact, zsRE, JSONL) as one record type.
+//! - [`eval`]: the literature's metrics, protocols and reports.
 //! - [`runtime`]: devices and the libtorch runtime.
 //!
 //! ```
@@ -34,7 +36,9 @@
 //! # Ok::<(), ftedit::Error>(())
 //! ```
 
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod formats;
 pub mod model;
 pub mod runtime;

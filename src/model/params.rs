@@ -129,6 +129,32 @@ impl ParamStore {
     }
 }
 
+/// Copies of every parameter's values, for exact restores.
+pub struct Snapshot(Vec<Tensor>);
+
+impl ParamStore {
+    /// Copies every parameter.
+    pub fn snapshot(&self) -> Snapshot {
+        let _g = tch::no_grad_guard();
+        Snapshot(self.tensors.iter().map(|t| t.detach().copy()).collect())
+    }
+
+    /// Puts back the values of `snapshot`, bit for bit, in place (handles held by the
+    /// model stay valid), and clears gradients.
+    pub fn restore(&self, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.0.len() != self.tensors.len() {
+            return Err(Error::Input("snapshot of a different model".into()));
+        }
+        let _g = tch::no_grad_guard();
+        for (t, saved) in self.tensors.iter().zip(&snapshot.0) {
+            let mut t = t.shallow_clone();
+            t.copy_(saved);
+            t.zero_grad();
+        }
+        Ok(())
+    }
+}
+
 /// Matches a parameter name against a pattern: `*` any run of characters, `?` one
 /// character, `{a,b}` alternatives and `{3..5}` an inclusive integer range.
 ///

@@ -1,0 +1,434 @@
+//! Edit data sets: CounterFact (ROME schema and EasyEdit's reduced format), zsRE (MEND
+//! format) and plain JSONL edit requests, read into one [`EditRecord`] type.
+//!
+//! The format is detected from the file or named. A malformed record is an error that
+//! names the file, the record's index and the field at fault; nothing is dropped.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value as Json;
+
+use crate::error::{Error, Result};
+
+/// Which metric suite scores a record (see `eval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Suite {
+    /// Probability comparisons of the new and the true target (CounterFact).
+    CounterFact,
+    /// Teacher-forced top-1 token accuracy (zsRE).
+    Zsre,
+}
+
+/// A prompt with the answer that should follow it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Neighbor {
+    pub prompt: String,
+    pub target: String,
+}
+
+/// One edit request with everything needed to judge it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EditRecord {
+    /// `case_id` (CounterFact), the record's index (zsRE), or the JSONL `id`.
+    pub id: String,
+    pub suite: Suite,
+    /// The edit prompt with `{}` where the subject goes.
+    pub prompt: String,
+    pub subject: String,
+    pub target_new: String,
+    /// The fact being replaced (CounterFact); zsRE records have none.
+    pub target_true: Option<String>,
+    /// Paraphrases of the edit prompt (subject filled in): generalisation tests.
+    pub paraphrases: Vec<String>,
+    /// Prompts the edit must not change. CounterFact: other subjects whose true answer
+    /// is `target_true`. zsRE: the NQ question (with MEMIT's "?") and its gold answer.
+    pub neighborhood: Vec<Neighbor>,
+    /// Prompts about other subjects whose true answer is `target_new` (CounterFact).
+    pub attribute_prompts: Vec<String>,
+    /// Prompts for free generation (CounterFact fluency and consistency).
+    pub generation_prompts: Vec<String>,
+    /// Wikidata relation and new-object ids (CounterFact), which consistency (RS) needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_new_id: Option<String>,
+}
+
+impl EditRecord {
+    /// The edit prompt with the subject filled in.
+    pub fn rewrite_prompt(&self) -> String {
+        self.prompt.replacen("{}", &self.subject, 1)
+    }
+}
+
+/// The file formats we read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// ROME's CounterFact schema (`counterfact.json`, `multi_counterfact.json`, dev split).
+    CounterFact,
+    /// EasyEdit/MEND's reduced CounterFact (`counterfact-{train,val,edit}.json`).
+    CounterFactMend,
+    /// zsRE in the MEND format (`zsre_mend_eval.json`, `zsre_mend_train*.json`).
+    Zsre,
+    /// One JSON object per line: `prompt` (with `{}`), `subject`, `target_new`, and
+    /// optionally `id`, `target_true`, `paraphrases`, `neighborhood` (`[{prompt, target}]`),
+    /// `attribute_prompts`, `generation_prompts`. With `target_true` it is scored like
+    /// CounterFact, without like zsRE.
+    Jsonl,
+}
+
+impl std::str::FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "counterfact" | "rome" => Ok(Format::CounterFact),
+            "counterfact-mend" | "easyedit" => Ok(Format::CounterFactMend),
+            "zsre" | "mend" => Ok(Format::Zsre),
+            "jsonl" => Ok(Format::Jsonl),
+            other => Err(Error::Input(format!(
+                "unknown data format '{other}' (counterfact, counterfact-mend, zsre, jsonl)"
+            ))),
+        }
+    }
+}
+
+/// Reads one record's fields, naming the file, index and field in every error.
+struct Fields<'a> {
+    path: &'a Path,
+    index: usize,
+    obj: &'a Json,
+}
+
+impl<'a> Fields<'a> {
+    fn err(&self, field: &str, reason: impl Into<String>) -> Error {
+        Error::Record {
+            path: self.path.to_path_buf(),
+            index: self.index,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The value at a `/`-separated path.
+    fn at(&self, field: &str) -> Option<&'a Json> {
+        field.split('/').try_fold(self.obj, |v, k| v.get(k)).filter(|v| !v.is_null())
+    }
+
+    fn str(&self, field: &str) -> Result<String> {
+        match self.at(field) {
+            Some(Json::String(s)) => Ok(s.clone()),
+            Some(_) => Err(self.err(field, "not a string")),
+            None => Err(self.err(field, "missing")),
+        }
+    }
+
+    fn opt_str(&self, field: &str) -> Result<Option<String>> {
+        match self.at(field) {
+            None => Ok(None),
+            Some(Json::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(self.err(field, "not a string")),
+        }
+    }
+
+    /// A string, or the first string of a list (zsRE's `answers`).
+    fn first_str(&self, field: &str) -> Result<String> {
+        match self.at(field) {
+            Some(Json::String(s)) => Ok(s.clone()),
+            Some(Json::Array(a)) => match a.first() {
+                Some(Json::String(s)) => Ok(s.clone()),
+                _ => Err(self.err(field, "not a non-empty list of strings")),
+            },
+            Some(_) => Err(self.err(field, "not a string or list of strings")),
+            None => Err(self.err(field, "missing")),
+        }
+    }
+
+    fn str_list(&self, field: &str, required: bool) -> Result<Vec<String>> {
+        match self.at(field) {
+            None if !required => Ok(Vec::new()),
+            None => Err(self.err(field, "missing")),
+            Some(Json::Array(a)) => a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| match v {
+                    Json::String(s) => Ok(s.clone()),
+                    _ => Err(self.err(&format!("{field}/{i}"), "not a string")),
+                })
+                .collect(),
+            Some(_) => Err(self.err(field, "not a list of strings")),
+        }
+    }
+
+    fn id(&self, field: &str) -> Result<String> {
+        match self.at(field) {
+            Some(Json::Number(n)) => Ok(n.to_string()),
+            Some(Json::String(s)) => Ok(s.clone()),
+            Some(_) => Err(self.err(field, "not a number or string")),
+            None => Ok(self.index.to_string()),
+        }
+    }
+
+    fn non_empty(&self, field: &str, value: String) -> Result<String> {
+        if value.trim().is_empty() {
+            return Err(self.err(field, "empty"));
+        }
+        Ok(value)
+    }
+}
+
+/// `text` with the first occurrence of `subject` replaced by `{}` (zsRE and EasyEdit
+/// store filled prompts).
+fn template(text: &str, subject: &str) -> String {
+    if subject.is_empty() || !text.contains(subject) {
+        return text.to_owned();
+    }
+    text.replacen(subject, "{}", 1)
+}
+
+fn counterfact(f: &Fields) -> Result<EditRecord> {
+    let prompt = f.non_empty("requested_rewrite/prompt", f.str("requested_rewrite/prompt")?)?;
+    let subject = f.non_empty("requested_rewrite/subject", f.str("requested_rewrite/subject")?)?;
+    if !prompt.contains("{}") {
+        return Err(f.err("requested_rewrite/prompt", "has no {} for the subject"));
+    }
+    let target_true = f.non_empty("requested_rewrite/target_true/str", f.str("requested_rewrite/target_true/str")?)?;
+    Ok(EditRecord {
+        id: f.id("case_id")?,
+        suite: Suite::CounterFact,
+        prompt,
+        subject,
+        target_new: f.non_empty("requested_rewrite/target_new/str", f.str("requested_rewrite/target_new/str")?)?,
+        paraphrases: f.str_list("paraphrase_prompts", true)?,
+        neighborhood: f
+            .str_list("neighborhood_prompts", true)?
+            .into_iter()
+            .map(|prompt| Neighbor {
+                prompt,
+                target: target_true.clone(),
+            })
+            .collect(),
+        target_true: Some(target_true),
+        attribute_prompts: f.str_list("attribute_prompts", false)?,
+        generation_prompts: f.str_list("generation_prompts", false)?,
+        relation_id: f.opt_str("requested_rewrite/relation_id")?,
+        target_new_id: f.opt_str("requested_rewrite/target_new/id")?,
+    })
+}
+
+fn counterfact_mend(f: &Fields) -> Result<EditRecord> {
+    let subject = f.non_empty("subject", f.str("subject")?)?;
+    let filled = f.non_empty("prompt", f.str("prompt")?)?;
+    let mut neighborhood = Vec::new();
+    if let Some(prompt) = f.opt_str("locality_prompt")? {
+        neighborhood.push(Neighbor {
+            prompt,
+            target: f.str("locality_ground_truth")?,
+        });
+    }
+    Ok(EditRecord {
+        id: f.id("case_id")?,
+        suite: Suite::CounterFact,
+        prompt: template(&filled, &subject),
+        subject,
+        target_new: f.non_empty("target_new", f.str("target_new")?)?,
+        target_true: Some(f.non_empty("ground_truth", f.str("ground_truth")?)?),
+        paraphrases: f.opt_str("rephrase_prompt")?.into_iter().collect(),
+        neighborhood,
+        attribute_prompts: Vec::new(),
+        generation_prompts: Vec::new(),
+        relation_id: None,
+        target_new_id: None,
+    })
+}
+
+fn zsre(f: &Fields) -> Result<EditRecord> {
+    let subject = f.non_empty("subject", f.str("subject")?)?;
+    let src = f.non_empty("src", f.str("src")?)?;
+    let loc = f.str("loc")?;
+    Ok(EditRecord {
+        id: f.index.to_string(),
+        suite: Suite::Zsre,
+        prompt: template(&src, &subject),
+        subject,
+        target_new: f.non_empty("answers", f.first_str("answers")?)?,
+        target_true: None,
+        paraphrases: vec![f.non_empty("rephrase", f.str("rephrase")?)?],
+        // MEMIT's zsRE specificity prompt is the NQ question with "?" appended.
+        neighborhood: vec![Neighbor {
+            prompt: format!("{loc}?"),
+            target: f.non_empty("loc_ans", f.str("loc_ans")?)?,
+        }],
+        attribute_prompts: Vec::new(),
+        generation_prompts: Vec::new(),
+        relation_id: None,
+        target_new_id: None,
+    })
+}
+
+fn jsonl(f: &Fields) -> Result<EditRecord> {
+    let prompt = f.non_empty("prompt", f.str("prompt")?)?;
+    if !prompt.contains("{}") {
+        return Err(f.err("prompt", "has no {} for the subject"));
+    }
+    let target_true = f.opt_str("target_true")?;
+    let neighborhood = match f.at("neighborhood") {
+        None => Vec::new(),
+        Some(Json::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let sub = Fields {
+                    path: f.path,
+                    index: f.index,
+                    obj: n,
+                };
+                let field = |k: &str| format!("neighborhood/{i}/{k}");
+                Ok(Neighbor {
+                    prompt: sub.str("prompt").map_err(|_| f.err(&field("prompt"), "missing or not a string"))?,
+                    target: sub.str("target").map_err(|_| f.err(&field("target"), "missing or not a string"))?,
+                })
+            })
+            .collect::<Result<_>>()?,
+        Some(_) => return Err(f.err("neighborhood", "not a list of {prompt, target} objects")),
+    };
+    Ok(EditRecord {
+        id: f.id("id")?,
+        suite: if target_true.is_some() { Suite::CounterFact } else { Suite::Zsre },
+        prompt,
+        subject: f.non_empty("subject", f.str("subject")?)?,
+        target_new: f.non_empty("target_new", f.str("target_new")?)?,
+        target_true,
+        paraphrases: f.str_list("paraphrases", false)?,
+        neighborhood,
+        attribute_prompts: f.str_list("attribute_prompts", false)?,
+        generation_prompts: f.str_list("generation_prompts", false)?,
+        relation_id: f.opt_str("relation_id")?,
+        target_new_id: f.opt_str("target_new_id")?,
+    })
+}
+
+/// Guesses the format from the file name and the first record's fields.
+pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
+    if path.extension().is_some_and(|e| e == "jsonl") {
+        return Ok(Format::Jsonl);
+    }
+    let has = |k: &str| first.is_some_and(|r| r.get(k).is_some());
+    if has("requested_rewrite") {
+        Ok(Format::CounterFact)
+    } else if has("src") && has("loc") {
+        Ok(Format::Zsre)
+    } else if has("ground_truth") && has("prompt") {
+        Ok(Format::CounterFactMend)
+    } else if has("prompt") && has("target_new") {
+        Ok(Format::Jsonl)
+    } else {
+        Err(Error::Format {
+            path: path.into(),
+            reason: "not a data set we recognise (CounterFact, EasyEdit CounterFact, zsRE MEND, \
+                     or JSONL edit requests); name the format with --format"
+                .into(),
+        })
+    }
+}
+
+/// Loads every record of a data file; `format` `None` detects it.
+pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRecord>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let bad_json = |line: Option<usize>, e: serde_json::Error| Error::Format {
+        path: path.into(),
+        reason: match line {
+            Some(l) => format!("line {}: invalid JSON: {e}", l + 1),
+            None => format!("invalid JSON: {e}"),
+        },
+    };
+    let is_jsonl = format == Some(Format::Jsonl) || (format.is_none() && path.extension().is_some_and(|e| e == "jsonl"));
+    let items: Vec<Json> = if is_jsonl {
+        text.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad_json(Some(i), e)))
+            .collect::<Result<_>>()?
+    } else {
+        match serde_json::from_str(&text).map_err(|e| bad_json(None, e))? {
+            Json::Array(items) => items,
+            _ => {
+                return Err(Error::Format {
+                    path: path.into(),
+                    reason: "expected a JSON list of records".into(),
+                });
+            }
+        }
+    };
+    let format = match format {
+        Some(f) => f,
+        None => detect(path, items.first())?,
+    };
+    let parse = match format {
+        Format::CounterFact => counterfact,
+        Format::CounterFactMend => counterfact_mend,
+        Format::Zsre => zsre,
+        Format::Jsonl => jsonl,
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(index, obj)| parse(&Fields { path, index, obj }))
+        .collect()
+}
+
+/// Which records to take: all, the first `n`, or a range; then every `of`-th from
+/// `shard` (for spreading one evaluation over machines).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    pub first: Option<usize>,
+    pub range: Option<(usize, usize)>,
+    pub shard: Option<(usize, usize)>,
+}
+
+impl Selection {
+    /// Parses `A..B`.
+    pub fn parse_range(s: &str) -> Result<(usize, usize)> {
+        let bad = || Error::Input(format!("bad range '{s}' (expected A..B)"));
+        let (a, b) = s.split_once("..").ok_or_else(bad)?;
+        let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+        if a > b {
+            return Err(bad());
+        }
+        Ok((a, b))
+    }
+
+    /// Parses `i/N`.
+    pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+        let bad = || Error::Input(format!("bad shard '{s}' (expected i/N with i < N)"));
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n): (usize, usize) = (i.parse().map_err(|_| bad())?, n.parse().map_err(|_| bad())?);
+        if n == 0 || i >= n {
+            return Err(bad());
+        }
+        Ok((i, n))
+    }
+
+    /// The selected records, in file order.
+    pub fn apply(&self, records: Vec<EditRecord>) -> Vec<EditRecord> {
+        let mut iter: Box<dyn Iterator<Item = EditRecord>> = Box::new(records.into_iter());
+        if let Some((a, b)) = self.range {
+            iter = Box::new(iter.skip(a).take(b - a));
+        }
+        if let Some(n) = self.first {
+            iter = Box::new(iter.take(n));
+        }
+        if let Some((i, n)) = self.shard {
+            iter = Box::new(iter.enumerate().filter(move |(k, _)| k % n == i).map(|(_, r)| r));
+        }
+        iter.collect()
+    }
+}
+
+/// The data folder shipped beside the repository (`../shared/data`), or `$FTEDIT_DATA`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("FTEDIT_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+}

@@ -1,0 +1,154 @@
+//! Editing protocols: how edits and evaluation interleave.
+//!
+//! - `single`: edit one record, evaluate it, restore the original weights exactly.
+//! - `batch`: apply all edits jointly, then evaluate every record (mass editing).
+//! - `sequential`: apply batches of edits one after another without restoring;
+//!   evaluate at the end, and optionally after every K batches.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::report::OutputDir;
+use super::{EvalOptions, RecordResult, Summary, evaluate};
+use crate::data::EditRecord;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// An editing method: changes the model's weights so it states the records' new
+/// targets.
+pub trait Editor {
+    fn name(&self) -> &str;
+    /// Whether `edit` changes weights at all (the unedited baseline does not).
+    fn changes_weights(&self) -> bool {
+        true
+    }
+    /// Applies the edits of `records` to `model`, in place.
+    fn edit(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
+}
+
+/// The unedited model (`--method none`).
+pub struct NoEdit;
+
+impl Editor for NoEdit {
+    fn name(&self) -> &str {
+        "none"
+    }
+    fn changes_weights(&self) -> bool {
+        false
+    }
+    fn edit(&mut self, _: &Model, _: &Tokenizer, _: &[EditRecord]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// How edits and evaluation interleave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Single,
+    Batch,
+    Sequential {
+        /// Edits applied together at each step.
+        batch_size: usize,
+        /// Evaluate all records edited so far after every this many steps.
+        eval_every: Option<usize>,
+    },
+}
+
+impl Protocol {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Protocol::Single => "single",
+            Protocol::Batch => "batch",
+            Protocol::Sequential { .. } => "sequential",
+        }
+    }
+}
+
+fn progress(n: usize, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(n as u64);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_owned());
+    pb
+}
+
+/// Runs `editor` over `records` under `protocol`, writing results to `out`. Records
+/// already in `out` are not evaluated again (resume); sequential runs start over.
+pub fn run(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    editor: &mut dyn Editor,
+    protocol: Protocol,
+    opts: &EvalOptions,
+    out: &OutputDir,
+    show_progress: bool,
+) -> Result<f64> {
+    let start = Instant::now();
+    let done = out.done_ids()?;
+    let todo: Vec<EditRecord> = records.iter().filter(|r| !done.contains(&r.id)).cloned().collect();
+    let pb = if show_progress { progress(records.len(), "eval") } else { ProgressBar::hidden() };
+    pb.set_position((records.len() - todo.len()) as u64);
+    // Drop a cut-off last line before appending.
+    out.reset_records(&out.records()?)?;
+    let mut write = |r: RecordResult| -> Result<()> {
+        out.append(&r)?;
+        pb.inc(1);
+        Ok(())
+    };
+    match protocol {
+        Protocol::Batch => {
+            if editor.changes_weights() {
+                pb.set_message("editing");
+                editor.edit(model, tok, records)?;
+                pb.set_message("");
+            }
+            evaluate(model, tok, &todo, opts, &mut write)?;
+        }
+        Protocol::Single => {
+            let snapshot = editor.changes_weights().then(|| model.params.snapshot());
+            for r in &todo {
+                editor.edit(model, tok, std::slice::from_ref(r))?;
+                let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
+                if let Some(s) = &snapshot {
+                    model.params.restore(s)?;
+                }
+                result?;
+            }
+        }
+        Protocol::Sequential { batch_size, eval_every } => {
+            if !done.is_empty() {
+                return Err(Error::Input(format!(
+                    "{} already holds results; a sequential run cannot resume, use another --out",
+                    out.path.display()
+                )));
+            }
+            let batches: Vec<&[EditRecord]> = records.chunks(batch_size.max(1)).collect();
+            for (step, batch) in batches.iter().enumerate() {
+                editor.edit(model, tok, batch)?;
+                let step = step + 1;
+                if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
+                    let so_far = &records[..(step * batch_size).min(records.len())];
+                    let mut results = Vec::new();
+                    evaluate(model, tok, so_far, opts, &mut |r| {
+                        results.push(r);
+                        Ok(())
+                    })?;
+                    let summary = Summary::new(&results);
+                    let path = out.path.join(format!("step-{step:05}.json"));
+                    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("serialisable"))
+                        .map_err(|e| Error::io(&path, e))?;
+                }
+                pb.set_message(format!("step {step}/{}", batches.len()));
+            }
+            evaluate(model, tok, records, opts, &mut write)?;
+        }
+    }
+    pb.finish_and_clear();
+    Ok(start.elapsed().as_secs_f64())
+}

@@ -1,0 +1,181 @@
+//! The output folder of an evaluation: `records.jsonl` (every prompt's numbers, one
+//! record per line, appended as records finish), `summary.json` and `summary.md`.
+//! A run pointed at a folder that already has records resumes after them; `merge`
+//! combines the folders of shards into one report.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{RecordResult, Summary};
+use crate::error::{Error, Result};
+
+/// What a run was, stored beside its results so a resumed run can check it matches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunInfo {
+    pub model: String,
+    pub data: String,
+    pub method: String,
+    pub protocol: String,
+    /// The selection and options that change results.
+    pub settings: serde_json::Value,
+}
+
+/// `summary.json`: the run, its aggregates and its speed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SummaryFile {
+    #[serde(flatten)]
+    pub summary: Summary,
+    pub run: Option<RunInfo>,
+    pub seconds: Option<f64>,
+}
+
+/// An evaluation's output folder.
+pub struct OutputDir {
+    pub path: PathBuf,
+}
+
+fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| Error::io(path, e))
+}
+
+impl OutputDir {
+    /// Opens (creating) the folder. With `run` given, a folder from a different run is
+    /// refused rather than mixed.
+    pub fn open(path: impl Into<PathBuf>, run: Option<&RunInfo>) -> Result<Self> {
+        let path = path.into();
+        std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        let dir = OutputDir { path };
+        let info = dir.path.join("run.json");
+        if let Some(run) = run {
+            if info.exists() {
+                let text = std::fs::read_to_string(&info).map_err(|e| Error::io(&info, e))?;
+                let old: RunInfo = serde_json::from_str(&text).map_err(|e| Error::Format {
+                    path: info.clone(),
+                    reason: e.to_string(),
+                })?;
+                if &old != run && !dir.records()?.is_empty() {
+                    return Err(Error::Input(format!(
+                        "{} holds results of a different run ({} on {}, {} / {}); use another --out",
+                        dir.path.display(),
+                        old.model,
+                        old.data,
+                        old.method,
+                        old.protocol
+                    )));
+                }
+            }
+            write_atomic(&info, &serde_json::to_string_pretty(run).expect("serialisable"))?;
+        }
+        Ok(dir)
+    }
+
+    fn records_path(&self) -> PathBuf {
+        self.path.join("records.jsonl")
+    }
+
+    /// The results already written (a cut-off last line, from an interrupted write, is
+    /// ignored and will be redone).
+    pub fn records(&self) -> Result<Vec<RecordResult>> {
+        let p = self.records_path();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut out = Vec::with_capacity(lines.len());
+        for (i, line) in lines.iter().enumerate() {
+            match serde_json::from_str(line) {
+                Ok(r) => out.push(r),
+                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+                Err(e) => {
+                    return Err(Error::Format {
+                        path: p,
+                        reason: format!("line {}: {e}", i + 1),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ids of the records already done.
+    pub fn done_ids(&self) -> Result<HashSet<String>> {
+        Ok(self.records()?.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Rewrites `records.jsonl` with exactly `results` (drops a cut-off line).
+    pub fn reset_records(&self, results: &[RecordResult]) -> Result<()> {
+        let mut text = String::new();
+        for r in results {
+            text.push_str(&serde_json::to_string(r).expect("serialisable"));
+            text.push('\n');
+        }
+        write_atomic(&self.records_path(), &text)
+    }
+
+    /// Appends one result.
+    pub fn append(&self, r: &RecordResult) -> Result<()> {
+        let p = self.records_path();
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&p)
+            .map_err(|e| Error::io(&p, e))?;
+        writeln!(f, "{}", serde_json::to_string(r).expect("serialisable")).map_err(|e| Error::io(&p, e))
+    }
+
+    /// Writes `summary.json` and `summary.md` from every record in the folder.
+    pub fn write_summary(&self, run: Option<RunInfo>, seconds: Option<f64>) -> Result<SummaryFile> {
+        let file = SummaryFile {
+            summary: Summary::new(&self.records()?),
+            run,
+            seconds,
+        };
+        write_atomic(&self.path.join("summary.json"), &serde_json::to_string_pretty(&file).expect("serialisable"))?;
+        let mut md = String::new();
+        if let Some(run) = &file.run {
+            md.push_str(&format!(
+                "# {} on {}\n\nmethod `{}`, protocol `{}`\n\n",
+                run.model, run.data, run.method, run.protocol
+            ));
+        }
+        md.push_str(&file.summary.markdown());
+        write_atomic(&self.path.join("summary.md"), &md)?;
+        Ok(file)
+    }
+}
+
+/// Merges the records of several output folders (shards) into `out`; a record present
+/// in more than one folder counts once.
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
+    let mut seen = HashSet::new();
+    let mut all = Vec::new();
+    let mut run = None;
+    for d in dirs {
+        if !d.join("records.jsonl").exists() {
+            return Err(Error::Input(format!("{} has no records.jsonl", d.display())));
+        }
+        let dir = OutputDir { path: d.clone() };
+        for r in dir.records()? {
+            if seen.insert(r.id.clone()) {
+                all.push(r);
+            }
+        }
+        let info = d.join("run.json");
+        if run.is_none() && info.exists() {
+            run = std::fs::read_to_string(&info).ok().and_then(|t| serde_json::from_str::<RunInfo>(&t).ok());
+        }
+    }
+    let dir = OutputDir::open(out, None)?;
+    dir.reset_records(&all)?;
+    if let Some(run) = &run {
+        write_atomic(&dir.path.join("run.json"), &serde_json::to_string_pretty(run).expect("serialisable"))?;
+    }
+    dir.write_summary(run, None)
+}
