@@ -179,6 +179,7 @@ fn sampling_is_reproducible_from_a_seed() {
             temperature: 1.0,
         },
         seed,
+        row_seeds: None,
         stop: vec![],
     };
     let a = generate(&m, &prompt, &opts(1)).unwrap();

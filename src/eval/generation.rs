@@ -59,8 +59,9 @@ fn special(tok: &Tokenizer) -> Vec<u32> {
     tok.bos_id.into_iter().chain(tok.eos_id).collect()
 }
 
-/// Top-k (k = 5) continuations of each prompt up to [`GEN_LENGTH`] tokens in all.
-pub fn sample_texts(model: &Model, tok: &Tokenizer, prompts: &[String], seed: u64) -> Result<Vec<String>> {
+/// Top-k (k = 5) continuations of each prompt up to [`GEN_LENGTH`] tokens in all; each
+/// prompt samples from its own seed.
+pub fn sample_texts(model: &Model, tok: &Tokenizer, prompts: &[String], seeds: &[u64]) -> Result<Vec<String>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
@@ -69,7 +70,8 @@ pub fn sample_texts(model: &Model, tok: &Tokenizer, prompts: &[String], seed: u6
     let opts = GenerateOptions {
         max_new_tokens: budget.iter().copied().max().unwrap_or(0),
         sampling: Sampling::TopK { k: 5, temperature: 1.0 },
-        seed,
+        seed: 0,
+        row_seeds: Some(seeds.to_vec()),
         stop: Vec::new(),
     };
     let outs = if opts.max_new_tokens == 0 {
@@ -161,18 +163,11 @@ fn read_npy_f64(bytes: &[u8]) -> std::result::Result<Vec<f64>, String> {
     }
 }
 
-/// GE (and RS when `attributes` are given) of one record's generation prompts.
-pub fn gen_scores(
-    model: &Model,
-    tok: &Tokenizer,
-    prompts: &[String],
-    seed: u64,
-    attributes: Option<(&Attributes, &str, &str)>,
-) -> Result<GenScores> {
-    let texts = sample_texts(model, tok, prompts, seed)?;
+/// GE (and RS when `attributes` are given) of a record's sampled texts.
+pub fn gen_scores(texts: Vec<String>, attributes: Option<(&Attributes, &str, &str)>) -> GenScores {
     let ge = mean(texts.iter().map(|t| fluency(t)));
     let rs = attributes.and_then(|(a, rel, target)| a.consistency(&texts, rel, target));
-    Ok(GenScores { texts, ge, rs })
+    GenScores { texts, ge, rs }
 }
 
 /// Whether a continuation starts with the target (leading whitespace ignored).

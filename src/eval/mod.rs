@@ -99,20 +99,11 @@ pub fn evaluate(
         let mut cf_scores = counterfact::score(model, tok, &cf)?.into_iter();
         let mut zs_scores = zsre::score(model, tok, &zs)?.into_iter();
         let exact = if opts.exact_match { exact_scores(model, tok, chunk)? } else { vec![None; chunk.len()] };
+        let mut generations = if opts.generation { generations(model, tok, chunk, opts)? } else { vec![None; chunk.len()] }.into_iter();
         for (r, exact) in chunk.iter().zip(exact) {
             let scores = match r.suite {
                 Suite::CounterFact => Scores::CounterFact(cf_scores.next().expect("one score per record")),
                 Suite::Zsre => Scores::Zsre(zs_scores.next().expect("one score per record")),
-            };
-            let generation = if opts.generation && r.suite == Suite::CounterFact && !r.generation_prompts.is_empty() {
-                let attrs = match (&opts.attributes, &r.relation_id, &r.target_new_id) {
-                    (Some(a), Some(rel), Some(t)) => Some((a, rel.as_str(), t.as_str())),
-                    _ => None,
-                };
-                let seed = record_seed(opts.seed, &r.id);
-                Some(generation::gen_scores(model, tok, &r.generation_prompts, seed, attrs)?)
-            } else {
-                None
             };
             done(RecordResult {
                 id: r.id.clone(),
@@ -123,11 +114,42 @@ pub fn evaluate(
                 target_true: r.target_true.clone(),
                 scores,
                 exact,
-                generation,
+                generation: generations.next().flatten(),
             })?;
         }
     }
     Ok(())
+}
+
+/// Fluency (and consistency) of the CounterFact records of a chunk, all samples in one
+/// batch; each prompt's seed comes from its record's id, so results do not depend on
+/// chunking or sharding.
+fn generations(model: &Model, tok: &Tokenizer, chunk: &[EditRecord], opts: &EvalOptions) -> Result<Vec<Option<GenScores>>> {
+    let wanted = |r: &EditRecord| r.suite == Suite::CounterFact && !r.generation_prompts.is_empty();
+    let mut prompts = Vec::new();
+    let mut seeds = Vec::new();
+    for r in chunk.iter().filter(|r| wanted(r)) {
+        let base = record_seed(opts.seed, &r.id);
+        for (i, p) in r.generation_prompts.iter().enumerate() {
+            prompts.push(p.clone());
+            seeds.push(base.wrapping_add(i as u64));
+        }
+    }
+    let mut texts = generation::sample_texts(model, tok, &prompts, &seeds)?.into_iter();
+    Ok(chunk
+        .iter()
+        .map(|r| {
+            if !wanted(r) {
+                return None;
+            }
+            let mine: Vec<String> = texts.by_ref().take(r.generation_prompts.len()).collect();
+            let attrs = match (&opts.attributes, &r.relation_id, &r.target_new_id) {
+                (Some(a), Some(rel), Some(t)) => Some((a, rel.as_str(), t.as_str())),
+                _ => None,
+            };
+            Some(generation::gen_scores(mine, attrs))
+        })
+        .collect())
 }
 
 /// Exact match for a chunk of records, all greedy generations in one batch.

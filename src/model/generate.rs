@@ -21,8 +21,11 @@ pub enum Sampling {
 pub struct GenerateOptions {
     pub max_new_tokens: usize,
     pub sampling: Sampling,
-    /// Seed of the sampler (top-k); the same seed gives the same text.
+    /// Seed of the sampler (top-k); the same seed gives the same text. Row `r` of a
+    /// batch samples from its own stream, seeded `row_seeds[r]` if given, else
+    /// `seed + r`, so a prompt's text does not depend on what it is batched with.
     pub seed: u64,
+    pub row_seeds: Option<Vec<u64>>,
     /// Tokens that end a row (not included in its output), e.g. EOS.
     pub stop: Vec<u32>,
 }
@@ -33,6 +36,7 @@ impl Default for GenerateOptions {
             max_new_tokens: 32,
             sampling: Sampling::Greedy,
             seed: 0,
+            row_seeds: None,
             stop: Vec::new(),
         }
     }
@@ -52,7 +56,7 @@ impl SplitMix64 {
     }
 }
 
-fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Result<Vec<u32>> {
+fn choose(logits: &Tensor, sampling: Sampling, rngs: &mut [SplitMix64]) -> Result<Vec<u32>> {
     let logits = logits.to_kind(Kind::Float);
     Ok(match sampling {
         Sampling::Greedy => Vec::<i64>::try_from(logits.argmax(-1, false))?
@@ -68,7 +72,8 @@ fn choose(logits: &Tensor, sampling: Sampling, rng: &mut SplitMix64) -> Result<V
             probs
                 .iter()
                 .zip(&idx)
-                .map(|(p, ids)| {
+                .zip(rngs.iter_mut())
+                .map(|((p, ids), rng)| {
                     let u = rng.next_f64() as f32;
                     let mut acc = 0.0;
                     let pick = p.iter().position(|&q| {
@@ -126,7 +131,13 @@ pub fn generate(
         segments: None,
     };
     let mut cache = KvCache::new();
-    let mut rng = SplitMix64(opts.seed);
+    let mut rngs: Vec<SplitMix64> = match &opts.row_seeds {
+        Some(seeds) if seeds.len() == b => seeds.iter().map(|&s| SplitMix64(s)).collect(),
+        Some(seeds) => {
+            return Err(Error::Input(format!("{} row seeds for {b} prompts", seeds.len())));
+        }
+        None => (0..b as u64).map(|r| SplitMix64(opts.seed.wrapping_add(r))).collect(),
+    };
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
     for _ in 0..max_new {
@@ -135,7 +146,7 @@ pub fn generate(
             cache: Some(&mut cache),
         };
         let logits = model.forward_with(&input, &LogitsAt::Last, extras)?;
-        let next = choose(&logits, opts.sampling, &mut rng)?;
+        let next = choose(&logits, opts.sampling, &mut rngs)?;
         for (r, &tok) in next.iter().enumerate() {
             if done[r] {
                 continue;

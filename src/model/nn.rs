@@ -213,9 +213,12 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64
     }
 }
 
-/// Cached keys and values of earlier positions, per layer, for generation.
+/// Cached keys and values of earlier positions, per layer, for generation (no
+/// autograd: values are written in place into buffers that grow by doubling, so a step
+/// costs no copy of the whole cache).
 #[derive(Default)]
 pub struct KvCache {
+    /// Per layer: key and value buffers `[B, H, capacity, D]`.
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
 }
@@ -234,17 +237,32 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Appends this step's keys and values for `layer` and returns the full ones.
+    /// Appends this step's keys and values for `layer` and returns all of them.
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
         }
-        let kv = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-            None => (k, v),
+        let (len, t) = (self.len as i64, k.size()[2]);
+        let grow = |old: Option<&Tensor>, new: &Tensor| {
+            let s = new.size();
+            let have = old.map_or(0, |o| o.size()[2]);
+            if have >= len + t {
+                return old.expect("capacity").shallow_clone();
+            }
+            let cap = (2 * have).max(len + t).max(16);
+            let buf = Tensor::empty([s[0], s[1], cap, s[3]], (new.kind(), new.device()));
+            if let Some(o) = old {
+                buf.narrow(2, 0, len).copy_(&o.narrow(2, 0, len));
+            }
+            buf
         };
-        self.layers[layer] = Some((kv.0.shallow_clone(), kv.1.shallow_clone()));
-        kv
+        let slot = &mut self.layers[layer];
+        let (kb, vb) = (grow(slot.as_ref().map(|s| &s.0), &k), grow(slot.as_ref().map(|s| &s.1), &v));
+        kb.narrow(2, len, t).copy_(&k);
+        vb.narrow(2, len, t).copy_(&v);
+        let out = (kb.narrow(2, 0, len + t), vb.narrow(2, 0, len + t));
+        *slot = Some((kb, vb));
+        out
     }
 
     pub(crate) fn advance(&mut self, n: usize) {

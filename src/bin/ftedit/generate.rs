@@ -58,6 +58,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             None => Sampling::Greedy,
         },
         seed: args.seed,
+        row_seeds: None,
         stop: if args.ignore_eos {
             Vec::new()
         } else {

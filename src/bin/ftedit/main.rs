@@ -1,7 +1,9 @@
 //! The `ftedit` command line.
 
+mod eval;
 mod generate;
 mod predict;
+mod report;
 
 use std::process::ExitCode;
 
@@ -24,6 +26,10 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Continue a prompt, greedily or by top-k sampling.
     Generate(generate::GenerateArgs),
+    /// Evaluate edits on CounterFact, zsRE or your own records.
+    Eval(eval::EvalArgs),
+    /// Merge evaluation reports.
+    Report(report::ReportArgs),
 }
 
 /// Which model to load, and where.
@@ -62,6 +68,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict(args) => predict::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
+        Command::Report(args) => report::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,136 @@
+//! `ftedit eval`: score a model's knowledge of edit records, after editing them.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use ftedit::data::{self, Format, Selection};
+use ftedit::eval::generation::Attributes;
+use ftedit::eval::protocol::{self, Editor, NoEdit, Protocol};
+use ftedit::eval::report::{OutputDir, RunInfo};
+use ftedit::eval::EvalOptions;
+
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The data file: CounterFact (ROME or EasyEdit format), zsRE (MEND format) or JSONL.
+    #[arg(long)]
+    data: PathBuf,
+    /// The data format (detected when absent): counterfact, counterfact-mend, zsre, jsonl.
+    #[arg(long)]
+    format: Option<Format>,
+    /// Evaluate only the first N records.
+    #[arg(long, short)]
+    n: Option<usize>,
+    /// Evaluate records A..B (0-based, B excluded).
+    #[arg(long, value_parser = Selection::parse_range)]
+    range: Option<(usize, usize)>,
+    /// Evaluate every N-th record starting at i (after --n/--range), as `i/N`.
+    #[arg(long, value_parser = Selection::parse_shard)]
+    shard: Option<(usize, usize)>,
+    /// Editing method: none (the unedited model).
+    #[arg(long, default_value = "none")]
+    method: String,
+    /// single (edit, evaluate, restore), batch (edit all, then evaluate) or sequential.
+    #[arg(long, default_value = "batch")]
+    protocol: String,
+    /// Sequential protocol: edits applied together at each step.
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Sequential protocol: also evaluate everything edited so far every K steps.
+    #[arg(long)]
+    eval_every: Option<usize>,
+    /// Output folder (records.jsonl, summary.json, summary.md); resumes if it has records.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Skip CounterFact fluency (GE), which samples 10 texts of 100 tokens per record.
+    #[arg(long)]
+    no_generation: bool,
+    /// Skip exact match (greedy generation from the rewrite and paraphrase prompts).
+    #[arg(long)]
+    no_exact_match: bool,
+    /// Folder with MEMIT's attribute_snippets.json, idf.npy, tfidf_vocab.json (for RS).
+    #[arg(long)]
+    attributes: Option<PathBuf>,
+    /// Seed of the samplers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Records scored together per round of forward passes.
+    #[arg(long, default_value_t = 16)]
+    chunk: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn editor(method: &str) -> anyhow::Result<Box<dyn Editor>> {
+    match method {
+        "none" => Ok(Box::new(NoEdit)),
+        other => anyhow::bail!("unknown method '{other}' (available: none)"),
+    }
+}
+
+fn protocol(args: &EvalArgs) -> anyhow::Result<Protocol> {
+    Ok(match args.protocol.as_str() {
+        "single" => Protocol::Single,
+        "batch" => Protocol::Batch,
+        "sequential" => Protocol::Sequential {
+            batch_size: args.batch_size.max(1),
+            eval_every: args.eval_every,
+        },
+        other => anyhow::bail!("unknown protocol '{other}' (single, batch, sequential)"),
+    })
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let mut editor = editor(&args.method)?;
+    let protocol = protocol(&args)?;
+    let records = data::load(&args.data, args.format)?;
+    let selection = Selection {
+        first: args.n,
+        range: args.range,
+        shard: args.shard,
+    };
+    let records = selection.apply(records);
+    if records.is_empty() {
+        anyhow::bail!("no records selected from {}", args.data.display());
+    }
+    let attributes = args.attributes.as_deref().map(Attributes::load).transpose()?;
+    let (model, tok) = args.model.load()?;
+    let stem = |p: &std::path::Path| p.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned());
+    let model_name = stem(std::path::Path::new(&args.model.model));
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!("eval-{model_name}-{}-{}-{}", stem(&args.data), args.method, protocol.name()))
+    });
+    let run = RunInfo {
+        model: args.model.model.clone(),
+        data: args.data.display().to_string(),
+        method: editor.name().to_owned(),
+        protocol: protocol.name().to_owned(),
+        settings: serde_json::json!({
+            "n": args.n, "range": args.range, "shard": args.shard,
+            "batch_size": args.batch_size, "eval_every": args.eval_every,
+            "generation": !args.no_generation, "exact_match": !args.no_exact_match,
+            "seed": args.seed, "dtype": args.model.dtype,
+        }),
+    };
+    let dir = OutputDir::open(&out, Some(&run))?;
+    let opts = EvalOptions {
+        exact_match: !args.no_exact_match,
+        generation: !args.no_generation,
+        seed: args.seed,
+        attributes,
+        chunk: args.chunk,
+    };
+    let seconds = protocol::run(&model, &tok, &records, editor.as_mut(), protocol, &opts, &dir, !args.quiet)?;
+    let file = dir.write_summary(Some(run), Some(seconds))?;
+    println!("{}", file.summary.markdown());
+    println!(
+        "{} records in {seconds:.1} s; results in {}",
+        records.len(),
+        dir.path.display()
+    );
+    Ok(())
+}
