@@ -376,3 +376,110 @@ fn hugging_face_folders_load_with_their_names_and_layouts() {
         assert!(err.contains("tokenizer.json"), "{err}");
     }
 }
+
+#[test]
+fn eval_writes_reports_and_shards_merge() {
+    let dir = temp_dir("cli-eval");
+    let model = tiny_model_file(&dir, 64);
+    let data = dir.join("edits.jsonl");
+    let line = |i: usize| {
+        format!(
+            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}], \"generation_prompts\": [\"the {i}\"]}}\n"
+        )
+    };
+    std::fs::write(&data, (0..4).map(line).collect::<String>()).unwrap();
+    let (d, m) = (data.to_str().unwrap(), model.as_str());
+    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (code, stdout, err) = ftedit(&[
+        "eval",
+        "--model",
+        m,
+        "--data",
+        d,
+        "--out",
+        &out("all"),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("| ES |"), "{stdout}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("all/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["n"], 4);
+    for k in [
+        "ES", "PS", "NS", "EM", "PM", "NM", "S", "GE", "RS", "EM_exact",
+    ] {
+        assert!(
+            summary["metrics"].get(k).is_some(),
+            "{k} missing from {summary}"
+        );
+    }
+    assert!(summary["metrics"]["RS"].is_null());
+    assert!(summary["notes"].to_string().contains("RS not computed"));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("all/records.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        4
+    );
+
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let (code, _, err) = ftedit(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--shard",
+            &shard,
+            "--out",
+            &out(&format!("s{i}")),
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, _, err) = ftedit(&[
+        "report",
+        "merge",
+        &out("s0"),
+        &out("s1"),
+        "--out",
+        &out("merged"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("merged/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(merged["metrics"], summary["metrics"]);
+
+    expect_failure(
+        &["eval", "--model", m, "--data", "/no/such/data.json"],
+        "/no/such/data.json",
+    );
+    expect_failure(
+        &["eval", "--model", m, "--data", d, "--method", "rome"],
+        "unknown method 'rome'",
+    );
+    expect_failure(
+        &["eval", "--model", m, "--data", d, "--shard", "2/2"],
+        "bad shard",
+    );
+    // A folder holding another run's results is not mixed with a new one.
+    expect_failure(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--n",
+            "2",
+            "--out",
+            &out("all"),
+            "--quiet",
+        ],
+        "different run",
+    );
+}

@@ -52,10 +52,16 @@ fn check_counterfact(model: &str) {
     assert_eq!(results.len(), reference.len());
     for (got, want) in results.iter().zip(&reference) {
         assert_eq!(got.id, want["case_id"].to_string());
-        let Scores::CounterFact(s) = &got.scores else { panic!("suite") };
+        let Scores::CounterFact(s) = &got.scores else {
+            panic!("suite")
+        };
         assert_eq!(s.target_new_ids, ids(&want["target_new_ids"]));
         assert_eq!(s.target_true_ids, ids(&want["target_true_ids"]));
-        for (group, key) in [(&s.rewrite, "rewrite"), (&s.paraphrase, "paraphrase"), (&s.neighborhood, "neighborhood")] {
+        for (group, key) in [
+            (&s.rewrite, "rewrite"),
+            (&s.paraphrase, "paraphrase"),
+            (&s.neighborhood, "neighborhood"),
+        ] {
             let wants = want[key].as_array().unwrap();
             assert_eq!(group.len(), wants.len(), "{} {key}", got.id);
             for (p, w) in group.iter().zip(wants) {
@@ -71,15 +77,30 @@ fn check_counterfact(model: &str) {
             assert_eq!(v, want[name].as_f64(), "case {} {name}", got.id);
         }
         for (name, v) in [("EM", s.em), ("PM", s.pm), ("NM", s.nm)] {
-            close(v.unwrap(), want[name].as_f64().unwrap(), 1e-4, &format!("case {} {name}", got.id));
+            close(
+                v.unwrap(),
+                want[name].as_f64().unwrap(),
+                1e-4,
+                &format!("case {} {name}", got.id),
+            );
         }
     }
     let agg = &common::reference(model, "summary.json")["counterfact"];
     for (ours, theirs) in [("ES", "ES"), ("PS", "PS"), ("NS", "NS"), ("S", "Score")] {
-        close(summary.metrics[ours].unwrap(), agg[theirs].as_f64().unwrap(), 1e-9, ours);
+        close(
+            summary.metrics[ours].unwrap(),
+            agg[theirs].as_f64().unwrap(),
+            1e-9,
+            ours,
+        );
     }
     for k in ["EM", "PM", "NM"] {
-        close(summary.metrics[k].unwrap(), agg[k].as_f64().unwrap(), 1e-3, k);
+        close(
+            summary.metrics[k].unwrap(),
+            agg[k].as_f64().unwrap(),
+            1e-3,
+            k,
+        );
     }
     assert_eq!(summary.n, 50);
 }
@@ -90,7 +111,9 @@ fn check_zsre(model: &str) {
     let mut flips = 0;
     for (got, want) in results.iter().zip(&reference) {
         assert_eq!(got.id, want["index"].to_string());
-        let Scores::Zsre(s) = &got.scores else { panic!("suite") };
+        let Scores::Zsre(s) = &got.scores else {
+            panic!("suite")
+        };
         assert_eq!(s.target_ids, ids(&want["target_ids"]));
         for (group, key) in [
             (&s.rewrite_positions, "rewrite_positions"),
@@ -103,12 +126,21 @@ fn check_zsre(model: &str) {
                 let what = format!("record {} {key} {:?}", got.id, p.input);
                 assert_eq!(p.input, w["input"].as_str().unwrap(), "{what}");
                 assert_eq!(p.input_ids, ids(&w["input_ids"]), "{what}");
-                let answer = w.get("answer_id").or_else(|| w.get("gold_id")).unwrap().as_u64().unwrap() as u32;
+                let answer = w
+                    .get("answer_id")
+                    .or_else(|| w.get("gold_id"))
+                    .unwrap()
+                    .as_u64()
+                    .unwrap() as u32;
                 assert_eq!(p.answer_id, answer, "{what}");
                 if w["top2_margin"].as_f64().unwrap() < 1e-3 {
                     flips += (p.correct != w["correct"].as_bool().unwrap()) as usize;
                 } else {
-                    assert_eq!(p.argmax_id as u64, w["argmax_id"].as_u64().unwrap(), "{what}");
+                    assert_eq!(
+                        p.argmax_id as u64,
+                        w["argmax_id"].as_u64().unwrap(),
+                        "{what}"
+                    );
                     assert_eq!(p.correct, w["correct"].as_bool().unwrap(), "{what}");
                 }
             }
@@ -116,8 +148,18 @@ fn check_zsre(model: &str) {
     }
     let agg = &common::reference(model, "summary.json")["zsre"];
     if flips == 0 {
-        for (ours, theirs) in [("efficacy", "efficacy"), ("paraphrase", "paraphrase"), ("specificity", "specificity"), ("score", "Score")] {
-            close(summary.metrics[ours].unwrap(), agg[theirs].as_f64().unwrap(), 1e-9, ours);
+        for (ours, theirs) in [
+            ("efficacy", "efficacy"),
+            ("paraphrase", "paraphrase"),
+            ("specificity", "specificity"),
+            ("score", "Score"),
+        ] {
+            close(
+                summary.metrics[ours].unwrap(),
+                agg[theirs].as_f64().unwrap(),
+                1e-9,
+                ours,
+            );
         }
     }
     assert!(flips <= 1, "{flips} near-tie positions flipped");

@@ -112,7 +112,10 @@ impl<'a> Fields<'a> {
 
     /// The value at a `/`-separated path.
     fn at(&self, field: &str) -> Option<&'a Json> {
-        field.split('/').try_fold(self.obj, |v, k| v.get(k)).filter(|v| !v.is_null())
+        field
+            .split('/')
+            .try_fold(self.obj, |v, k| v.get(k))
+            .filter(|v| !v.is_null())
     }
 
     fn str(&self, field: &str) -> Result<String> {
@@ -187,18 +190,30 @@ fn template(text: &str, subject: &str) -> String {
 }
 
 fn counterfact(f: &Fields) -> Result<EditRecord> {
-    let prompt = f.non_empty("requested_rewrite/prompt", f.str("requested_rewrite/prompt")?)?;
-    let subject = f.non_empty("requested_rewrite/subject", f.str("requested_rewrite/subject")?)?;
+    let prompt = f.non_empty(
+        "requested_rewrite/prompt",
+        f.str("requested_rewrite/prompt")?,
+    )?;
+    let subject = f.non_empty(
+        "requested_rewrite/subject",
+        f.str("requested_rewrite/subject")?,
+    )?;
     if !prompt.contains("{}") {
         return Err(f.err("requested_rewrite/prompt", "has no {} for the subject"));
     }
-    let target_true = f.non_empty("requested_rewrite/target_true/str", f.str("requested_rewrite/target_true/str")?)?;
+    let target_true = f.non_empty(
+        "requested_rewrite/target_true/str",
+        f.str("requested_rewrite/target_true/str")?,
+    )?;
     Ok(EditRecord {
         id: f.id("case_id")?,
         suite: Suite::CounterFact,
         prompt,
         subject,
-        target_new: f.non_empty("requested_rewrite/target_new/str", f.str("requested_rewrite/target_new/str")?)?,
+        target_new: f.non_empty(
+            "requested_rewrite/target_new/str",
+            f.str("requested_rewrite/target_new/str")?,
+        )?,
         paraphrases: f.str_list("paraphrase_prompts", true)?,
         neighborhood: f
             .str_list("neighborhood_prompts", true)?
@@ -285,8 +300,12 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
                 };
                 let field = |k: &str| format!("neighborhood/{i}/{k}");
                 Ok(Neighbor {
-                    prompt: sub.str("prompt").map_err(|_| f.err(&field("prompt"), "missing or not a string"))?,
-                    target: sub.str("target").map_err(|_| f.err(&field("target"), "missing or not a string"))?,
+                    prompt: sub
+                        .str("prompt")
+                        .map_err(|_| f.err(&field("prompt"), "missing or not a string"))?,
+                    target: sub
+                        .str("target")
+                        .map_err(|_| f.err(&field("target"), "missing or not a string"))?,
                 })
             })
             .collect::<Result<_>>()?,
@@ -294,7 +313,11 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
     };
     Ok(EditRecord {
         id: f.id("id")?,
-        suite: if target_true.is_some() { Suite::CounterFact } else { Suite::Zsre },
+        suite: if target_true.is_some() {
+            Suite::CounterFact
+        } else {
+            Suite::Zsre
+        },
         prompt,
         subject: f.non_empty("subject", f.str("subject")?)?,
         target_new: f.non_empty("target_new", f.str("target_new")?)?,
@@ -343,7 +366,8 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRe
             None => format!("invalid JSON: {e}"),
         },
     };
-    let is_jsonl = format == Some(Format::Jsonl) || (format.is_none() && path.extension().is_some_and(|e| e == "jsonl"));
+    let is_jsonl = format == Some(Format::Jsonl)
+        || (format.is_none() && path.extension().is_some_and(|e| e == "jsonl"));
     let items: Vec<Json> = if is_jsonl {
         text.lines()
             .enumerate()
@@ -420,7 +444,11 @@ impl Selection {
             iter = Box::new(iter.take(n));
         }
         if let Some((i, n)) = self.shard {
-            iter = Box::new(iter.enumerate().filter(move |(k, _)| k % n == i).map(|(_, r)| r));
+            iter = Box::new(
+                iter.enumerate()
+                    .filter(move |(k, _)| k % n == i)
+                    .map(|(_, r)| r),
+            );
         }
         iter.collect()
     }

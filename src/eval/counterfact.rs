@@ -65,15 +65,28 @@ fn request(tok: &Tokenizer, prefix: &str, target: &str) -> Result<(NllRequest, b
     let prefix_ids = tok.encode(prefix, true)?;
     let a = tok.encode(&format!(" {target}"), false)?;
     if a.is_empty() {
-        return Err(Error::Input(format!("target {target:?} tokenizes to nothing")));
+        return Err(Error::Input(format!(
+            "target {target:?} tokenizes to nothing"
+        )));
     }
     let full = tok.encode(&format!("{prefix} {target}"), true)?;
     let p = prefix_ids.len();
     let aligned = full.len() >= p + a.len() && full[p..p + a.len()] == a[..];
     // MEMIT reads positions P + j - 1 of `full`; when the joined text tokenizes
     // shorter, those positions do not exist, so score the plain concatenation.
-    let ids = if p + a.len() <= full.len() { full } else { [prefix_ids.as_slice(), a.as_slice()].concat() };
-    Ok((NllRequest { ids, start: p, tokens: a }, !aligned))
+    let ids = if p + a.len() <= full.len() {
+        full
+    } else {
+        [prefix_ids.as_slice(), a.as_slice()].concat()
+    };
+    Ok((
+        NllRequest {
+            ids,
+            start: p,
+            tokens: a,
+        },
+        !aligned,
+    ))
 }
 
 /// Scores many records at once (their prompts share forward passes).
@@ -81,14 +94,22 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
     let mut reqs = Vec::new();
     let mut layout = Vec::with_capacity(records.len());
     for r in records {
-        let target_true = r
-            .target_true
-            .as_deref()
-            .ok_or_else(|| Error::Input(format!("record {}: CounterFact metrics need target_true", r.id)))?;
+        let target_true = r.target_true.as_deref().ok_or_else(|| {
+            Error::Input(format!(
+                "record {}: CounterFact metrics need target_true",
+                r.id
+            ))
+        })?;
         let groups: [Vec<(String, &str)>; 3] = [
             vec![(r.rewrite_prompt(), target_true)],
-            r.paraphrases.iter().map(|p| (p.clone(), target_true)).collect(),
-            r.neighborhood.iter().map(|n| (n.prompt.clone(), n.target.as_str())).collect(),
+            r.paraphrases
+                .iter()
+                .map(|p| (p.clone(), target_true))
+                .collect(),
+            r.neighborhood
+                .iter()
+                .map(|n| (n.prompt.clone(), n.target.as_str()))
+                .collect(),
         ];
         let mut per_group = Vec::new();
         for group in groups {
@@ -146,7 +167,10 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
         let true_margin = |p: &PromptNll| (-p.nll_true).exp() - (-p.nll_new).exp();
         out.push(ProbScores {
             target_new_ids: tok.encode(&format!(" {}", r.target_new), false)?,
-            target_true_ids: tok.encode(&format!(" {}", r.target_true.as_deref().unwrap_or_default()), false)?,
+            target_true_ids: tok.encode(
+                &format!(" {}", r.target_true.as_deref().unwrap_or_default()),
+                false,
+            )?,
             es: frac(&rewrite, new_wins),
             ps: frac(&paraphrase, new_wins),
             ns: frac(&neighborhood, true_wins),

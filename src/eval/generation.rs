@@ -61,15 +61,29 @@ fn special(tok: &Tokenizer) -> Vec<u32> {
 
 /// Top-k (k = 5) continuations of each prompt up to [`GEN_LENGTH`] tokens in all; each
 /// prompt samples from its own seed.
-pub fn sample_texts(model: &Model, tok: &Tokenizer, prompts: &[String], seeds: &[u64]) -> Result<Vec<String>> {
+pub fn sample_texts(
+    model: &Model,
+    tok: &Tokenizer,
+    prompts: &[String],
+    seeds: &[u64],
+) -> Result<Vec<String>> {
     if prompts.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
-    let budget: Vec<usize> = ids.iter().map(|i| GEN_LENGTH.saturating_sub(i.len())).collect();
+    let ids: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| tok.encode(p, true))
+        .collect::<Result<_>>()?;
+    let budget: Vec<usize> = ids
+        .iter()
+        .map(|i| GEN_LENGTH.saturating_sub(i.len()))
+        .collect();
     let opts = GenerateOptions {
         max_new_tokens: budget.iter().copied().max().unwrap_or(0),
-        sampling: Sampling::TopK { k: 5, temperature: 1.0 },
+        sampling: Sampling::TopK {
+            k: 5,
+            temperature: 1.0,
+        },
         seed: 0,
         row_seeds: Some(seeds.to_vec()),
         stop: Vec::new(),
@@ -85,7 +99,11 @@ pub fn sample_texts(model: &Model, tok: &Tokenizer, prompts: &[String], seeds: &
         .zip(outs)
         .zip(budget)
         .map(|((p, out), b)| {
-            let kept: Vec<u32> = out.into_iter().take(b).filter(|t| !skip.contains(t)).collect();
+            let kept: Vec<u32> = out
+                .into_iter()
+                .take(b)
+                .filter(|t| !skip.contains(t))
+                .collect();
             clean(&format!("{p}{}", tok.decode(&kept)))
         })
         .collect())
@@ -110,20 +128,31 @@ impl Attributes {
             path: dir.join(name),
             reason,
         };
-        let list: serde_json::Value =
-            serde_json::from_slice(&read("attribute_snippets.json")?).map_err(|e| bad("attribute_snippets.json", e.to_string()))?;
+        let list: serde_json::Value = serde_json::from_slice(&read("attribute_snippets.json")?)
+            .map_err(|e| bad("attribute_snippets.json", e.to_string()))?;
         let mut snippets: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
-        for el in list.as_array().ok_or_else(|| bad("attribute_snippets.json", "expected a list".into()))? {
-            let (Some(rid), Some(tid)) = (el["relation_id"].as_str(), el["target_id"].as_str()) else {
-                return Err(bad("attribute_snippets.json", "an entry lacks relation_id or target_id".into()));
+        for el in list
+            .as_array()
+            .ok_or_else(|| bad("attribute_snippets.json", "expected a list".into()))?
+        {
+            let (Some(rid), Some(tid)) = (el["relation_id"].as_str(), el["target_id"].as_str())
+            else {
+                return Err(bad(
+                    "attribute_snippets.json",
+                    "an entry lacks relation_id or target_id".into(),
+                ));
             };
-            let texts = snippets.entry(rid.into()).or_default().entry(tid.into()).or_default();
+            let texts = snippets
+                .entry(rid.into())
+                .or_default()
+                .entry(tid.into())
+                .or_default();
             for s in el["samples"].as_array().into_iter().flatten() {
                 texts.extend(s["text"].as_str().map(str::to_owned));
             }
         }
-        let vocab: HashMap<String, usize> =
-            serde_json::from_slice(&read("tfidf_vocab.json")?).map_err(|e| bad("tfidf_vocab.json", e.to_string()))?;
+        let vocab: HashMap<String, usize> = serde_json::from_slice(&read("tfidf_vocab.json")?)
+            .map_err(|e| bad("tfidf_vocab.json", e.to_string()))?;
         let idf = read_npy_f64(&read("idf.npy")?).map_err(|r| bad("idf.npy", r))?;
         Ok(Attributes {
             snippets,
@@ -146,18 +175,32 @@ fn read_npy_f64(bytes: &[u8]) -> std::result::Result<Vec<f64>, String> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        _ if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
+        _ if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         _ => return Err("truncated header".into()),
     };
-    let header = std::str::from_utf8(bytes.get(start..start + header_len).ok_or("truncated header")?).map_err(|e| e.to_string())?;
+    let header = std::str::from_utf8(
+        bytes
+            .get(start..start + header_len)
+            .ok_or("truncated header")?,
+    )
+    .map_err(|e| e.to_string())?;
     let data = &bytes[start + header_len..];
     if header.contains("'fortran_order': True") {
         return Err("Fortran-ordered arrays are not supported".into());
     }
     if header.contains("'<f8'") {
-        Ok(data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect())
+        Ok(data
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect())
     } else if header.contains("'<f4'") {
-        Ok(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64).collect())
+        Ok(data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect())
     } else {
         Err(format!("unsupported dtype in header {header}"))
     }
@@ -177,11 +220,18 @@ pub fn starts_with_target(output: &str, target: &str) -> bool {
 }
 
 /// Greedy continuations of `(prompt, target)` pairs, long enough for the target.
-pub fn exact_items(model: &Model, tok: &Tokenizer, pairs: &[(String, String)]) -> Result<Vec<ExactItem>> {
+pub fn exact_items(
+    model: &Model,
+    tok: &Tokenizer,
+    pairs: &[(String, String)],
+) -> Result<Vec<ExactItem>> {
     if pairs.is_empty() {
         return Ok(Vec::new());
     }
-    let ids: Vec<Vec<u32>> = pairs.iter().map(|(p, _)| tok.encode(p, true)).collect::<Result<_>>()?;
+    let ids: Vec<Vec<u32>> = pairs
+        .iter()
+        .map(|(p, _)| tok.encode(p, true))
+        .collect::<Result<_>>()?;
     let longest = pairs
         .iter()
         .map(|(_, t)| tok.encode(&format!(" {t}"), false).map(|v| v.len()))

@@ -14,14 +14,17 @@ pub fn harmonic_mean(values: &[f64]) -> f64 {
 
 /// Mean of the values that exist, `None` if none does.
 pub fn mean(values: impl IntoIterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.into_iter().fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    let (sum, n) = values
+        .into_iter()
+        .fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
     (n > 0).then(|| sum / n as f64)
 }
 
 /// Common abbreviations after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd", "co", "corp", "no",
-    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "u.s", "u.k", "mt", "ft",
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "inc", "ltd",
+    "co", "corp", "no", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct",
+    "nov", "dec", "u.s", "u.k", "mt", "ft",
 ];
 
 /// Splits text into sentences the way NLTK's punkt mostly does for English: after
@@ -46,10 +49,16 @@ pub fn split_sentences(text: &str) -> Vec<&str> {
             }
             let next_starts = k < chars.len()
                 && k > j
-                && (chars[k].1.is_uppercase() || chars[k].1.is_ascii_digit() || matches!(chars[k].1, '"' | '\'' | '(' | '“'));
-            let word = text[start..pos].rsplit(|ch: char| ch.is_whitespace()).next().unwrap_or("");
+                && (chars[k].1.is_uppercase()
+                    || chars[k].1.is_ascii_digit()
+                    || matches!(chars[k].1, '"' | '\'' | '(' | '“'));
+            let word = text[start..pos]
+                .rsplit(|ch: char| ch.is_whitespace())
+                .next()
+                .unwrap_or("");
             let word = word.trim_start_matches(['(', '"', '\'']).to_lowercase();
-            let abbreviation = c == '.' && (ABBREVIATIONS.contains(&word.as_str()) || word.chars().count() == 1);
+            let abbreviation =
+                c == '.' && (ABBREVIATIONS.contains(&word.as_str()) || word.chars().count() == 1);
             if next_starts && !abbreviation {
                 let end = chars.get(j).map_or(text.len(), |&(p, _)| p);
                 out.push(&text[start..end]);
@@ -129,7 +138,10 @@ pub fn treebank_tokenize(sentence: &str) -> Vec<String> {
 
 /// Word tokens as `nltk.word_tokenize` gives them: sentences, then Treebank tokens.
 pub fn word_tokenize(text: &str) -> Vec<String> {
-    split_sentences(text).into_iter().flat_map(treebank_tokenize).collect()
+    split_sentences(text)
+        .into_iter()
+        .flat_map(treebank_tokenize)
+        .collect()
 }
 
 /// Entropy (bits) of the n-gram frequency distribution of `tokens`.
@@ -191,7 +203,11 @@ impl Tfidf {
         if na == 0.0 || nb == 0.0 {
             return 0.0;
         }
-        va.iter().map(|(i, x)| x * vb.get(i).copied().unwrap_or(0.0)).sum::<f64>() / na / nb
+        va.iter()
+            .map(|(i, x)| x * vb.get(i).copied().unwrap_or(0.0))
+            .sum::<f64>()
+            / na
+            / nb
     }
 }
 
@@ -225,17 +241,26 @@ mod tests {
     fn word_tokenize_follows_the_treebank_rules() {
         let t = word_tokenize("He said \"it's John's car\", didn't he? Yes. Mr. Smith paid $5.");
         let want = [
-            "He", "said", "``", "it", "'s", "John", "'s", "car", "''", ",", "did", "n't", "he", "?", "Yes", ".", "Mr.", "Smith",
-            "paid", "$", "5", ".",
+            "He", "said", "``", "it", "'s", "John", "'s", "car", "''", ",", "did", "n't", "he",
+            "?", "Yes", ".", "Mr.", "Smith", "paid", "$", "5", ".",
         ];
         assert_eq!(t, want);
-        assert_eq!(word_tokenize("cannot (maybe) -- 3,000 ok..."), ["can", "not", "(", "maybe", ")", "--", "3,000", "ok", "..."]);
+        assert_eq!(
+            word_tokenize("cannot (maybe) -- 3,000 ok..."),
+            ["can", "not", "(", "maybe", ")", "--", "3,000", "ok", "..."]
+        );
     }
 
     #[test]
     fn tfidf_cosine() {
         let t = Tfidf {
-            vocab: [("paris".into(), 0), ("france".into(), 1), ("rome".into(), 2)].into_iter().collect(),
+            vocab: [
+                ("paris".into(), 0),
+                ("france".into(), 1),
+                ("rome".into(), 2),
+            ]
+            .into_iter()
+            .collect(),
             idf: vec![1.0, 2.0, 3.0],
         };
         assert!((t.similarity("Paris, France", "paris france") - 1.0).abs() < 1e-12);

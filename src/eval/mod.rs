@@ -65,6 +65,8 @@ pub struct EvalOptions {
     pub attributes: Option<Attributes>,
     /// Records scored together in one round of forward passes.
     pub chunk: usize,
+    /// Show a progress bar with ETA on the terminal.
+    pub progress: bool,
 }
 
 impl Default for EvalOptions {
@@ -75,6 +77,7 @@ impl Default for EvalOptions {
             seed: 0,
             attributes: None,
             chunk: 16,
+            progress: false,
         }
     }
 }
@@ -82,7 +85,9 @@ impl Default for EvalOptions {
 /// A per-record seed: the same record gets the same samples in any shard or order.
 fn record_seed(seed: u64, id: &str) -> u64 {
     // FNV-1a.
-    id.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Scores `records` and passes each result to `done` in order.
@@ -94,15 +99,29 @@ pub fn evaluate(
     done: &mut dyn FnMut(RecordResult) -> Result<()>,
 ) -> Result<()> {
     for chunk in records.chunks(opts.chunk.max(1)) {
-        let cf: Vec<&EditRecord> = chunk.iter().filter(|r| r.suite == Suite::CounterFact).collect();
+        let cf: Vec<&EditRecord> = chunk
+            .iter()
+            .filter(|r| r.suite == Suite::CounterFact)
+            .collect();
         let zs: Vec<&EditRecord> = chunk.iter().filter(|r| r.suite == Suite::Zsre).collect();
         let mut cf_scores = counterfact::score(model, tok, &cf)?.into_iter();
         let mut zs_scores = zsre::score(model, tok, &zs)?.into_iter();
-        let exact = if opts.exact_match { exact_scores(model, tok, chunk)? } else { vec![None; chunk.len()] };
-        let mut generations = if opts.generation { generations(model, tok, chunk, opts)? } else { vec![None; chunk.len()] }.into_iter();
+        let exact = if opts.exact_match {
+            exact_scores(model, tok, chunk)?
+        } else {
+            vec![None; chunk.len()]
+        };
+        let mut generations = if opts.generation {
+            generations(model, tok, chunk, opts)?
+        } else {
+            vec![None; chunk.len()]
+        }
+        .into_iter();
         for (r, exact) in chunk.iter().zip(exact) {
             let scores = match r.suite {
-                Suite::CounterFact => Scores::CounterFact(cf_scores.next().expect("one score per record")),
+                Suite::CounterFact => {
+                    Scores::CounterFact(cf_scores.next().expect("one score per record"))
+                }
                 Suite::Zsre => Scores::Zsre(zs_scores.next().expect("one score per record")),
             };
             done(RecordResult {
@@ -124,7 +143,12 @@ pub fn evaluate(
 /// Fluency (and consistency) of the CounterFact records of a chunk, all samples in one
 /// batch; each prompt's seed comes from its record's id, so results do not depend on
 /// chunking or sharding.
-fn generations(model: &Model, tok: &Tokenizer, chunk: &[EditRecord], opts: &EvalOptions) -> Result<Vec<Option<GenScores>>> {
+fn generations(
+    model: &Model,
+    tok: &Tokenizer,
+    chunk: &[EditRecord],
+    opts: &EvalOptions,
+) -> Result<Vec<Option<GenScores>>> {
     let wanted = |r: &EditRecord| r.suite == Suite::CounterFact && !r.generation_prompts.is_empty();
     let mut prompts = Vec::new();
     let mut seeds = Vec::new();
@@ -153,11 +177,19 @@ fn generations(model: &Model, tok: &Tokenizer, chunk: &[EditRecord], opts: &Eval
 }
 
 /// Exact match for a chunk of records, all greedy generations in one batch.
-fn exact_scores(model: &Model, tok: &Tokenizer, chunk: &[EditRecord]) -> Result<Vec<Option<ExactScores>>> {
+fn exact_scores(
+    model: &Model,
+    tok: &Tokenizer,
+    chunk: &[EditRecord],
+) -> Result<Vec<Option<ExactScores>>> {
     let mut pairs = Vec::new();
     for r in chunk {
         pairs.push((r.rewrite_prompt(), r.target_new.clone()));
-        pairs.extend(r.paraphrases.iter().map(|p| (p.clone(), r.target_new.clone())));
+        pairs.extend(
+            r.paraphrases
+                .iter()
+                .map(|p| (p.clone(), r.target_new.clone())),
+        );
     }
     let mut items = generation::exact_items(model, tok, &pairs)?.into_iter();
     let rate = |v: &[generation::ExactItem]| mean(v.iter().map(|i| i.correct as u8 as f64));
@@ -210,7 +242,10 @@ impl Summary {
             .collect();
         let exact = |suite: Suite, f: fn(&ExactScores) -> Option<f64>| {
             pct(mean(
-                results.iter().filter(|r| r.suite == suite).filter_map(|r| r.exact.as_ref().and_then(f)),
+                results
+                    .iter()
+                    .filter(|r| r.suite == suite)
+                    .filter_map(|r| r.exact.as_ref().and_then(f)),
             ))
         };
         if !cf.is_empty() {
@@ -223,8 +258,14 @@ impl Summary {
             metrics.insert("PM".into(), m(|s| s.pm));
             metrics.insert("NM".into(), m(|s| s.nm));
             let parts: Vec<f64> = [es, ps, ns].into_iter().flatten().collect();
-            metrics.insert("S".into(), (parts.len() == 3).then(|| harmonic_mean(&parts)));
-            let gens: Vec<&GenScores> = results.iter().filter_map(|r| r.generation.as_ref()).collect();
+            metrics.insert(
+                "S".into(),
+                (parts.len() == 3).then(|| harmonic_mean(&parts)),
+            );
+            let gens: Vec<&GenScores> = results
+                .iter()
+                .filter_map(|r| r.generation.as_ref())
+                .collect();
             metrics.insert("GE".into(), pct(mean(gens.iter().filter_map(|g| g.ge))));
             let rs = pct(mean(gens.iter().filter_map(|g| g.rs)));
             metrics.insert("RS".into(), rs);
@@ -238,7 +279,10 @@ impl Summary {
                 );
             }
             metrics.insert("EM_exact".into(), exact(Suite::CounterFact, |e| e.efficacy));
-            metrics.insert("PS_exact".into(), exact(Suite::CounterFact, |e| e.paraphrase_rate));
+            metrics.insert(
+                "PS_exact".into(),
+                exact(Suite::CounterFact, |e| e.paraphrase_rate),
+            );
         }
         if !zs.is_empty() {
             let m = |f: fn(&AccScores) -> Option<f64>| pct(mean(zs.iter().filter_map(|s| f(s))));
@@ -247,9 +291,15 @@ impl Summary {
             metrics.insert("paraphrase".into(), p);
             metrics.insert("specificity".into(), s);
             let parts: Vec<f64> = [e, p, s].into_iter().flatten().collect();
-            metrics.insert("score".into(), (parts.len() == 3).then(|| harmonic_mean(&parts)));
+            metrics.insert(
+                "score".into(),
+                (parts.len() == 3).then(|| harmonic_mean(&parts)),
+            );
             metrics.insert("efficacy_exact".into(), exact(Suite::Zsre, |e| e.efficacy));
-            metrics.insert("paraphrase_exact".into(), exact(Suite::Zsre, |e| e.paraphrase_rate));
+            metrics.insert(
+                "paraphrase_exact".into(),
+                exact(Suite::Zsre, |e| e.paraphrase_rate),
+            );
         }
         if results.iter().all(|r| r.exact.is_none()) && !results.is_empty() {
             notes.push("exact match not computed (turned off)".into());

@@ -87,12 +87,19 @@ pub fn run(
     protocol: Protocol,
     opts: &EvalOptions,
     out: &OutputDir,
-    show_progress: bool,
 ) -> Result<f64> {
     let start = Instant::now();
     let done = out.done_ids()?;
-    let todo: Vec<EditRecord> = records.iter().filter(|r| !done.contains(&r.id)).cloned().collect();
-    let pb = if show_progress { progress(records.len(), "eval") } else { ProgressBar::hidden() };
+    let todo: Vec<EditRecord> = records
+        .iter()
+        .filter(|r| !done.contains(&r.id))
+        .cloned()
+        .collect();
+    let pb = if opts.progress {
+        progress(records.len(), "eval")
+    } else {
+        ProgressBar::hidden()
+    };
     pb.set_position((records.len() - todo.len()) as u64);
     // Drop a cut-off last line before appending.
     out.reset_records(&out.records()?)?;
@@ -121,7 +128,10 @@ pub fn run(
                 result?;
             }
         }
-        Protocol::Sequential { batch_size, eval_every } => {
+        Protocol::Sequential {
+            batch_size,
+            eval_every,
+        } => {
             if !done.is_empty() {
                 return Err(Error::Input(format!(
                     "{} already holds results; a sequential run cannot resume, use another --out",
@@ -141,8 +151,11 @@ pub fn run(
                     })?;
                     let summary = Summary::new(&results);
                     let path = out.path.join(format!("step-{step:05}.json"));
-                    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("serialisable"))
-                        .map_err(|e| Error::io(&path, e))?;
+                    std::fs::write(
+                        &path,
+                        serde_json::to_string_pretty(&summary).expect("serialisable"),
+                    )
+                    .map_err(|e| Error::io(&path, e))?;
                 }
                 pb.set_message(format!("step {step}/{}", batches.len()));
             }

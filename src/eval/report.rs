@@ -70,7 +70,10 @@ impl OutputDir {
                     )));
                 }
             }
-            write_atomic(&info, &serde_json::to_string_pretty(run).expect("serialisable"))?;
+            write_atomic(
+                &info,
+                &serde_json::to_string_pretty(run).expect("serialisable"),
+            )?;
         }
         Ok(dir)
     }
@@ -127,7 +130,8 @@ impl OutputDir {
             .append(true)
             .open(&p)
             .map_err(|e| Error::io(&p, e))?;
-        writeln!(f, "{}", serde_json::to_string(r).expect("serialisable")).map_err(|e| Error::io(&p, e))
+        writeln!(f, "{}", serde_json::to_string(r).expect("serialisable"))
+            .map_err(|e| Error::io(&p, e))
     }
 
     /// Writes `summary.json` and `summary.md` from every record in the folder.
@@ -137,7 +141,10 @@ impl OutputDir {
             run,
             seconds,
         };
-        write_atomic(&self.path.join("summary.json"), &serde_json::to_string_pretty(&file).expect("serialisable"))?;
+        write_atomic(
+            &self.path.join("summary.json"),
+            &serde_json::to_string_pretty(&file).expect("serialisable"),
+        )?;
         let mut md = String::new();
         if let Some(run) = &file.run {
             md.push_str(&format!(
@@ -159,7 +166,10 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
     let mut run = None;
     for d in dirs {
         if !d.join("records.jsonl").exists() {
-            return Err(Error::Input(format!("{} has no records.jsonl", d.display())));
+            return Err(Error::Input(format!(
+                "{} has no records.jsonl",
+                d.display()
+            )));
         }
         let dir = OutputDir { path: d.clone() };
         for r in dir.records()? {
@@ -169,13 +179,18 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
         }
         let info = d.join("run.json");
         if run.is_none() && info.exists() {
-            run = std::fs::read_to_string(&info).ok().and_then(|t| serde_json::from_str::<RunInfo>(&t).ok());
+            run = std::fs::read_to_string(&info)
+                .ok()
+                .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok());
         }
     }
     let dir = OutputDir::open(out, None)?;
     dir.reset_records(&all)?;
     if let Some(run) = &run {
-        write_atomic(&dir.path.join("run.json"), &serde_json::to_string_pretty(run).expect("serialisable"))?;
+        write_atomic(
+            &dir.path.join("run.json"),
+            &serde_json::to_string_pretty(run).expect("serialisable"),
+        )?;
     }
     dir.write_summary(run, None)
 }

@@ -70,7 +70,9 @@ pub fn token_nlls(model: &Model, reqs: &[NllRequest]) -> Result<Vec<Vec<f64>>> {
             }
         }
         let logits = model.forward(&input, &LogitsAt::Positions(at))?;
-        let labels = Tensor::from_slice(&labels).to_device(logits.device()).unsqueeze(1);
+        let labels = Tensor::from_slice(&labels)
+            .to_device(logits.device())
+            .unsqueeze(1);
         let nll = logits
             .to_kind(Kind::Double)
             .log_softmax(-1, Kind::Double)
@@ -95,8 +97,14 @@ pub fn predictions(model: &Model, inputs: &[Vec<u32>]) -> Result<Vec<Prediction>
     for range in groups(&lens, TOKENS_PER_PASS) {
         let batch = &inputs[range];
         let (input, place) = Input::packed(batch, model.device())?;
-        let at = batch.iter().zip(&place).map(|(s, &(row, off))| (row, off + s.len() - 1)).collect();
-        let logits = model.forward(&input, &LogitsAt::Positions(at))?.to_kind(Kind::Float);
+        let at = batch
+            .iter()
+            .zip(&place)
+            .map(|(s, &(row, off))| (row, off + s.len() - 1))
+            .collect();
+        let logits = model
+            .forward(&input, &LogitsAt::Positions(at))?
+            .to_kind(Kind::Float);
         let (top, idx) = logits.topk(2, -1, true, true);
         let top = Vec::<Vec<f32>>::try_from(top.to_device(tch::Device::Cpu))?;
         let idx = Vec::<Vec<i64>>::try_from(idx.to_device(tch::Device::Cpu))?;

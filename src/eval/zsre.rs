@@ -51,7 +51,9 @@ struct Query {
 fn queries(tok: &Tokenizer, prompt: &str, target: &str, gold: bool) -> Result<Vec<Query>> {
     let t = tok.encode(&format!(" {target}"), false)?;
     if t.is_empty() {
-        return Err(Error::Input(format!("target {target:?} tokenizes to nothing")));
+        return Err(Error::Input(format!(
+            "target {target:?} tokenizes to nothing"
+        )));
     }
     (0..t.len())
         .map(|i| {
@@ -59,7 +61,10 @@ fn queries(tok: &Tokenizer, prompt: &str, target: &str, gold: bool) -> Result<Ve
             let answer_id = if gold {
                 t[i]
             } else {
-                tok.encode(&tok.decode(&t[i..=i]), false)?.first().copied().unwrap_or(t[i])
+                tok.encode(&tok.decode(&t[i..=i]), false)?
+                    .first()
+                    .copied()
+                    .unwrap_or(t[i])
             };
             Ok(Query {
                 input_ids: tok.encode(&input, true)?,
@@ -85,7 +90,12 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
         }
         all.push([rewrite, paraphrase, specificity]);
     }
-    let inputs: Vec<Vec<u32>> = all.iter().flatten().flatten().map(|q| q.input_ids.clone()).collect();
+    let inputs: Vec<Vec<u32>> = all
+        .iter()
+        .flatten()
+        .flatten()
+        .map(|q| q.input_ids.clone())
+        .collect();
     let mut preds = predictions(model, &inputs)?.into_iter();
     let mut out = Vec::with_capacity(records.len());
     for (r, groups) in records.iter().zip(all) {
@@ -104,7 +114,9 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
                 })
                 .collect::<Vec<_>>()
         });
-        let acc = |v: &[Position]| (!v.is_empty()).then(|| v.iter().filter(|p| p.correct).count() as f64 / v.len() as f64);
+        let acc = |v: &[Position]| {
+            (!v.is_empty()).then(|| v.iter().filter(|p| p.correct).count() as f64 / v.len() as f64)
+        };
         out.push(AccScores {
             target_ids: tok.encode(&format!(" {}", r.target_new), false)?,
             efficacy: acc(&rewrite),

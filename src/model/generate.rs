@@ -134,9 +134,14 @@ pub fn generate(
     let mut rngs: Vec<SplitMix64> = match &opts.row_seeds {
         Some(seeds) if seeds.len() == b => seeds.iter().map(|&s| SplitMix64(s)).collect(),
         Some(seeds) => {
-            return Err(Error::Input(format!("{} row seeds for {b} prompts", seeds.len())));
+            return Err(Error::Input(format!(
+                "{} row seeds for {b} prompts",
+                seeds.len()
+            )));
         }
-        None => (0..b as u64).map(|r| SplitMix64(opts.seed.wrapping_add(r))).collect(),
+        None => (0..b as u64)
+            .map(|r| SplitMix64(opts.seed.wrapping_add(r)))
+            .collect(),
     };
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];

@@ -257,7 +257,10 @@ impl KvCache {
             buf
         };
         let slot = &mut self.layers[layer];
-        let (kb, vb) = (grow(slot.as_ref().map(|s| &s.0), &k), grow(slot.as_ref().map(|s| &s.1), &v));
+        let (kb, vb) = (
+            grow(slot.as_ref().map(|s| &s.0), &k),
+            grow(slot.as_ref().map(|s| &s.1), &v),
+        );
         kb.narrow(2, len, t).copy_(&k);
         vb.narrow(2, len, t).copy_(&v);
         let out = (kb.narrow(2, 0, len + t), vb.narrow(2, 0, len + t));

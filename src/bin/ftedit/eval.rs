@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ftedit::data::{self, Format, Selection};
+use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
 use ftedit::eval::protocol::{self, Editor, NoEdit, Protocol};
 use ftedit::eval::report::{OutputDir, RunInfo};
-use ftedit::eval::EvalOptions;
 
 use crate::ModelArgs;
 
@@ -97,12 +97,24 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if records.is_empty() {
         anyhow::bail!("no records selected from {}", args.data.display());
     }
-    let attributes = args.attributes.as_deref().map(Attributes::load).transpose()?;
+    let attributes = args
+        .attributes
+        .as_deref()
+        .map(Attributes::load)
+        .transpose()?;
     let (model, tok) = args.model.load()?;
-    let stem = |p: &std::path::Path| p.file_stem().map_or("data".into(), |s| s.to_string_lossy().into_owned());
+    let stem = |p: &std::path::Path| {
+        p.file_stem()
+            .map_or("data".into(), |s| s.to_string_lossy().into_owned())
+    };
     let model_name = stem(std::path::Path::new(&args.model.model));
     let out = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!("eval-{model_name}-{}-{}-{}", stem(&args.data), args.method, protocol.name()))
+        PathBuf::from("runs").join(format!(
+            "eval-{model_name}-{}-{}-{}",
+            stem(&args.data),
+            args.method,
+            protocol.name()
+        ))
     });
     let run = RunInfo {
         model: args.model.model.clone(),
@@ -123,8 +135,17 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         seed: args.seed,
         attributes,
         chunk: args.chunk,
+        progress: !args.quiet,
     };
-    let seconds = protocol::run(&model, &tok, &records, editor.as_mut(), protocol, &opts, &dir, !args.quiet)?;
+    let seconds = protocol::run(
+        &model,
+        &tok,
+        &records,
+        editor.as_mut(),
+        protocol,
+        &opts,
+        &dir,
+    )?;
     let file = dir.write_summary(Some(run), Some(seconds))?;
     println!("{}", file.summary.markdown());
     println!(

@@ -1,0 +1,337 @@
+//! Data loaders on the shipped data sets and on damaged input, and the protocols'
+//! bookkeeping (exact restore, resume, shards).
+
+mod common;
+
+use common::{random_model, shared_dir, temp_dir, tiny_llama};
+use ftedit::data::{self, EditRecord, Format, Selection, Suite};
+use ftedit::eval::protocol::{self, Editor, NoEdit, Protocol};
+use ftedit::eval::report::{self, OutputDir};
+use ftedit::eval::{EvalOptions, Scores};
+use ftedit::{Model, Tokenizer};
+use tch::Kind;
+
+fn data(file: &str) -> std::path::PathBuf {
+    shared_dir().join("data").join(file)
+}
+
+#[test]
+fn the_shipped_data_sets_load_in_full() {
+    let cf = data::load(data("counterfact/counterfact_rome_dev.json"), None).unwrap();
+    assert_eq!(cf.len(), 729);
+    let r = &cf[0];
+    assert_eq!((r.id.as_str(), r.suite), ("34", Suite::CounterFact));
+    assert_eq!(r.rewrite_prompt(), "Laurent Cars was employed in");
+    assert_eq!(
+        (r.target_new.as_str(), r.target_true.as_deref()),
+        ("Philadelphia", Some("Paris"))
+    );
+    assert_eq!(
+        (
+            r.paraphrases.len(),
+            r.neighborhood.len(),
+            r.generation_prompts.len()
+        ),
+        (2, 10, 10)
+    );
+    assert_eq!(r.neighborhood[0].target, "Paris");
+    assert_eq!(
+        (r.relation_id.as_deref(), r.target_new_id.as_deref()),
+        (Some("P937"), Some("Q1345"))
+    );
+
+    let zs = data::load(data("zsre/zsre_eval_dev.json"), None).unwrap();
+    assert_eq!(zs.len(), 637);
+    assert_eq!(zs[0].suite, Suite::Zsre);
+    assert_eq!(zs[0].prompt, "When was the inception of {}?");
+    assert_eq!(
+        zs[0].rewrite_prompt(),
+        "When was the inception of IAAF Combined Events Challenge?"
+    );
+    assert_eq!(
+        zs[0].neighborhood[0].prompt,
+        "nq question: what is the name of the last episode of spongebob?"
+    );
+    assert_eq!(zs[0].target_new, "1998");
+    assert_eq!(
+        data::load(data("zsre/zsre_mend_train-1k.json"), None)
+            .unwrap()
+            .len(),
+        1000
+    );
+
+    let mend = data::load(
+        data("counterfact/easyedit_mend_format/counterfact-val.json"),
+        None,
+    )
+    .unwrap();
+    assert_eq!(mend.len(), 1919);
+    assert_eq!(mend[0].prompt, "{}, by");
+    assert_eq!(mend[0].target_true.as_deref(), Some("BBC"));
+    assert_eq!(mend[0].neighborhood[0].prompt, "BBC Radio, by");
+}
+
+#[test]
+fn malformed_records_are_named_by_file_index_and_field() {
+    let dir = temp_dir("data-bad");
+    let mut cf: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(data("counterfact/counterfact_rome_dev.json")).unwrap(),
+    )
+    .unwrap();
+    cf.truncate(3);
+    cf[2]["requested_rewrite"]["target_new"]
+        .as_object_mut()
+        .unwrap()
+        .remove("str");
+    let path = dir.join("cf.json");
+    std::fs::write(&path, serde_json::to_string(&cf).unwrap()).unwrap();
+    let err = data::load(&path, None).unwrap_err().to_string();
+    assert!(
+        err.contains("cf.json")
+            && err.contains("record 2")
+            && err.contains("requested_rewrite/target_new/str"),
+        "{err}"
+    );
+
+    let jsonl = dir.join("edits.jsonl");
+    std::fs::write(&jsonl, "{\"prompt\": \"{} lives in\", \"subject\": \"Ann\", \"target_new\": \"Oslo\"}\n{\"prompt\": \"no subject slot\", \"subject\": \"Bob\", \"target_new\": \"Rome\"}\n").unwrap();
+    let err = data::load(&jsonl, None).unwrap_err().to_string();
+    assert!(
+        err.contains("record 1") && err.contains("'prompt'") && err.contains("{}"),
+        "{err}"
+    );
+
+    std::fs::write(&jsonl, "{\"prompt\": \"{} lives in\", \"subject\": \"Ann\", \"target_new\": \"Oslo\"}\n{not json\n").unwrap();
+    let err = data::load(&jsonl, None).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+
+    let other = dir.join("known.json");
+    std::fs::copy(data("counterfact/known_1000.json"), &other).unwrap();
+    let err = data::load(&other, None).unwrap_err().to_string();
+    assert!(err.contains("--format"), "{err}");
+    assert!(
+        data::load(dir.join("missing.json"), None)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.json")
+    );
+}
+
+#[test]
+fn jsonl_requests_and_selections() {
+    let dir = temp_dir("data-jsonl");
+    let path = dir.join("mine.jsonl");
+    std::fs::write(
+        &path,
+        concat!(
+            "{\"id\": \"a\", \"prompt\": \"{} plays\", \"subject\": \"Messi\", \"target_new\": \"tennis\", \"target_true\": \"football\", \"paraphrases\": [\"Messi is a player of\"], \"neighborhood\": [{\"prompt\": \"Ronaldo plays\", \"target\": \"football\"}]}\n",
+            "\n",
+            "{\"prompt\": \"The capital of {} is\", \"subject\": \"Peru\", \"target_new\": \"Cusco\"}\n",
+        ),
+    )
+    .unwrap();
+    let recs = data::load(&path, None).unwrap();
+    assert_eq!(recs.len(), 2);
+    assert_eq!(
+        (recs[0].id.as_str(), recs[0].suite),
+        ("a", Suite::CounterFact)
+    );
+    assert_eq!((recs[1].id.as_str(), recs[1].suite), ("1", Suite::Zsre));
+    assert_eq!(recs[0].neighborhood[0].target, "football");
+    assert_eq!(data::load(&path, Some(Format::Jsonl)).unwrap(), recs);
+
+    let ids = |s: &Selection| {
+        s.apply((0..10).map(|i| record(&i.to_string())).collect())
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(&Selection {
+            first: Some(3),
+            ..Default::default()
+        }),
+        ["0", "1", "2"]
+    );
+    assert_eq!(
+        ids(&Selection {
+            range: Some((4, 7)),
+            ..Default::default()
+        }),
+        ["4", "5", "6"]
+    );
+    assert_eq!(
+        ids(&Selection {
+            shard: Some((1, 3)),
+            ..Default::default()
+        }),
+        ["1", "4", "7"]
+    );
+    assert_eq!(
+        ids(&Selection {
+            first: Some(5),
+            shard: Some((0, 2)),
+            ..Default::default()
+        }),
+        ["0", "2", "4"]
+    );
+    assert!(Selection::parse_shard("3/3").is_err());
+    assert!(Selection::parse_range("5..2").is_err());
+}
+
+fn record(id: &str) -> EditRecord {
+    EditRecord {
+        id: id.into(),
+        suite: Suite::CounterFact,
+        prompt: "{} works in".into(),
+        subject: "Ann".into(),
+        target_new: "the city".into(),
+        target_true: Some("the sea".into()),
+        paraphrases: vec!["So, Ann works in".into()],
+        neighborhood: vec![data::Neighbor {
+            prompt: "Bob works in".into(),
+            target: "the sea".into(),
+        }],
+        attribute_prompts: vec![],
+        generation_prompts: vec!["Ann's office is".into()],
+        relation_id: None,
+        target_new_id: None,
+    }
+}
+
+/// An editor that scrambles every weight: only an exact restore undoes it.
+struct Scramble;
+
+impl Editor for Scramble {
+    fn name(&self) -> &str {
+        "scramble"
+    }
+    fn edit(&mut self, model: &Model, _: &Tokenizer, _: &[EditRecord]) -> ftedit::Result<()> {
+        let _g = tch::no_grad_guard();
+        for (_, t) in model.params.iter() {
+            let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.5));
+        }
+        Ok(())
+    }
+}
+
+fn tiny() -> (Model, Tokenizer, std::path::PathBuf) {
+    let dir = temp_dir("proto-model");
+    let path = dir.join("tiny.gguf");
+    common::write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    let (m, t) = ftedit::load(&path, &ftedit::LoadOptions::default()).unwrap();
+    (m, t, dir)
+}
+
+#[test]
+fn single_protocol_restores_the_weights_bit_for_bit() {
+    let (m, tok, _) = tiny();
+    let before: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
+    let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
+    let out = OutputDir::open(temp_dir("proto-single"), None).unwrap();
+    let opts = EvalOptions {
+        generation: false,
+        ..EvalOptions::default()
+    };
+    protocol::run(
+        &m,
+        &tok,
+        &recs,
+        &mut Scramble,
+        Protocol::Single,
+        &opts,
+        &out,
+    )
+    .unwrap();
+    for ((name, t), b) in m.params.iter().zip(&before) {
+        assert!(t.equal(b), "{name} was not restored exactly");
+    }
+    assert_eq!(out.records().unwrap().len(), 3);
+    // Batch editing does change the model.
+    let out = OutputDir::open(temp_dir("proto-batch"), None).unwrap();
+    protocol::run(&m, &tok, &recs, &mut Scramble, Protocol::Batch, &opts, &out).unwrap();
+    assert!(!m.params.iter().zip(&before).all(|((_, t), b)| t.equal(b)));
+}
+
+#[test]
+fn unedited_results_agree_across_protocols_shards_and_resumes() {
+    let (m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..5).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions::default();
+    let run = |dir: &str, recs: &[EditRecord], p: Protocol| {
+        let out = OutputDir::open(temp_dir(dir), None).unwrap();
+        protocol::run(&m, &tok, recs, &mut NoEdit, p, &opts, &out).unwrap();
+        out
+    };
+    let whole = run("proto-whole", &recs, Protocol::Batch)
+        .records()
+        .unwrap();
+    assert_eq!(whole.len(), 5);
+    assert!(
+        whole
+            .iter()
+            .all(|r| r.generation.is_some() && r.exact.is_some())
+    );
+    let single = run("proto-single2", &recs, Protocol::Single)
+        .records()
+        .unwrap();
+    let seq = run(
+        "proto-seq",
+        &recs,
+        Protocol::Sequential {
+            batch_size: 2,
+            eval_every: Some(1),
+        },
+    )
+    .records()
+    .unwrap();
+    for (a, b) in whole.iter().zip(&single).chain(whole.iter().zip(&seq)) {
+        let (Scores::CounterFact(x), Scores::CounterFact(y)) = (&a.scores, &b.scores) else {
+            panic!()
+        };
+        assert_eq!((x.es, x.ps, x.ns), (y.es, y.ps, y.ns));
+        assert!((x.rewrite[0].nll_new - y.rewrite[0].nll_new).abs() < 1e-9);
+        // Samples depend on the record, not on what it was batched with.
+        assert_eq!(a.generation, b.generation);
+    }
+
+    // Two shards, merged, equal the whole run.
+    let shard = |i| {
+        Selection {
+            shard: Some((i, 2)),
+            ..Default::default()
+        }
+        .apply(recs.clone())
+    };
+    let d0 = run("proto-shard0", &shard(0), Protocol::Batch);
+    let d1 = run("proto-shard1", &shard(1), Protocol::Batch);
+    let merged_dir = temp_dir("proto-merged");
+    let merged = report::merge(&[d0.path.clone(), d1.path.clone()], &merged_dir).unwrap();
+    let whole_summary = ftedit::eval::Summary::new(&whole);
+    assert_eq!(merged.summary.n, 5);
+    for (k, v) in &whole_summary.metrics {
+        let w = merged.summary.metrics[k];
+        assert!(
+            match (v, w) {
+                (Some(a), Some(b)) => (a - b).abs() < 1e-9,
+                (None, None) => true,
+                _ => false,
+            },
+            "{k}"
+        );
+    }
+
+    // A run cut off after two records (and mid-line) resumes with the other three.
+    let out = OutputDir::open(temp_dir("proto-resume"), None).unwrap();
+    out.reset_records(&whole[..2]).unwrap();
+    let mut text = std::fs::read_to_string(out.path.join("records.jsonl")).unwrap();
+    text.push_str("{\"id\":\"2\",\"sui");
+    std::fs::write(out.path.join("records.jsonl"), text).unwrap();
+    protocol::run(&m, &tok, &recs, &mut NoEdit, Protocol::Batch, &opts, &out).unwrap();
+    let resumed = out.records().unwrap();
+    assert_eq!(
+        resumed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["0", "1", "2", "3", "4"]
+    );
+    assert_eq!(resumed, whole);
+}
