@@ -14,9 +14,10 @@ mkdir -p "$OUT"
 cargo build --release --quiet
 for model in smollm2 gemma3; do
   gguf="models/$(case $model in smollm2) echo SmolLM2-135M-Instruct.Q4_1.gguf ;; gemma3) echo gemma-3-270m-q4_k_m.gguf ;; esac)"
-  for mode in probabilities full; do
+  # probabilities: what MEMIT computes with skip_generation_tests; +exact: with exact match.
+  for mode in probabilities +exact; do
     flags="--no-generation --no-exact-match"
-    [ "$mode" = full ] && flags=""
+    [ "$mode" = +exact ] && flags="--no-generation"
     rm -rf "$OUT/$model-$mode"
     ./target/release/ftedit eval --model "$model" --data "$DATA" --n "$N" --threads 2 --quiet $flags \
       --out "$OUT/$model-$mode" > /dev/null
