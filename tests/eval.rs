@@ -184,3 +184,114 @@ fn smollm2_zsre_matches_reference() {
 fn gemma3_zsre_matches_reference() {
     check_zsre("gemma3");
 }
+
+/// A tiny random model with the tiny byte-level tokenizer, double precision.
+fn tiny() -> (ftedit::Model, ftedit::Tokenizer) {
+    let dir = common::temp_dir("eval-tiny");
+    let path = dir.join("tiny.gguf");
+    common::write_gguf(
+        &common::random_model(common::tiny_llama(false), tch::Kind::Double),
+        &path,
+        64,
+    );
+    let (m, t) = ftedit::load(
+        &path,
+        &ftedit::LoadOptions {
+            kind: tch::Kind::Double,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (m, t)
+}
+
+/// Log-probabilities of one unpadded sequence, by a plain full forward pass.
+fn logprobs(m: &ftedit::Model, ids: &[u32]) -> tch::Tensor {
+    let input = ftedit::Input::right_padded(&[ids], m.device()).unwrap();
+    m.forward(&input, &ftedit::LogitsAt::All)
+        .unwrap()
+        .get(0)
+        .log_softmax(-1, tch::Kind::Double)
+}
+
+fn cf_record(prompt: &str, new: &str, truth: &str) -> data::EditRecord {
+    data::EditRecord {
+        id: "x".into(),
+        suite: data::Suite::CounterFact,
+        prompt: prompt.into(),
+        subject: "go".into(),
+        target_new: new.into(),
+        target_true: Some(truth.into()),
+        paraphrases: vec![],
+        neighborhood: vec![],
+        attribute_prompts: vec![],
+        generation_prompts: vec![],
+        relation_id: None,
+        target_new_id: None,
+    }
+}
+
+#[test]
+fn counterfact_nll_of_multi_token_targets_and_a_repeated_boundary_token() {
+    let (m, tok) = tiny();
+    // Prompt "go t" ends in token "Ġt"; the new target " t b" starts with it again.
+    let r = cf_record("{} t", "t b", "he");
+    let s = ftedit::eval::counterfact::score(&m, &tok, &[&r])
+        .unwrap()
+        .remove(0);
+    let prompt = tok.encode("go t", true).unwrap();
+    let new = tok.encode(" t b", false).unwrap();
+    assert_eq!(new.len(), 3, "{new:?}");
+    assert_eq!(
+        new[0],
+        *prompt.last().unwrap(),
+        "the boundary token repeats"
+    );
+    let full = [prompt.clone(), new.clone()].concat();
+    assert_eq!(tok.encode("go t t b", true).unwrap(), full);
+    let lp = logprobs(&m, &full);
+    let want: Vec<f64> = (0..3)
+        .map(|j| -lp.double_value(&[(prompt.len() + j - 1) as i64, new[j] as i64]))
+        .collect();
+    let got = &s.rewrite[0];
+    for (g, w) in got.token_nll_new.iter().zip(&want) {
+        assert!((g - w).abs() < 1e-9, "{g} vs {w}");
+    }
+    assert!((got.nll_new - want.iter().sum::<f64>() / 3.0).abs() < 1e-9);
+    // ES compares the mean NLLs; EM their exp(-NLL) difference.
+    assert_eq!(s.es, Some((got.nll_new < got.nll_true) as u8 as f64));
+    assert!((s.em.unwrap() - ((-got.nll_new).exp() - (-got.nll_true).exp())).abs() < 1e-12);
+}
+
+#[test]
+fn zsre_accuracy_of_a_multi_token_target() {
+    let (m, tok) = tiny();
+    let mut r = cf_record("{} t", "the tea", "");
+    r.suite = data::Suite::Zsre;
+    r.target_true = None;
+    let s = ftedit::eval::zsre::score(&m, &tok, &[&r])
+        .unwrap()
+        .remove(0);
+    let t = tok.encode(" the tea", false).unwrap();
+    assert_eq!(s.rewrite_positions.len(), t.len());
+    let mut correct = 0;
+    for (i, p) in s.rewrite_positions.iter().enumerate() {
+        // Input i is the prompt followed by the first i target tokens, re-tokenized.
+        let input = format!("go t{}", tok.decode(&t[..i]));
+        assert_eq!(p.input, input);
+        let ids = tok.encode(&input, true).unwrap();
+        assert_eq!(p.input_ids, ids);
+        let lp = logprobs(&m, &ids);
+        let argmax = lp
+            .get(ids.len() as i64 - 1)
+            .argmax(-1, false)
+            .int64_value(&[]) as u32;
+        assert_eq!(p.argmax_id, argmax);
+        assert_eq!(
+            p.answer_id,
+            tok.encode(&tok.decode(&t[i..=i]), false).unwrap()[0]
+        );
+        correct += (argmax == p.answer_id) as usize;
+    }
+    assert_eq!(s.efficacy, Some(correct as f64 / t.len() as f64));
+}

@@ -309,9 +309,11 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
     w.write(path).unwrap();
 }
 
-/// A fresh temporary directory for one test.
+/// A fresh temporary directory, unique to this call (tests run in parallel).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ftedit-test-{tag}-{}", std::process::id()));
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ftedit-test-{tag}-{}-{k}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
