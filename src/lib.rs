@@ -9,6 +9,7 @@
 //!   MLP hooks), generation.
 //! - [`train`]: the conditional-likelihood loss and the optimiser.
 //! - [`data`]: edit data sets (CounterFact, zsRE, JSONL) as one record type.
+//! - [`edit`]: editing methods (fine-tuning with its recipes) behind one trait.
 //! - [`eval`]: the literature's metrics, protocols and reports.
 //! - [`runtime`]: devices and the libtorch runtime.
 //!
@@ -37,6 +38,7 @@
 //! ```
 
 pub mod data;
+pub mod edit;
 pub mod error;
 pub mod eval;
 pub mod formats;

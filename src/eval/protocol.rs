@@ -12,36 +12,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::report::OutputDir;
 use super::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::data::EditRecord;
+pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-
-/// An editing method: changes the model's weights so it states the records' new
-/// targets.
-pub trait Editor {
-    fn name(&self) -> &str;
-    /// Whether `edit` changes weights at all (the unedited baseline does not).
-    fn changes_weights(&self) -> bool {
-        true
-    }
-    /// Applies the edits of `records` to `model`, in place.
-    fn edit(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
-}
-
-/// The unedited model (`--method none`).
-pub struct NoEdit;
-
-impl Editor for NoEdit {
-    fn name(&self) -> &str {
-        "none"
-    }
-    fn changes_weights(&self) -> bool {
-        false
-    }
-    fn edit(&mut self, _: &Model, _: &Tokenizer, _: &[EditRecord]) -> Result<()> {
-        Ok(())
-    }
-}
 
 /// How edits and evaluation interleave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +54,7 @@ fn progress(n: usize, what: &str) -> ProgressBar {
 /// Runs `editor` over `records` under `protocol`, writing results to `out`. Records
 /// already in `out` are not evaluated again (resume); sequential runs start over.
 pub fn run(
-    model: &Model,
+    model: &mut Model,
     tok: &Tokenizer,
     records: &[EditRecord],
     editor: &mut dyn Editor,

@@ -14,6 +14,7 @@ pub mod generate;
 pub mod gpt2;
 pub mod llama;
 mod load;
+pub mod lora;
 pub mod nn;
 pub mod params;
 pub mod registry;
@@ -118,6 +119,41 @@ impl ArchConfig {
             ArchConfig::Gpt2(_) => name.starts_with("transformer.ln_f."),
         };
         final_norm || name == "lm_head.weight"
+    }
+
+    /// Parameter-name patterns of module kinds (`mlp`, `attn`, `norm`) in layers
+    /// `first..=last`, e.g. `model.layers.{3..5}.mlp.*`.
+    pub fn module_patterns(
+        &self,
+        first: usize,
+        last: usize,
+        modules: &[String],
+    ) -> Result<Vec<String>> {
+        if last < first || last >= self.num_layers() {
+            return Err(Error::Input(format!(
+                "layers {first}..{last} are outside the model's {} layers",
+                self.num_layers()
+            )));
+        }
+        let base = format!("{}{{{first}..{last}}}", self.layer_prefix());
+        let gpt2 = matches!(self, ArchConfig::Gpt2(_));
+        modules
+            .iter()
+            .map(|m| {
+                Ok(match (m.as_str(), gpt2) {
+                    ("mlp", _) => format!("{base}.mlp.*"),
+                    ("attn", false) => format!("{base}.self_attn.*_proj.*"),
+                    ("attn", true) => format!("{base}.attn.*"),
+                    ("norm", false) => format!("{base}.*norm*"),
+                    ("norm", true) => format!("{base}.ln_*"),
+                    (other, _) => {
+                        return Err(Error::Input(format!(
+                            "unknown module kind '{other}' (mlp, attn, norm)"
+                        )));
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Name of layer `layer`'s MLP output-projection weight (ROME and MEMIT edit it).
@@ -366,12 +402,20 @@ impl Model {
         Self::from_params(config, params, "")
     }
 
+    /// Rebuilds the architecture from the parameter store (after adding or removing
+    /// parameters, e.g. LoRA adapters).
+    pub fn rebuild(&mut self) -> Result<()> {
+        self.arch = self.config.build(&self.params)?;
+        Ok(())
+    }
+
     /// A copy of the model on another device and/or in another dtype.
     pub fn to(&self, device: Device, kind: Kind) -> Result<Self> {
         let mut params = ParamStore::new();
         for (name, t) in self.params.iter() {
             params.insert(name, t.detach().to_device(device).to_kind(kind));
         }
+        params.lora_scale = self.params.lora_scale;
         Self::from_params(self.config.clone(), params, &self.source)
     }
 

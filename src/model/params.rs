@@ -16,6 +16,8 @@ pub struct ParamStore {
     names: Vec<String>,
     tensors: Vec<Tensor>,
     index: HashMap<String, usize>,
+    /// `alpha / rank` of the LoRA adapters in the store, if any (see `model::lora`).
+    pub lora_scale: Option<f64>,
 }
 
 impl Default for ParamStore {
@@ -30,6 +32,7 @@ impl ParamStore {
             names: Vec::new(),
             tensors: Vec::new(),
             index: HashMap::new(),
+            lora_scale: None,
         }
     }
 
@@ -66,6 +69,19 @@ impl ParamStore {
             });
         }
         Ok(t)
+    }
+
+    /// Removes a parameter, returning it.
+    pub fn remove(&mut self, name: &str) -> Option<Tensor> {
+        let i = self.index.remove(name)?;
+        self.names.remove(i);
+        let t = self.tensors.remove(i);
+        for v in self.index.values_mut() {
+            if *v > i {
+                *v -= 1;
+            }
+        }
+        Some(t)
     }
 
     pub fn contains(&self, name: &str) -> bool {

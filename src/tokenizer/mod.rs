@@ -184,6 +184,25 @@ impl Tokenizer {
         }
     }
 
+    /// The id of a vocabulary string (`Ġ`/`▁` as stored), if it is one.
+    pub fn token_id(&self, piece: &str) -> Option<u32> {
+        match &self.inner {
+            Inner::Hf(t) => t.token_to_id(piece),
+            Inner::Spm(s) => s.token_id(piece),
+        }
+    }
+
+    /// The token that starts a document: BOS where model inputs begin with it, else
+    /// GPT-style `<|endoftext|>` if the vocabulary has it, else EOS or BOS.
+    pub fn document_start(&self) -> Option<u32> {
+        if self.adds_bos() {
+            return self.bos_id;
+        }
+        self.token_id("<|endoftext|>")
+            .or(self.eos_id)
+            .or(self.bos_id)
+    }
+
     pub fn vocab_size(&self) -> usize {
         match &self.inner {
             Inner::Hf(t) => t.get_vocab_size(true),

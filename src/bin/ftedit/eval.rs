@@ -6,10 +6,11 @@ use clap::Args;
 use ftedit::data::{self, Format, Selection};
 use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
-use ftedit::eval::protocol::{self, Editor, NoEdit, Protocol};
+use ftedit::eval::protocol::{self, Protocol};
 use ftedit::eval::report::{OutputDir, RunInfo};
 
 use crate::ModelArgs;
+use crate::method::{self, MethodArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -30,9 +31,8 @@ pub struct EvalArgs {
     /// Evaluate every N-th record starting at i (after --n/--range), as `i/N`.
     #[arg(long, value_parser = Selection::parse_shard)]
     shard: Option<(usize, usize)>,
-    /// Editing method: none (the unedited model).
-    #[arg(long, default_value = "none")]
-    method: String,
+    #[command(flatten)]
+    method: MethodArgs,
     /// single (edit, evaluate, restore), batch (edit all, then evaluate) or sequential.
     #[arg(long, default_value = "batch")]
     protocol: String,
@@ -65,13 +65,6 @@ pub struct EvalArgs {
     quiet: bool,
 }
 
-fn editor(method: &str) -> anyhow::Result<Box<dyn Editor>> {
-    match method {
-        "none" => Ok(Box::new(NoEdit)),
-        other => anyhow::bail!("unknown method '{other}' (available: none)"),
-    }
-}
-
 fn protocol(args: &EvalArgs) -> anyhow::Result<Protocol> {
     Ok(match args.protocol.as_str() {
         "single" => Protocol::Single,
@@ -85,7 +78,6 @@ fn protocol(args: &EvalArgs) -> anyhow::Result<Protocol> {
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let mut editor = editor(&args.method)?;
     let protocol = protocol(&args)?;
     let records = data::load(&args.data, args.format)?;
     let selection = Selection {
@@ -102,7 +94,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(Attributes::load)
         .transpose()?;
-    let (model, tok) = args.model.load()?;
+    let (mut model, tok) = args.model.load()?;
+    let mut editor = method::editor(&args.method, &tok, &records, !args.quiet)?;
     let stem = |p: &std::path::Path| {
         p.file_stem()
             .map_or("data".into(), |s| s.to_string_lossy().into_owned())
@@ -112,7 +105,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         PathBuf::from("runs").join(format!(
             "eval-{model_name}-{}-{}-{}",
             stem(&args.data),
-            args.method,
+            args.method.method,
             protocol.name()
         ))
     });
@@ -126,6 +119,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "batch_size": args.batch_size, "eval_every": args.eval_every,
             "generation": !args.no_generation, "exact_match": !args.no_exact_match,
             "seed": args.seed, "dtype": args.model.dtype,
+            "recipe": (args.method.method.starts_with("ft")).then(|| method::recipe(&args.method)).transpose()?,
         }),
     };
     let dir = OutputDir::open(&out, Some(&run))?;
@@ -138,7 +132,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         progress: !args.quiet,
     };
     let seconds = protocol::run(
-        &model,
+        &mut model,
         &tok,
         &records,
         editor.as_mut(),
@@ -146,6 +140,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &dir,
     )?;
+    if let Some(report) = editor.report() {
+        let path = dir.path.join("train_report.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    }
     let file = dir.write_summary(Some(run), Some(seconds))?;
     println!("{}", file.summary.markdown());
     println!(

@@ -2,6 +2,7 @@
 
 mod eval;
 mod generate;
+mod method;
 mod predict;
 mod report;
 

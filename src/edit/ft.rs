@@ -1,0 +1,388 @@
+//! The fine-tuning editor (METHOD.md): conditional likelihood on the edits (E), their
+//! random-prefix paraphrases (P) and unedited facts (R), optionally with a plain
+//! language-model loss, all edits of a call in one shuffled training set.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tch::Kind;
+
+use super::Editor;
+use super::augment::{self, Fact, Rng};
+use super::recipe::{FactMode, LossKind, Recipe};
+use crate::data::{EditRecord, Selection};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+use crate::train::{AdamW, AdamWConfig, Example, Reduction, conditional_nll};
+
+/// What a training run did, for the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainReport {
+    pub edits: usize,
+    /// Examples by kind: edits, prefixed edits, unedited facts.
+    pub examples: [usize; 3],
+    pub steps: usize,
+    pub trained_params: Vec<String>,
+    pub trained_numel: usize,
+    /// Loss after each step.
+    pub loss: Vec<f64>,
+    pub seconds: f64,
+    pub examples_per_s: f64,
+    pub tokens_per_s: f64,
+    /// The prefixes used (P), so a run can be repeated.
+    pub prefixes: Vec<String>,
+}
+
+/// Fine-tuning editor.
+pub struct FtEditor {
+    pub recipe: Recipe,
+    name: String,
+    /// Pool of unedited facts (R).
+    pool: Vec<Fact>,
+    /// Tokenised plain text for the LM loss.
+    lm_tokens: Vec<u32>,
+    /// Prefixes sampled from the unedited model at the first edit, then reused.
+    prefixes: Option<Vec<String>>,
+    pub progress: bool,
+    /// Reports of every `edit` call.
+    pub reports: Vec<TrainReport>,
+}
+
+impl FtEditor {
+    /// `pool`: unedited facts (needed when the recipe draws them); `lm_text`: text for
+    /// the LM loss (needed when `lm_gamma > 0`).
+    pub fn new(
+        name: &str,
+        recipe: Recipe,
+        pool: Vec<Fact>,
+        lm_text: Option<&str>,
+        tok: &Tokenizer,
+    ) -> Result<Self> {
+        if recipe.augment.facts != FactMode::None
+            && recipe.augment.facts_per_edit > 0
+            && pool.is_empty()
+        {
+            return Err(Error::Input(
+                "the recipe draws unedited facts but there is no fact pool: set augment.fact_pool=FILE or augment.facts=none"
+                    .into(),
+            ));
+        }
+        let lm_tokens = match (recipe.augment.lm_gamma > 0.0, lm_text) {
+            (false, _) => Vec::new(),
+            (true, Some(t)) => tok.encode(t, false)?,
+            (true, None) => {
+                return Err(Error::Input(
+                    "augment.lm_gamma > 0 needs a text file (augment.lm_text)".into(),
+                ));
+            }
+        };
+        if recipe.augment.lm_gamma > 0.0 && lm_tokens.len() < recipe.augment.lm_block + 1 {
+            return Err(Error::Input("the LM text is shorter than one block".into()));
+        }
+        Ok(FtEditor {
+            recipe,
+            name: name.to_owned(),
+            pool,
+            lm_tokens,
+            prefixes: None,
+            progress: false,
+            reports: Vec::new(),
+        })
+    }
+
+    /// The parameters the recipe trains, by name.
+    fn selected(&self, model: &Model) -> Result<Vec<String>> {
+        let t = &self.recipe.train;
+        let mut patterns = t.params.clone();
+        if !t.layers.trim().is_empty() {
+            let (a, b) = Selection::parse_range(t.layers.trim()).or_else(|_| {
+                t.layers
+                    .trim()
+                    .parse::<usize>()
+                    .map(|l| (l, l))
+                    .map_err(|_| Error::Input(format!("bad train.layers '{}'", t.layers)))
+            })?;
+            patterns.extend(model.config().module_patterns(a, b, &t.modules)?);
+        }
+        let names: Vec<String> = model
+            .params
+            .names()
+            .filter(|n| patterns.iter().any(|p| crate::model::glob_match(p, n)))
+            .map(str::to_owned)
+            .collect();
+        if names.is_empty() {
+            return Err(Error::NoMatch(patterns.join(", ")));
+        }
+        Ok(names)
+    }
+
+    /// Tokenised training examples of `records`, by kind.
+    fn examples(
+        &self,
+        tok: &Tokenizer,
+        records: &[EditRecord],
+        prefixes: &[String],
+    ) -> Result<[Vec<Example>; 3]> {
+        let r = &self.recipe;
+        let target = |t: &str| -> Result<Vec<u32>> {
+            let mut ids = tok.encode(&format!(" {t}"), false)?;
+            if ids.is_empty() {
+                return Err(Error::Input(format!("target {t:?} tokenizes to nothing")));
+            }
+            if r.loss.eos {
+                ids.extend(tok.eos_id);
+            }
+            Ok(ids)
+        };
+        let example = |prompt: &str, tgt: &[u32]| -> Result<Example> {
+            let p = tok.encode(prompt, true)?;
+            if p.is_empty() {
+                return Err(Error::Input(format!(
+                    "prompt {prompt:?} tokenizes to nothing"
+                )));
+            }
+            Ok(match r.loss.kind {
+                LossKind::Conditional => Example {
+                    prompt: p,
+                    target: tgt.to_vec(),
+                },
+                // Naive fine-tuning: every token after the first is a target.
+                LossKind::Full => {
+                    let all = [p, tgt.to_vec()].concat();
+                    Example {
+                        prompt: all[..1].to_vec(),
+                        target: all[1..].to_vec(),
+                    }
+                }
+            })
+        };
+        let picks = match r.augment.facts {
+            FactMode::None => vec![Vec::new(); records.len()],
+            FactMode::Random => augment::random_facts(
+                self.pool.len(),
+                records.len(),
+                r.augment.facts_per_edit,
+                r.optim.seed ^ 0xFAC7,
+            ),
+            FactMode::Nearest => {
+                augment::nearest_facts(&self.pool, records, r.augment.facts_per_edit)
+            }
+        };
+        let (mut e, mut p, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        for (rec, picks) in records.iter().zip(picks) {
+            let new = target(&rec.target_new)?;
+            let prompt = rec.rewrite_prompt();
+            e.push(example(&prompt, &new)?);
+            for pre in prefixes {
+                p.push(example(&format!("{pre}{prompt}"), &new)?);
+            }
+            for i in picks {
+                let fact = &self.pool[i];
+                f.push(example(&fact.prompt, &target(&fact.target)?)?);
+            }
+        }
+        Ok([e, p, f])
+    }
+
+    /// Trains `records` into `model`.
+    pub fn train(
+        &mut self,
+        model: &mut Model,
+        tok: &Tokenizer,
+        records: &[EditRecord],
+    ) -> Result<TrainReport> {
+        if records.is_empty() {
+            return Err(Error::Input("no edits to make".into()));
+        }
+        let r = self.recipe.clone();
+        let prefixes = match (&self.prefixes, r.augment.prefixes) {
+            (_, false) => Vec::new(),
+            (Some(p), true) => p.clone(),
+            (None, true) => {
+                let p =
+                    augment::sample_prefixes(model, tok, &r.augment.prefix_lengths, r.optim.seed)?;
+                self.prefixes = Some(p.clone());
+                p
+            }
+        };
+        let [e, p, f] = self.examples(tok, records, &prefixes)?;
+        let counts = [e.len(), p.len(), f.len()];
+        let mut all: Vec<Example> = e.into_iter().chain(p).chain(f).collect();
+        let mut rng = Rng(r.optim.seed);
+        rng.shuffle(&mut all);
+
+        let selected = self.selected(model)?;
+        model.params.freeze_all();
+        let lora = r.train.lora_rank > 0;
+        let trained = if lora {
+            model.add_lora(
+                &selected,
+                r.train.lora_rank,
+                r.train.lora_alpha,
+                r.optim.seed as i64,
+            )?
+        } else {
+            for n in &selected {
+                model.params.set_trainable(n, true)?;
+            }
+            selected
+        };
+        let numel = trained
+            .iter()
+            .map(|n| model.params.get(n).map_or(0, |t| t.numel()))
+            .sum();
+        let snapshot = model.params.snapshot();
+        let result = self.run(model, &all, &r);
+        model.params.freeze_all();
+        let (loss, seconds) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                model.params.restore(&snapshot)?;
+                if lora {
+                    model.merge_lora()?;
+                }
+                return Err(e);
+            }
+        };
+        if lora {
+            model.merge_lora()?;
+        }
+        let tokens: usize = all
+            .iter()
+            .map(|x| x.prompt.len() + x.target.len())
+            .sum::<usize>()
+            * r.optim.epochs;
+        let seen = all.len() * r.optim.epochs;
+        let report = TrainReport {
+            edits: records.len(),
+            examples: counts,
+            steps: loss.len(),
+            trained_params: trained,
+            trained_numel: numel,
+            loss,
+            seconds,
+            examples_per_s: seen as f64 / seconds,
+            tokens_per_s: tokens as f64 / seconds,
+            prefixes,
+        };
+        self.reports.push(report.clone());
+        Ok(report)
+    }
+
+    /// The optimisation loop; returns the loss curve and the seconds it took.
+    fn run(&self, model: &Model, all: &[Example], r: &Recipe) -> Result<(Vec<f64>, f64)> {
+        let bs = if r.optim.batch_size == 0 {
+            all.len()
+        } else {
+            r.optim.batch_size
+        };
+        let batches: Vec<&[Example]> = all.chunks(bs).collect();
+        let total = batches.len() * r.optim.epochs;
+        let mut opt = AdamW::new(
+            &model.params,
+            AdamWConfig {
+                lr: r.optim.lr,
+                weight_decay: r.optim.weight_decay,
+                ..AdamWConfig::default()
+            },
+        )?;
+        let pb = if self.progress {
+            ProgressBar::new(total as u64)
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("train [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        let gamma = r.augment.lm_gamma;
+        let mut lm_rng = Rng(r.optim.seed ^ 0x11);
+        let start = Instant::now();
+        let mut curve = Vec::with_capacity(total);
+        for step in 0..total {
+            let batch = batches[step % batches.len()];
+            opt.set_lr(r.lr_at(step, total))?;
+            opt.zero_grad()?;
+            let mut loss = conditional_nll(model, batch, Reduction::TokenMean)?;
+            if gamma > 0.0 {
+                let lm = self.lm_batch(&mut lm_rng, (batch.len() / 8).max(1), r.augment.lm_block);
+                loss = loss * (1.0 - gamma)
+                    + conditional_nll(model, &lm, Reduction::TokenMean)? * gamma;
+            }
+            let value = loss.double_value(&[]);
+            if !value.is_finite() {
+                pb.finish_and_clear();
+                return Err(Error::Input(format!(
+                    "the loss became {value} at step {step}; the model is left unchanged (try a lower optim.lr)"
+                )));
+            }
+            loss.backward();
+            if r.optim.clip > 0.0 {
+                clip_grad_norm(opt.params(), r.optim.clip);
+            }
+            opt.step()?;
+            curve.push(value);
+            pb.set_message(format!("loss {value:.4}"));
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+        Ok((curve, start.elapsed().as_secs_f64()))
+    }
+
+    /// Random blocks of the LM text, each predicted from its first token.
+    fn lm_batch(&self, rng: &mut Rng, n: usize, block: usize) -> Vec<Example> {
+        (0..n)
+            .map(|_| {
+                let s = rng.below(self.lm_tokens.len() - block);
+                let b = &self.lm_tokens[s..s + block + 1];
+                Example {
+                    prompt: b[..1].to_vec(),
+                    target: b[1..].to_vec(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// Scales gradients so their global L2 norm is at most `max`.
+fn clip_grad_norm(params: &[tch::Tensor], max: f64) {
+    let _g = tch::no_grad_guard();
+    let grads: Vec<tch::Tensor> = params
+        .iter()
+        .map(|p| p.grad())
+        .filter(|g| g.defined())
+        .collect();
+    let total = grads
+        .iter()
+        .map(|g| {
+            g.to_kind(Kind::Float)
+                .square()
+                .sum(Kind::Float)
+                .double_value(&[])
+        })
+        .sum::<f64>()
+        .sqrt();
+    if total > max {
+        let scale = max / (total + 1e-6);
+        for mut g in grads {
+            let _ = g.g_mul_scalar_(scale);
+        }
+    }
+}
+
+impl Editor for FtEditor {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
+        self.train(model, tok, records).map(|_| ())
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(serde_json::json!({"recipe": self.recipe, "runs": self.reports})).ok()
+    }
+}

@@ -1,0 +1,45 @@
+//! Editing methods: what changes a model's weights so that it states new facts.
+//!
+//! - [`NoEdit`]: the unedited model (the baseline every table starts from).
+//! - [`ft::FtEditor`]: fine-tuning, the paper's recipe and its ablations, configured by a
+//!   [`recipe::Recipe`].
+
+pub mod augment;
+pub mod ft;
+pub mod recipe;
+
+use crate::data::EditRecord;
+use crate::error::Result;
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// An editing method: changes the model's weights so it states the records' new
+/// targets.
+pub trait Editor {
+    fn name(&self) -> &str;
+    /// Whether `edit` changes weights at all (the unedited baseline does not).
+    fn changes_weights(&self) -> bool {
+        true
+    }
+    /// Applies the edits of `records` to `model`, in place.
+    fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
+    /// What the edits so far did (training curves, timings), for the run's report.
+    fn report(&self) -> Option<serde_json::Value> {
+        None
+    }
+}
+
+/// The unedited model (`--method none`).
+pub struct NoEdit;
+
+impl Editor for NoEdit {
+    fn name(&self) -> &str {
+        "none"
+    }
+    fn changes_weights(&self) -> bool {
+        false
+    }
+    fn edit(&mut self, _: &mut Model, _: &Tokenizer, _: &[EditRecord]) -> Result<()> {
+        Ok(())
+    }
+}

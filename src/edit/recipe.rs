@@ -1,0 +1,282 @@
+//! Recipes: every choice of the fine-tuning editor in one TOML file. Named recipes ship
+//! in `recipes/` (copy one and change it); `--set section.key=value` overrides a field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which loss the edits are trained with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// −log p(target | prompt): target tokens only, masked by position.
+    Conditional,
+    /// Language-model loss on the whole edited sentence (naive fine-tuning).
+    Full,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LossConfig {
+    pub kind: LossKind,
+    /// Append EOS to every target, so the model learns to stop after the answer.
+    pub eos: bool,
+}
+
+/// How unedited facts are chosen for each edit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FactMode {
+    None,
+    /// `facts_per_edit` facts drawn at random from the pool.
+    Random,
+    /// The `facts_per_edit` pool facts whose prompts are most similar to the edit's
+    /// (TF-IDF cosine over word tokens, IDF from the pool: works offline).
+    Nearest,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Train on random-prefix paraphrases (P) of each edit.
+    pub prefixes: bool,
+    /// `[count, tokens]` pairs: how many prefixes of how many tokens to sample.
+    pub prefix_lengths: Vec<[usize; 2]>,
+    /// Unedited facts (R) with their true targets.
+    pub facts: FactMode,
+    pub facts_per_edit: usize,
+    /// Data file of unedited facts (CounterFact records, zsRE questions, JSONL); empty:
+    /// chosen from the evaluated data set (see the CLI).
+    #[serde(default)]
+    pub fact_pool: String,
+    /// Weight γ of the plain language-model loss: (1−γ)·L_edit + γ·L_LM.
+    pub lm_gamma: f64,
+    /// Text file for the LM loss; empty: the WikiText sample beside the repository.
+    #[serde(default)]
+    pub lm_text: String,
+    /// Tokens per LM training block.
+    pub lm_block: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Layer range `A..B` (inclusive) whose `modules` are trained, or empty.
+    pub layers: String,
+    /// Module kinds inside those layers: `mlp`, `attn`, `norm`.
+    pub modules: Vec<String>,
+    /// Parameter-name patterns to train as well (`*`: everything).
+    pub params: Vec<String>,
+    /// LoRA rank; 0 trains the selected weights themselves.
+    pub lora_rank: i64,
+    pub lora_alpha: f64,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Cosine,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub schedule: Schedule,
+    /// Warm-up, as a fraction of all steps.
+    pub warmup: f64,
+    pub epochs: usize,
+    /// Examples per step; 0 = all examples in one batch.
+    pub batch_size: usize,
+    /// Clip the gradient's global L2 norm to this (0 = off).
+    pub clip: f64,
+    pub seed: u64,
+}
+
+/// A complete fine-tuning recipe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recipe {
+    #[serde(default)]
+    pub description: String,
+    pub loss: LossConfig,
+    pub augment: AugmentConfig,
+    pub train: TrainConfig,
+    pub optim: OptimConfig,
+}
+
+/// The recipes that ship with ftedit.
+pub const BUILTIN: &[(&str, &str)] = &[
+    ("layers", include_str!("../../recipes/layers.toml")),
+    ("full", include_str!("../../recipes/full.toml")),
+    ("paper-mass", include_str!("../../recipes/paper-mass.toml")),
+    ("single", include_str!("../../recipes/single.toml")),
+];
+
+/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a
+/// string when it does not parse.
+fn set_path(root: &mut toml::Table, key: &str, value: &str) -> Result<()> {
+    let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(value.to_owned()),
+    };
+    let mut parts: Vec<&str> = key.split('.').collect();
+    let last = parts
+        .pop()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| Error::Input(format!("bad --set key '{key}'")))?;
+    let mut table = root;
+    for p in parts {
+        table = table
+            .get_mut(p)
+            .and_then(toml::Value::as_table_mut)
+            .ok_or_else(|| Error::Input(format!("--set {key}: no section '{p}' in the recipe")))?;
+    }
+    if !table.contains_key(last) {
+        return Err(Error::Input(format!(
+            "--set {key}: the recipe has no field '{last}'"
+        )));
+    }
+    table.insert(last.to_owned(), parsed);
+    Ok(())
+}
+
+impl Recipe {
+    /// A built-in recipe by name, or a TOML file, with `key=value` overrides.
+    pub fn load(name_or_path: &str, overrides: &[String]) -> Result<Self> {
+        let text = match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
+            Some((_, t)) => t.to_string(),
+            None => {
+                let p = std::path::Path::new(name_or_path);
+                if !p.exists() {
+                    return Err(Error::Input(format!(
+                        "recipe '{name_or_path}' is neither a file nor a built-in recipe ({})",
+                        BUILTIN
+                            .iter()
+                            .map(|(n, _)| *n)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+                std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?
+            }
+        };
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e| Error::Input(format!("recipe {name_or_path}: {e}")))?;
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| Error::Input(format!("--set '{o}': expected key=value")))?;
+            set_path(&mut table, k.trim(), v.trim())?;
+        }
+        let recipe: Recipe = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e| Error::Input(format!("recipe {name_or_path}: {e}")))?;
+        recipe.check()?;
+        Ok(recipe)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
+        if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
+            return bad(format!("optim.lr must be positive, not {}", self.optim.lr));
+        }
+        if self.optim.epochs == 0 {
+            return bad("optim.epochs must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.augment.lm_gamma) {
+            return bad(format!(
+                "augment.lm_gamma must lie in [0, 1], not {}",
+                self.augment.lm_gamma
+            ));
+        }
+        if !(0.0..1.0).contains(&self.optim.warmup) {
+            return bad(format!(
+                "optim.warmup is a fraction of the steps in [0, 1), not {}",
+                self.optim.warmup
+            ));
+        }
+        if self.train.lora_rank < 0 {
+            return bad("train.lora_rank must be 0 (off) or positive".into());
+        }
+        if self.train.layers.is_empty() && self.train.params.is_empty() {
+            return bad(
+                "nothing to train: set train.layers (with train.modules) or train.params".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The learning rate at `step` of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        let o = &self.optim;
+        let warm = (o.warmup * total as f64).round() as usize;
+        if step < warm {
+            return o.lr * (step + 1) as f64 / warm as f64;
+        }
+        match o.schedule {
+            Schedule::Constant => o.lr,
+            Schedule::Cosine => {
+                let span = (total - warm).max(1) as f64;
+                let t = (step - warm) as f64 / span;
+                o.lr * 0.5 * (1.0 + (std::f64::consts::PI * t).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_recipes_parse_and_overrides_apply() {
+        for (name, _) in BUILTIN {
+            Recipe::load(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+        let r = Recipe::load(
+            "layers",
+            &[
+                "optim.lr=1e-3".into(),
+                "augment.facts=nearest".into(),
+                "train.layers=2..4".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.optim.lr, 1e-3);
+        assert_eq!(r.augment.facts, FactMode::Nearest);
+        assert_eq!(r.train.layers, "2..4");
+        let err = Recipe::load("layers", &["optim.learning_rate=1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no field 'learning_rate'"), "{err}");
+        let err = Recipe::load("layers", &["optim.lr=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("optim.lr"), "{err}");
+        assert!(
+            Recipe::load("nope", &[])
+                .unwrap_err()
+                .to_string()
+                .contains("built-in")
+        );
+    }
+
+    #[test]
+    fn schedules() {
+        let mut r = Recipe::load("layers", &[]).unwrap();
+        r.optim.lr = 1.0;
+        assert!((r.lr_at(0, 10) - 1.0).abs() < 1e-12);
+        assert!((r.lr_at(5, 10) - 0.5).abs() < 1e-12);
+        assert!(r.lr_at(9, 10) < 0.03);
+        r.optim.warmup = 0.2;
+        assert!((r.lr_at(0, 10) - 0.5).abs() < 1e-12);
+        assert!((r.lr_at(2, 10) - 1.0).abs() < 1e-12);
+        r.optim.schedule = Schedule::Constant;
+        assert_eq!(r.lr_at(7, 10), 1.0);
+    }
+}
