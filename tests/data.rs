@@ -206,7 +206,7 @@ impl Editor for Scramble {
     fn name(&self) -> &str {
         "scramble"
     }
-    fn edit(&mut self, model: &Model, _: &Tokenizer, _: &[EditRecord]) -> ftedit::Result<()> {
+    fn edit(&mut self, model: &mut Model, _: &Tokenizer, _: &[EditRecord]) -> ftedit::Result<()> {
         let _g = tch::no_grad_guard();
         for (_, t) in model.params.iter() {
             let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.5));
@@ -225,7 +225,7 @@ fn tiny() -> (Model, Tokenizer, std::path::PathBuf) {
 
 #[test]
 fn single_protocol_restores_the_weights_bit_for_bit() {
-    let (m, tok, _) = tiny();
+    let (mut m, tok, _) = tiny();
     let before: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
     let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
     let out = OutputDir::open(temp_dir("proto-single"), None).unwrap();
@@ -234,7 +234,7 @@ fn single_protocol_restores_the_weights_bit_for_bit() {
         ..EvalOptions::default()
     };
     protocol::run(
-        &m,
+        &mut m,
         &tok,
         &recs,
         &mut Scramble,
@@ -249,18 +249,27 @@ fn single_protocol_restores_the_weights_bit_for_bit() {
     assert_eq!(out.records().unwrap().len(), 3);
     // Batch editing does change the model.
     let out = OutputDir::open(temp_dir("proto-batch"), None).unwrap();
-    protocol::run(&m, &tok, &recs, &mut Scramble, Protocol::Batch, &opts, &out).unwrap();
+    protocol::run(
+        &mut m,
+        &tok,
+        &recs,
+        &mut Scramble,
+        Protocol::Batch,
+        &opts,
+        &out,
+    )
+    .unwrap();
     assert!(!m.params.iter().zip(&before).all(|((_, t), b)| t.equal(b)));
 }
 
 #[test]
 fn unedited_results_agree_across_protocols_shards_and_resumes() {
-    let (m, tok, _) = tiny();
+    let (mut m, tok, _) = tiny();
     let recs: Vec<EditRecord> = (0..5).map(|i| record(&i.to_string())).collect();
     let opts = EvalOptions::default();
-    let run = |dir: &str, recs: &[EditRecord], p: Protocol| {
+    let mut run = |dir: &str, recs: &[EditRecord], p: Protocol| {
         let out = OutputDir::open(temp_dir(dir), None).unwrap();
-        protocol::run(&m, &tok, recs, &mut NoEdit, p, &opts, &out).unwrap();
+        protocol::run(&mut m, &tok, recs, &mut NoEdit, p, &opts, &out).unwrap();
         out
     };
     let whole = run("proto-whole", &recs, Protocol::Batch)
@@ -327,7 +336,7 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
     let mut text = std::fs::read_to_string(out.path.join("records.jsonl")).unwrap();
     text.push_str("{\"id\":\"2\",\"sui");
     std::fs::write(out.path.join("records.jsonl"), text).unwrap();
-    protocol::run(&m, &tok, &recs, &mut NoEdit, Protocol::Batch, &opts, &out).unwrap();
+    protocol::run(&mut m, &tok, &recs, &mut NoEdit, Protocol::Batch, &opts, &out).unwrap();
     let resumed = out.records().unwrap();
     assert_eq!(
         resumed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),

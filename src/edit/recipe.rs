@@ -61,7 +61,7 @@ pub struct AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Layer range `A..B` (inclusive) whose `modules` are trained, or empty.
+    /// Layer range `A..B` (inclusive) or `all` whose `modules` are trained, or empty.
     pub layers: String,
     /// Module kinds inside those layers: `mlp`, `attn`, `norm`.
     pub modules: Vec<String>,

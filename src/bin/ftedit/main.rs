@@ -28,7 +28,7 @@ enum Command {
     /// Continue a prompt, greedily or by top-k sampling.
     Generate(generate::GenerateArgs),
     /// Evaluate edits on CounterFact, zsRE or your own records.
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Merge evaluation reports.
     Report(report::ReportArgs),
 }
@@ -69,7 +69,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict(args) => predict::run(args),
         Command::Generate(args) => generate::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Report(args) => report::run(args),
     };
     match result {
