@@ -483,3 +483,161 @@ fn eval_writes_reports_and_shards_merge() {
         "different run",
     );
 }
+
+#[test]
+fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reload() {
+    let dir = temp_dir("cli-edit");
+    let model = tiny_model_file(&dir, 64);
+    let edits = dir.join("edits.jsonl");
+    std::fs::write(
+        &edits,
+        "{\"prompt\": \"{} is in\", \"subject\": \"the tea\", \"target_new\": \"the hat\"}\n{\"prompt\": \"{} is on\", \"subject\": \"the het\", \"target_new\": \"the tet\"}\n",
+    )
+    .unwrap();
+    let out = dir.join("edited.gguf");
+    let common = [
+        "--edits",
+        edits.to_str().unwrap(),
+        "--set",
+        "augment.facts=none",
+        "--set",
+        "augment.prefix_lengths=[[2, 3]]",
+        "--set",
+        "train.layers=1..1",
+        "--quiet",
+    ];
+    let args = [
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--out",
+            out.to_str().unwrap(),
+        ][..],
+        &common[..],
+    ]
+    .concat();
+    let (code, _, err) = ftedit(&args);
+    assert_eq!(code, 0, "{err}");
+    let (src, dst) = (
+        GgufFile::open(&model).unwrap(),
+        GgufFile::open(&out).unwrap(),
+    );
+    assert_eq!(src.metadata, dst.metadata);
+    let mut changed = 0;
+    for (a, b) in src.tensors.iter().zip(&dst.tensors) {
+        assert_eq!((&a.name, &a.dims), (&b.name, &b.dims));
+        let same = src.tensor_bytes(a).unwrap() == dst.tensor_bytes(b).unwrap();
+        // Exactly the MLP of layer 1 was trained.
+        assert_eq!(
+            !same,
+            a.name.starts_with("blk.1.ffn_") && !a.name.contains("norm"),
+            "{}",
+            a.name
+        );
+        changed += !same as usize;
+    }
+    assert_eq!(changed, 3);
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("edited.gguf.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["saved"]["changed"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        report["training"]["runs"][0]["examples"],
+        serde_json::json!([2, 4, 0])
+    );
+
+    // The same edit written as a folder loads back with the same weights as the GGUF.
+    let folder = dir.join("edited-hf");
+    let args = [
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--out",
+            folder.to_str().unwrap(),
+        ][..],
+        &common[..],
+    ]
+    .concat();
+    let (code, _, err) = ftedit(&args);
+    assert_eq!(code, 0, "{err}");
+    let (a, _) = ftedit::load(&out, &LoadOptions::default()).unwrap();
+    let (b, tok) = ftedit::load(&folder, &LoadOptions::default()).unwrap();
+    for (name, t) in a.params.iter() {
+        assert!(b.params.get(name).unwrap().equal(t), "{name}");
+    }
+    assert_eq!(
+        tok.encode("the tether", true).unwrap(),
+        vec![116, 257, 256, 101, 116, 257, 114]
+    );
+
+    expect_failure(
+        &[
+            "edit",
+            "--model",
+            folder.to_str().unwrap(),
+            "--edits",
+            edits.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "needs a GGUF input",
+    );
+    let empty = dir.join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    expect_failure(
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            empty.to_str().unwrap(),
+            "--out",
+            "x.gguf",
+            "--format",
+            "jsonl",
+        ],
+        "no edits",
+    );
+    let blank = dir.join("blank.jsonl");
+    std::fs::write(
+        &blank,
+        "{\"prompt\": \"{} is\", \"subject\": \"a\", \"target_new\": \"  \"}\n",
+    )
+    .unwrap();
+    expect_failure(
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            blank.to_str().unwrap(),
+            "--out",
+            "x.gguf",
+        ],
+        "target_new",
+    );
+    // A diverging run stops with a clear message and writes nothing.
+    let nan = dir.join("nan.gguf");
+    let args = [
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--out",
+            nan.to_str().unwrap(),
+            "--set",
+            "optim.lr=1e30",
+            "--set",
+            "optim.clip=0",
+        ][..],
+        &common[..],
+    ]
+    .concat();
+    let (code, _, err) = ftedit(&args);
+    assert_ne!(code, 0);
+    assert!(err.contains("loss became"), "{err}");
+    assert!(!nan.exists());
+}

@@ -336,7 +336,16 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
     let mut text = std::fs::read_to_string(out.path.join("records.jsonl")).unwrap();
     text.push_str("{\"id\":\"2\",\"sui");
     std::fs::write(out.path.join("records.jsonl"), text).unwrap();
-    protocol::run(&mut m, &tok, &recs, &mut NoEdit, Protocol::Batch, &opts, &out).unwrap();
+    protocol::run(
+        &mut m,
+        &tok,
+        &recs,
+        &mut NoEdit,
+        Protocol::Batch,
+        &opts,
+        &out,
+    )
+    .unwrap();
     let resumed = out.records().unwrap();
     assert_eq!(
         resumed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),

@@ -114,3 +114,51 @@ fn a_three_fact_edit_of_smollm2_sticks_and_leaves_unrelated_facts() {
         assert_eq!(!same, trained, "{name}");
     }
 }
+
+#[test]
+fn lora_adapters_start_neutral_and_merge_into_the_same_model() {
+    let mut m = common::random_model(common::tiny_llama(true), tch::Kind::Double);
+    let n = m.params.len();
+    let input = ftedit::Input::right_padded(&[vec![3u32, 17, 42, 5, 9]], m.device()).unwrap();
+    let base = m.forward(&input, &ftedit::LogitsAt::All).unwrap();
+    let targets: Vec<String> = m
+        .params
+        .names()
+        .filter(|n| n.ends_with("q_proj.weight") || n.ends_with("mlp.down_proj.weight"))
+        .map(str::to_owned)
+        .collect();
+    let adapters = m.add_lora(&targets, 4, 8.0, 0).unwrap();
+    assert_eq!(adapters.len(), 2 * targets.len());
+    assert!(
+        adapters
+            .iter()
+            .all(|a| m.params.get(a).unwrap().requires_grad())
+    );
+    assert_eq!(
+        m.params.trainable().len(),
+        adapters.len(),
+        "only the adapters train"
+    );
+    let same = m.forward(&input, &ftedit::LogitsAt::All).unwrap();
+    assert!(
+        (&same - &base).abs().max().double_value(&[]) < 1e-12,
+        "B = 0: no change"
+    );
+    {
+        let _g = tch::no_grad_guard();
+        for a in adapters.iter().filter(|a| a.contains("lora_B")) {
+            let mut b = m.params.get(a).unwrap();
+            let r = b.randn_like() * 0.1;
+            b.copy_(&r);
+        }
+    }
+    let adapted = m.forward(&input, &ftedit::LogitsAt::All).unwrap();
+    assert!((&adapted - &base).abs().max().double_value(&[]) > 1e-3);
+    m.merge_lora().unwrap();
+    assert_eq!(m.params.len(), n);
+    let merged = m.forward(&input, &ftedit::LogitsAt::All).unwrap();
+    assert!(
+        (&merged - &adapted).abs().max().double_value(&[]) < 1e-10,
+        "merging keeps the function"
+    );
+}

@@ -227,3 +227,43 @@ fn benchmark_configs_describe_the_default_models() {
         );
     }
 }
+
+#[test]
+fn gemma3_tokenizer_converted_to_tokenizer_json_encodes_the_same() {
+    // Edited models are written with a tokenizer.json for transformers: the SentencePiece
+    // vocabulary becomes a byte-fallback BPE. It must tokenise exactly as the original.
+    let (_, tok) = load("gemma3");
+    let dir = std::env::temp_dir().join(format!("ftedit-gemma3-tok-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    tok.save_hf(&dir).unwrap();
+    let hf =
+        ftedit::Tokenizer::from_file(&dir.join("tokenizer.json"), tok.bos_id, tok.eos_id).unwrap();
+    let mut texts: Vec<String> = reference("gemma3", "tokenize.json")["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap().to_owned())
+        .collect();
+    let wiki =
+        std::fs::read_to_string(common::shared_dir().join("data/aux/wikitext-2-raw/wiki.test.raw"))
+            .unwrap();
+    texts.extend(
+        wiki.lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(200)
+            .map(str::to_owned),
+    );
+    for t in &texts {
+        assert_eq!(
+            hf.encode(t, true).unwrap(),
+            tok.encode(t, true).unwrap(),
+            "{t:?}"
+        );
+        assert_eq!(
+            hf.encode(t, false).unwrap(),
+            tok.encode(t, false).unwrap(),
+            "{t:?}"
+        );
+    }
+    assert!(hf.adds_bos());
+}

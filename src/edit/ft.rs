@@ -279,7 +279,7 @@ impl FtEditor {
             r.optim.batch_size
         };
         let batches: Vec<&[Example]> = all.chunks(bs).collect();
-        let total = batches.len() * r.optim.epochs;
+        let total = (batches.len() * r.optim.epochs).max(r.optim.min_steps);
         let mut opt = AdamW::new(
             &model.params,
             AdamWConfig {

@@ -89,6 +89,9 @@ pub struct OptimConfig {
     /// Warm-up, as a fraction of all steps.
     pub warmup: f64,
     pub epochs: usize,
+    /// At least this many steps (more epochs for small edit sets).
+    #[serde(default)]
+    pub min_steps: usize,
     /// Examples per step; 0 = all examples in one batch.
     pub batch_size: usize,
     /// Clip the gradient's global L2 norm to this (0 = off).

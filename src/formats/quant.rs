@@ -291,3 +291,45 @@ fn q6_k(b: &[u8], y: &mut [f32]) {
         sc = &sc[8..];
     }
 }
+
+/// Quantizes `x` (a whole number of 32-value blocks) to Q8_0, as ggml's
+/// `quantize_row_q8_0_ref`: per block `d = max|x| / 127`, `q = round(x / d)`.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    assert!(x.len().is_multiple_of(32), "Q8_0 needs whole blocks of 32");
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for block in x.chunks_exact(32) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend(f16::from_f32(d).to_le_bytes());
+        out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q8_0_round_trip_stays_within_half_a_step() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i as f32) * 0.37).sin() * (1.0 + i as f32 / 10.0))
+            .collect();
+        let q = quantize_q8_0(&x);
+        assert_eq!(q.len(), 68);
+        let mut y = vec![0f32; 64];
+        assert!(dequantize(GgmlType::Q8_0, &q, &mut y));
+        for (b, (xs, ys)) in x.chunks(32).zip(y.chunks(32)).enumerate() {
+            let step = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, c) in xs.iter().zip(ys) {
+                // f16 rounding of the scale adds a little to the half step.
+                assert!(
+                    (a - c).abs() <= 0.5 * step + 1e-3 * a.abs() + 1e-6,
+                    "block {b}: {a} vs {c}"
+                );
+            }
+        }
+        assert_eq!(quantize_q8_0(&[0.0; 32])[2..], [0u8; 32]);
+    }
+}

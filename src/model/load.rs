@@ -66,7 +66,7 @@ pub fn load(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<(Model, Tokeni
 
 /// How a GGUF tensor becomes its Hugging Face counterpart.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Fix {
+pub(crate) enum Fix {
     None,
     /// Undo llama.cpp's Q/K row permutation for `n` heads.
     Unpermute(i64),
@@ -77,7 +77,7 @@ enum Fix {
 }
 
 /// The Hugging Face name and fix for a GGUF tensor name, per architecture.
-fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Option<(String, Fix)> {
+pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Option<(String, Fix)> {
     let (layer, field) = match name.strip_prefix("blk.") {
         Some(rest) => {
             let (l, f) = rest.split_once('.')?;
@@ -177,7 +177,23 @@ fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Option<(String, 
     Some((format!("{hf}.{suffix}"), fix))
 }
 
-fn apply_fix(t: Tensor, fix: Fix) -> Tensor {
+/// The inverse of [`apply_fix`]: from the Hugging Face layout back to llama.cpp's.
+pub(crate) fn undo_fix(t: Tensor, fix: Fix) -> Tensor {
+    match fix {
+        Fix::None => t,
+        Fix::MinusOne => t + 1.0,
+        Fix::Transpose => t.tr().contiguous(),
+        Fix::Unpermute(heads) => {
+            let s = t.size();
+            let (rows, cols) = (s[0], s[1]);
+            t.reshape([heads, 2, rows / heads / 2, cols])
+                .transpose(1, 2)
+                .reshape([rows, cols])
+        }
+    }
+}
+
+pub(crate) fn apply_fix(t: Tensor, fix: Fix) -> Tensor {
     match fix {
         Fix::None => t,
         Fix::MinusOne => t - 1.0,
@@ -192,7 +208,7 @@ fn apply_fix(t: Tensor, fix: Fix) -> Tensor {
     }
 }
 
-fn gguf_tensor(g: &GgufFile, t: &TensorInfo) -> Result<Tensor> {
+pub(crate) fn gguf_tensor(g: &GgufFile, t: &TensorInfo) -> Result<Tensor> {
     let out = Tensor::empty(t.torch_shape().as_slice(), (Kind::Float, Device::Cpu));
     // SAFETY: `out` is a fresh contiguous f32 CPU tensor of exactly numel elements,
     // and nothing else refers to it while the slice lives.

@@ -72,7 +72,13 @@ impl Model {
                 let a = self.params.get(&format!("{prefix}.lora_A.weight"))?;
                 let b = self.params.get(&format!("{prefix}.lora_B.weight"))?;
                 let mut w = self.params.get(&format!("{prefix}.weight"))?;
-                let delta = b.to_kind(Kind::Float).matmul(&a.to_kind(Kind::Float)) * scale;
+                // At least f32 (bf16 weights); f64 stays f64.
+                let kind = if w.kind() == Kind::Double {
+                    Kind::Double
+                } else {
+                    Kind::Float
+                };
+                let delta = b.to_kind(kind).matmul(&a.to_kind(kind)) * scale;
                 let _ = w.g_add_(&delta.to_kind(w.kind()));
             }
         }

@@ -18,6 +18,7 @@ pub mod lora;
 pub mod nn;
 pub mod params;
 pub mod registry;
+pub mod save;
 
 use std::path::{Path, PathBuf};
 

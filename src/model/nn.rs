@@ -7,10 +7,21 @@ use tch::{Device, Kind, Tensor};
 use super::params::ParamStore;
 use crate::error::Result;
 
-/// `y = x·Wᵀ + b` with `W` stored `(out, in)` as in `torch.nn.Linear`.
+/// A LoRA adapter `ΔW = scale · B·A` beside a linear map (PEFT's layout and names).
+pub struct Lora {
+    /// `[rank, in]`
+    pub a: Tensor,
+    /// `[out, rank]`
+    pub b: Tensor,
+    pub scale: f64,
+}
+
+/// `y = x·Wᵀ + b` with `W` stored `(out, in)` as in `torch.nn.Linear`, plus a LoRA
+/// adapter when the store holds one (`{prefix}.lora_A.weight`, `{prefix}.lora_B.weight`).
 pub struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<Lora>,
 }
 
 impl Linear {
@@ -22,6 +33,17 @@ impl Linear {
         out_dim: i64,
         bias: bool,
     ) -> Result<Self> {
+        let lora = match (
+            p.get(&format!("{prefix}.lora_A.weight")),
+            p.get(&format!("{prefix}.lora_B.weight")),
+        ) {
+            (Ok(a), Ok(b)) => Some(Lora {
+                a,
+                b,
+                scale: p.lora_scale.unwrap_or(1.0),
+            }),
+            _ => None,
+        };
         Ok(Linear {
             weight: p.get_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
             bias: if bias {
@@ -29,11 +51,17 @@ impl Linear {
             } else {
                 None
             },
+            lora,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match &self.lora {
+            // x·Aᵀ·Bᵀ never forms the full-size ΔW.
+            Some(l) => y + x.linear::<Tensor>(&l.a, None).linear::<Tensor>(&l.b, None) * l.scale,
+            None => y,
+        }
     }
 }
 

@@ -210,6 +210,48 @@ impl Tokenizer {
         }
     }
 
+    /// Writes `tokenizer.json` and `tokenizer_config.json` into `dir` (a Hugging Face
+    /// folder), converting a SentencePiece vocabulary to its `tokenizers` equivalent.
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        let add_bos = self.adds_bos();
+        let hf = match &self.inner {
+            Inner::Hf(t) => {
+                let mut t = (**t).clone();
+                if self.add_bos
+                    && let Some(b) = self.bos_id
+                {
+                    let piece = t.id_to_token(b).unwrap_or_default();
+                    let post = tokenizers::processors::template::TemplateProcessing::builder()
+                        .try_single(format!("{piece} $A"))
+                        .map_err(tok_err)?
+                        .special_tokens(vec![(piece, b)])
+                        .build()
+                        .map_err(tok_err)?;
+                    t.with_post_processor(Some(post));
+                }
+                t
+            }
+            Inner::Spm(s) => s
+                .to_hf(self.bos_id, self.add_bos)
+                .map_err(Error::Tokenizer)?,
+        };
+        let path = dir.join("tokenizer.json");
+        hf.save(&path, false)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let piece = |id: Option<u32>| id.and_then(|i| self.piece(i));
+        let config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": piece(self.bos_id),
+            "eos_token": piece(self.eos_id),
+            "add_bos_token": add_bos,
+            "add_eos_token": false,
+            "clean_up_tokenization_spaces": false,
+        });
+        let path = dir.join("tokenizer_config.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
+            .map_err(|e| Error::io(&path, e))
+    }
+
     /// Whether model inputs get BOS prepended.
     pub fn adds_bos(&self) -> bool {
         match &self.inner {

@@ -244,6 +244,96 @@ impl Spm {
         }
     }
 
+    /// A Hugging Face `tokenizers` equivalent (a byte-fallback BPE whose merges are ranked
+    /// by the merged piece's score, as transformers converts SentencePiece models), for
+    /// writing `tokenizer.json`. User-defined tokens become added tokens, matched first.
+    pub fn to_hf(
+        &self,
+        bos: Option<u32>,
+        add_bos: bool,
+    ) -> std::result::Result<tokenizers::Tokenizer, String> {
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::normalizers::{Prepend, Replace, Sequence as NormSequence};
+        use tokenizers::processors::template::TemplateProcessing;
+        use tokenizers::{AddedToken, NormalizerWrapper};
+
+        let vocab: tokenizers::models::bpe::Vocab =
+            self.index.iter().map(|(p, &i)| (p.clone(), i)).collect();
+        let mut merges: Vec<(f32, u32, u32, &str, &str)> = Vec::new();
+        for (id, piece) in self.pieces.iter().enumerate() {
+            if self.types[id] != TokenType::Normal {
+                continue;
+            }
+            for (split, _) in piece.char_indices().skip(1) {
+                let (l, r) = piece.split_at(split);
+                if let (Some(&li), Some(&ri)) = (self.index.get(l), self.index.get(r)) {
+                    merges.push((self.scores[id], li, ri, l, r));
+                }
+            }
+        }
+        // Highest score first; within a piece, by the ids of its halves (transformers' order).
+        merges.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges: Vec<(String, String)> = merges
+            .into_iter()
+            .map(|m| (m.3.to_owned(), m.4.to_owned()))
+            .collect();
+        let mut builder = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .byte_fallback(true)
+            .fuse_unk(true);
+        if let Some(unk) = self.types.iter().position(|t| *t == TokenType::Unknown) {
+            builder = builder.unk_token(self.pieces[unk].clone());
+        }
+        let bpe = builder.build().map_err(|e| e.to_string())?;
+        let mut tok = tokenizers::Tokenizer::new(bpe);
+        let replace: NormalizerWrapper =
+            Replace::new(" ", SPACE).map_err(|e| e.to_string())?.into();
+        let normalizer: NormalizerWrapper = if self.add_space_prefix {
+            NormSequence::new(vec![Prepend::new(SPACE.into()).into(), replace]).into()
+        } else {
+            replace
+        };
+        tok.with_normalizer(Some(normalizer))
+            .map_err(|e| e.to_string())?;
+        let decoder = DecoderSequence::new(vec![
+            tokenizers::normalizers::Replace::new(SPACE, " ")
+                .map_err(|e| e.to_string())?
+                .into(),
+            ByteFallback::default().into(),
+            Fuse::default().into(),
+        ]);
+        tok.with_decoder(Some(decoder));
+        let user: Vec<AddedToken> = self
+            .user_defined
+            .iter()
+            .map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false))
+            .collect();
+        tok.add_tokens(user).map_err(|e| e.to_string())?;
+        let special: Vec<AddedToken> = self
+            .types
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| matches!(t, TokenType::Control | TokenType::Unknown))
+            .map(|(i, _)| AddedToken::from(self.pieces[i].clone(), true))
+            .collect();
+        tok.add_special_tokens(special).map_err(|e| e.to_string())?;
+        if let (true, Some(b)) = (add_bos, bos) {
+            let piece = self.pieces[b as usize].clone();
+            let post = TemplateProcessing::builder()
+                .try_single(format!("{piece} $A"))
+                .and_then(|t| t.try_pair(format!("{piece} $A {piece} $B")))
+                .map_err(|e| e.to_string())?
+                .special_tokens(vec![(piece, b)])
+                .build()
+                .map_err(|e| e.to_string())?;
+            tok.with_post_processor(Some(post));
+        }
+        Ok(tok)
+    }
+
     /// The bytes a token stands for: `▁` is a space, `<0xXX>` a raw byte.
     pub fn token_bytes(&self, id: u32) -> Vec<u8> {
         let Some(piece) = self.piece(id) else {

@@ -1,5 +1,6 @@
 //! The `ftedit` command line.
 
+mod edit;
 mod eval;
 mod generate;
 mod method;
@@ -27,6 +28,8 @@ enum Command {
     Predict(predict::PredictArgs),
     /// Continue a prompt, greedily or by top-k sampling.
     Generate(generate::GenerateArgs),
+    /// Edit facts into a model and write the edited model.
+    Edit(Box<edit::EditArgs>),
     /// Evaluate edits on CounterFact, zsRE or your own records.
     Eval(Box<eval::EvalArgs>),
     /// Merge evaluation reports.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Predict(args) => predict::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Edit(args) => edit::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Report(args) => report::run(args),
     };

@@ -1,0 +1,103 @@
+//! `ftedit edit`: edit a model's facts and write the edited model.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use ftedit::data::{self, Format, Selection};
+use ftedit::model::save;
+
+use crate::ModelArgs;
+use crate::method::{self, MethodArgs};
+
+#[derive(Args)]
+pub struct EditArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The edits: CounterFact, zsRE or JSONL (`{"prompt": "... {} ...", "subject", "target_new"}`).
+    #[arg(long)]
+    edits: PathBuf,
+    /// The format of the edits file (detected when absent).
+    #[arg(long)]
+    format: Option<Format>,
+    /// Use only the first N edits.
+    #[arg(long, short)]
+    n: Option<usize>,
+    /// Use edits A..B (0-based, B excluded).
+    #[arg(long, value_parser = Selection::parse_range)]
+    range: Option<(usize, usize)>,
+    #[command(flatten)]
+    method: MethodArgs,
+    /// Where to write the edited model: a `.gguf` file (GGUF input only: unchanged
+    /// tensors keep their bytes) or a folder for transformers (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// GGUF output: store changed tensors as Q8_0 instead of F32.
+    #[arg(long)]
+    quantize: bool,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
+    if args.method.method == "none" {
+        args.method.method = "ft".into();
+    }
+    let start = Instant::now();
+    let records = Selection {
+        first: args.n,
+        range: args.range,
+        shard: None,
+    }
+    .apply(data::load(&args.edits, args.format)?);
+    if records.is_empty() {
+        anyhow::bail!("{}: no edits", args.edits.display());
+    }
+    let gguf_out = args.out.extension().is_some_and(|e| e == "gguf");
+    let source = ftedit::model::registry::resolve(&args.model.model)?;
+    if gguf_out && !is_gguf(&source) {
+        anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
+    }
+    let (mut model, tok) = args.model.load()?;
+    let mut editor = method::editor(&args.method, &tok, &records, !args.quiet)?;
+    editor.edit(&mut model, &tok, &records)?;
+    let saved = if gguf_out {
+        serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
+    } else {
+        save::save_hf(&model, &tok, &args.out)?;
+        serde_json::json!({"format": "safetensors"})
+    };
+    let report = serde_json::json!({
+        "model": source.display().to_string(),
+        "edits": args.edits.display().to_string(),
+        "n_edits": records.len(),
+        "method": args.method.method,
+        "training": editor.report(),
+        "saved": saved,
+        "seconds": start.elapsed().as_secs_f64(),
+    });
+    let report_path = if gguf_out {
+        PathBuf::from(format!("{}.report.json", args.out.display()))
+    } else {
+        args.out.join("ftedit_report.json")
+    };
+    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    println!(
+        "edited {} facts in {:.1} s; model in {}, report in {}",
+        records.len(),
+        start.elapsed().as_secs_f64(),
+        args.out.display(),
+        report_path.display()
+    );
+    Ok(())
+}
+
+fn is_gguf(path: &std::path::Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && &magic == b"GGUF"
+}

@@ -1,0 +1,185 @@
+//! Writing an (edited) model back in formats other tools load.
+//!
+//! - [`save_gguf`]: GGUF in, GGUF out. Every tensor the edit did not change keeps its
+//!   original bytes (and quantization); changed tensors are written in F32 (or Q8_0 if
+//!   asked) in llama.cpp's layout, so llama.cpp runs the result.
+//! - [`save_hf`]: a Hugging Face folder (`config.json`, `model.safetensors`,
+//!   `tokenizer.json`, `tokenizer_config.json`) that transformers loads.
+//!
+//! Both write to a temporary name and rename at the end: an interrupted save never
+//! leaves a half-written model under the final name.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+
+use super::load::{gguf_tensor, hf_name, undo_fix};
+use super::{ArchConfig, Model};
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, GgufWriter};
+use crate::formats::quant::{GgmlType, quantize_q8_0};
+use crate::tokenizer::Tokenizer;
+
+/// What a GGUF save did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GgufSaveReport {
+    /// Tensors rewritten (GGUF names).
+    pub changed: Vec<String>,
+    /// Tensors copied byte for byte.
+    pub unchanged: usize,
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let v = Vec::<f32>::try_from(
+        t.to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .view(-1),
+    )?;
+    Ok(v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+/// Writes `model` as a GGUF file shaped like `source` (the GGUF it was loaded from).
+/// `quantize`: store changed tensors as Q8_0 instead of F32 (where their rows allow).
+pub fn save_gguf(
+    model: &Model,
+    source: &Path,
+    out: &Path,
+    quantize: bool,
+) -> Result<GgufSaveReport> {
+    let g = GgufFile::open(source)?;
+    let arch = g.get_str("general.architecture")?.to_owned();
+    let mut w = GgufWriter::new();
+    w.metadata = g.metadata.clone();
+    w.alignment = g.alignment;
+    let mut changed = Vec::new();
+    let mut unchanged = 0;
+    let _g = tch::no_grad_guard();
+    for t in &g.tensors {
+        let raw = g.tensor_bytes(t).map(Cow::Borrowed);
+        let mapped =
+            hf_name(model.config(), &arch, &t.name).filter(|(n, _)| model.params.contains(n));
+        let Some((name, fix)) = mapped else {
+            w.add_tensor(t.name.clone(), t.dims.clone(), t.ty, raw?);
+            unchanged += 1;
+            continue;
+        };
+        let current = model
+            .params
+            .get(&name)?
+            .detach()
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float);
+        let original = super::load::apply_fix(gguf_tensor(&g, t)?, fix);
+        if current.size() == original.size() && current.equal(&original) {
+            w.add_tensor(t.name.clone(), t.dims.clone(), t.ty, raw?);
+            unchanged += 1;
+            continue;
+        }
+        let back = undo_fix(current, fix);
+        let values = f32_bytes(&back)?;
+        let (ty, data) = if quantize && t.dims[0] % 32 == 0 {
+            let floats: Vec<f32> = values
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            (GgmlType::Q8_0, quantize_q8_0(&floats))
+        } else {
+            (GgmlType::F32, values)
+        };
+        w.add_tensor(t.name.clone(), t.dims.clone(), ty, data);
+        changed.push(t.name.clone());
+    }
+    w.write(out)?;
+    Ok(GgufSaveReport { changed, unchanged })
+}
+
+/// `config.json` for transformers.
+pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
+    let (bos, eos) = (tok.bos_id, tok.eos_id);
+    match config {
+        ArchConfig::Llama(c) => {
+            let qwen = c.attention_bias;
+            json!({
+                "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
+                "model_type": if qwen { "qwen2" } else { "llama" },
+                "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
+                "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+                "head_dim": c.head_dim, "hidden_act": "silu", "rms_norm_eps": c.rms_norm_eps,
+                "rope_theta": c.rope_theta, "max_position_embeddings": c.max_position_embeddings,
+                "tie_word_embeddings": c.tie_word_embeddings, "attention_bias": c.attention_bias,
+                "use_sliding_window": c.sliding_window.is_some(), "sliding_window": c.sliding_window,
+                "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
+            })
+        }
+        ArchConfig::Gemma3(c) => json!({
+            "architectures": ["Gemma3ForCausalLM"],
+            "model_type": "gemma3_text",
+            "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,
+            "head_dim": c.head_dim, "hidden_activation": "gelu_pytorch_tanh", "rms_norm_eps": c.rms_norm_eps,
+            "rope_theta": c.rope_theta, "rope_local_base_freq": c.rope_local_base_freq,
+            "sliding_window": c.sliding_window,
+            // transformers wants an integer here.
+            "query_pre_attn_scalar": if c.query_pre_attn_scalar.fract() == 0.0 { json!(c.query_pre_attn_scalar as i64) } else { json!(c.query_pre_attn_scalar) },
+            "layer_types": c.layer_types.iter().map(|&s| if s { "sliding_attention" } else { "full_attention" }).collect::<Vec<_>>(),
+            "max_position_embeddings": c.max_position_embeddings, "tie_word_embeddings": c.tie_word_embeddings,
+            "final_logit_softcapping": null, "attn_logit_softcapping": null,
+            "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": 0, "torch_dtype": "float32",
+        }),
+        ArchConfig::Gpt2(c) => json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2", "vocab_size": c.vocab_size, "n_positions": c.n_positions,
+            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
+            "layer_norm_epsilon": c.layer_norm_epsilon, "activation_function": "gelu_new",
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
+        }),
+    }
+}
+
+/// Writes a Hugging Face folder for `model`.
+pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let write = |name: &str, text: String| {
+        let p = tmp.join(name);
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
+    };
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&hf_config(model.config(), tok)).expect("json"),
+    )?;
+    let _g = tch::no_grad_guard();
+    let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for (name, t) in model.params.iter() {
+        data.push((
+            name.to_owned(),
+            f32_bytes(t)?,
+            t.size().iter().map(|&d| d as usize).collect(),
+        ));
+    }
+    let views = data
+        .iter()
+        .map(|(n, bytes, shape)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.as_str(), v))
+                .map_err(|e| Error::Input(format!("{n}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
+    let st = tmp.join("model.safetensors");
+    safetensors::serialize_to_file(views, Some(meta), &st)
+        .map_err(|e| Error::Input(format!("{}: {e}", st.display())))?;
+    tok.save_hf(&tmp)?;
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+}
