@@ -48,6 +48,9 @@ pub struct FtEditor {
     pub progress: bool,
     /// Reports of every `edit` call.
     pub reports: Vec<TrainReport>,
+    /// Write the shuffled training set (token ids) here, e.g. to train the same set
+    /// elsewhere for comparison.
+    pub dump_examples: Option<std::path::PathBuf>,
 }
 
 impl FtEditor {
@@ -89,6 +92,7 @@ impl FtEditor {
             prefixes: None,
             progress: false,
             reports: Vec::new(),
+            dump_examples: None,
         })
     }
 
@@ -212,6 +216,12 @@ impl FtEditor {
         let mut all: Vec<Example> = e.into_iter().chain(p).chain(f).collect();
         let mut rng = Rng(r.optim.seed);
         rng.shuffle(&mut all);
+        if let Some(path) = &self.dump_examples {
+            let ex: Vec<_> = all.iter().map(|e| serde_json::json!({"prompt": e.prompt, "target": e.target})).collect();
+            let text = serde_json::to_string(&serde_json::json!({"examples": ex, "counts": counts}))
+                .map_err(|e| Error::Input(e.to_string()))?;
+            std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+        }
 
         let selected = self.selected(model)?;
         model.params.freeze_all();
@@ -249,12 +259,12 @@ impl FtEditor {
         if lora {
             model.merge_lora()?;
         }
-        let tokens: usize = all
-            .iter()
-            .map(|x| x.prompt.len() + x.target.len())
-            .sum::<usize>()
-            * r.optim.epochs;
-        let seen = all.len() * r.optim.epochs;
+        // Examples and tokens actually trained on (min_steps may repeat batches).
+        let bs = if r.optim.batch_size == 0 { all.len() } else { r.optim.batch_size };
+        let batches: Vec<&[Example]> = all.chunks(bs).collect();
+        let (seen, tokens) = (0..loss.len()).map(|s| batches[s % batches.len()]).fold((0, 0), |(n, t), b| {
+            (n + b.len(), t + b.iter().map(|x| x.prompt.len() + x.target.len()).sum::<usize>())
+        });
         let report = TrainReport {
             edits: records.len(),
             examples: counts,

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use ftedit::data::{self, Format, Selection};
+use ftedit::edit::Editor;
 use ftedit::model::save;
 
 use crate::ModelArgs;
@@ -38,6 +39,9 @@ pub struct EditArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Also write the shuffled training set (token ids) to this JSON file.
+    #[arg(long)]
+    dump_examples: Option<PathBuf>,
 }
 
 pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
@@ -60,7 +64,8 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
     let (mut model, tok) = args.model.load()?;
-    let mut editor = method::editor(&args.method, &tok, &records, !args.quiet)?;
+    let mut editor = method::ft_editor(&args.method, &tok, &records, !args.quiet)?.expect("edit uses a method");
+    editor.dump_examples = args.dump_examples.clone();
     editor.edit(&mut model, &tok, &records)?;
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
@@ -76,6 +81,7 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         "training": editor.report(),
         "saved": saved,
         "seconds": start.elapsed().as_secs_f64(),
+        "peak_rss_mb": peak_rss_mb(),
     });
     let report_path = if gguf_out {
         PathBuf::from(format!("{}.report.json", args.out.display()))
@@ -91,6 +97,14 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         report_path.display()
     );
     Ok(())
+}
+
+/// The process's peak resident memory (Linux), in MiB.
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
 }
 
 fn is_gguf(path: &std::path::Path) -> bool {

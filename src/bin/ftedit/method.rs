@@ -54,8 +54,21 @@ pub fn editor(
     records: &[EditRecord],
     progress: bool,
 ) -> anyhow::Result<Box<dyn Editor>> {
+    Ok(match ft_editor(args, tok, records, progress)? {
+        Some(ft) => Box::new(ft),
+        None => Box::new(NoEdit),
+    })
+}
+
+/// The fine-tuning editor of `args`, or `None` for `--method none`.
+pub fn ft_editor(
+    args: &MethodArgs,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    progress: bool,
+) -> anyhow::Result<Option<FtEditor>> {
     match args.method.as_str() {
-        "none" => return Ok(Box::new(NoEdit)),
+        "none" => return Ok(None),
         "ft" | "ft-naive" => {}
         other => anyhow::bail!("unknown method '{other}' (available: none, ft, ft-naive)"),
     }
@@ -90,5 +103,5 @@ pub fn editor(
     };
     let mut ft = FtEditor::new(&args.method, recipe, pool, lm_text.as_deref(), tok)?;
     ft.progress = progress;
-    Ok(Box::new(ft))
+    Ok(Some(ft))
 }
