@@ -434,3 +434,33 @@ fn f32_on_the_test_device_agrees_with_f64_on_the_cpu() {
         );
     }
 }
+
+#[test]
+fn conditional_loss_gradient_comes_from_target_positions_only() {
+    // The gradient of the conditional loss equals that of the mean NLL of the target
+    // tokens read off a full forward pass: prompt positions (masked by position, here
+    // repeating target tokens) contribute nothing.
+    let m = random_model(tiny_llama(false), Kind::Double);
+    let name = m.mlp_out_proj(1);
+    m.params.set_trainable(&name, true).unwrap();
+    let w = m.params.get(&name).unwrap();
+    let ex = Example {
+        prompt: vec![9, 5, 9, 4],
+        target: vec![9, 5],
+    };
+    conditional_nll(&m, std::slice::from_ref(&ex), Reduction::TokenMean)
+        .unwrap()
+        .backward();
+    let ours = w.grad().copy();
+    let mut g = w.grad();
+    let _ = g.zero_();
+    let input = Input::right_padded(&[vec![9u32, 5, 9, 4, 9, 5]], m.device()).unwrap();
+    let lp = m
+        .forward(&input, &LogitsAt::All)
+        .unwrap()
+        .log_softmax(-1, Kind::Double);
+    let manual = -(lp.get(0).get(3).get(9) + lp.get(0).get(4).get(5)) / 2.0;
+    manual.backward();
+    assert!(max_diff(&ours, &w.grad()) < 1e-12);
+    assert!(ours.abs().max().double_value(&[]) > 1e-6, "a real gradient");
+}

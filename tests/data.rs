@@ -353,3 +353,48 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
     );
     assert_eq!(resumed, whole);
 }
+
+#[test]
+fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
+    use ftedit::edit::augment::Fact;
+    use ftedit::edit::ft::FtEditor;
+    use ftedit::edit::recipe::Recipe;
+    let (mut m, tok, _) = tiny();
+    let before: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
+    let recipe = Recipe::load(
+        "layers",
+        &[
+            "train.layers=1..1".into(),
+            "augment.prefix_lengths=[[2, 3]]".into(),
+            "optim.min_steps=3".into(),
+        ],
+    )
+    .unwrap();
+    let pool = ["the ten is in", "a hat is on", "the tea is"]
+        .map(|p| Fact {
+            prompt: p.into(),
+            target: "the sea".into(),
+        })
+        .to_vec();
+    let mut ft = FtEditor::new("ft", recipe, pool, None, &tok).unwrap();
+    let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
+    let out = OutputDir::open(temp_dir("proto-ft-single"), None).unwrap();
+    let opts = EvalOptions {
+        generation: false,
+        ..EvalOptions::default()
+    };
+    protocol::run(&mut m, &tok, &recs, &mut ft, Protocol::Single, &opts, &out).unwrap();
+    assert_eq!(ft.reports.len(), 3, "one training run per record");
+    for r in &ft.reports {
+        assert_eq!(r.examples, [1, 2, 3]);
+        assert!(
+            r.trained_params
+                .iter()
+                .all(|n| n.starts_with("model.layers.1.mlp."))
+        );
+    }
+    for ((name, t), b) in m.params.iter().zip(&before) {
+        assert!(t.equal(b), "{name} was not restored exactly");
+        assert!(!t.requires_grad(), "{name} left trainable");
+    }
+}

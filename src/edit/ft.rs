@@ -51,6 +51,8 @@ pub struct FtEditor {
     /// Write the shuffled training set (token ids) here, e.g. to train the same set
     /// elsewhere for comparison.
     pub dump_examples: Option<std::path::PathBuf>,
+    /// Tokenized pool facts, by pool index.
+    fact_cache: std::cell::RefCell<std::collections::HashMap<usize, Example>>,
 }
 
 impl FtEditor {
@@ -93,6 +95,7 @@ impl FtEditor {
             progress: false,
             reports: Vec::new(),
             dump_examples: None,
+            fact_cache: Default::default(),
         })
     }
 
@@ -183,8 +186,18 @@ impl FtEditor {
                 p.push(example(&format!("{pre}{prompt}"), &new)?);
             }
             for i in picks {
-                let fact = &self.pool[i];
-                f.push(example(&fact.prompt, &target(&fact.target)?)?);
+                // A fact drawn for several edits is tokenized once.
+                let cached = self.fact_cache.borrow().get(&i).cloned();
+                let ex = match cached {
+                    Some(ex) => ex,
+                    None => {
+                        let fact = &self.pool[i];
+                        let ex = example(&fact.prompt, &target(&fact.target)?)?;
+                        self.fact_cache.borrow_mut().insert(i, ex.clone());
+                        ex
+                    }
+                };
+                f.push(ex);
             }
         }
         Ok([e, p, f])
@@ -217,15 +230,25 @@ impl FtEditor {
         let mut rng = Rng(r.optim.seed);
         rng.shuffle(&mut all);
         if let Some(path) = &self.dump_examples {
-            let ex: Vec<_> = all.iter().map(|e| serde_json::json!({"prompt": e.prompt, "target": e.target})).collect();
-            let text = serde_json::to_string(&serde_json::json!({"examples": ex, "counts": counts}))
-                .map_err(|e| Error::Input(e.to_string()))?;
+            let ex: Vec<_> = all
+                .iter()
+                .map(|e| serde_json::json!({"prompt": e.prompt, "target": e.target}))
+                .collect();
+            let text =
+                serde_json::to_string(&serde_json::json!({"examples": ex, "counts": counts}))
+                    .map_err(|e| Error::Input(e.to_string()))?;
             std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
         }
 
-        let selected = self.selected(model)?;
+        let mut selected = self.selected(model)?;
         model.params.freeze_all();
         let lora = r.train.lora_rank > 0;
+        if lora {
+            // Adapters go beside linear weights only (not biases or norms).
+            selected.retain(|n| {
+                n.ends_with(".weight") && model.params.get(n).is_ok_and(|t| t.dim() == 2)
+            });
+        }
         let trained = if lora {
             model.add_lora(
                 &selected,
@@ -260,11 +283,24 @@ impl FtEditor {
             model.merge_lora()?;
         }
         // Examples and tokens actually trained on (min_steps may repeat batches).
-        let bs = if r.optim.batch_size == 0 { all.len() } else { r.optim.batch_size };
+        let bs = if r.optim.batch_size == 0 {
+            all.len()
+        } else {
+            r.optim.batch_size
+        };
         let batches: Vec<&[Example]> = all.chunks(bs).collect();
-        let (seen, tokens) = (0..loss.len()).map(|s| batches[s % batches.len()]).fold((0, 0), |(n, t), b| {
-            (n + b.len(), t + b.iter().map(|x| x.prompt.len() + x.target.len()).sum::<usize>())
-        });
+        let (seen, tokens) =
+            (0..loss.len())
+                .map(|s| batches[s % batches.len()])
+                .fold((0, 0), |(n, t), b| {
+                    (
+                        n + b.len(),
+                        t + b
+                            .iter()
+                            .map(|x| x.prompt.len() + x.target.len())
+                            .sum::<usize>(),
+                    )
+                });
         let report = TrainReport {
             edits: records.len(),
             examples: counts,

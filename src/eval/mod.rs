@@ -59,6 +59,8 @@ pub struct EvalOptions {
     pub exact_match: bool,
     /// CounterFact fluency (GE): top-k samples from the generation prompts.
     pub generation: bool,
+    /// Sample for GE only these records (by id), if set: GE dominates the cost.
+    pub generation_ids: Option<std::collections::HashSet<String>>,
     /// Seed of the samplers (mixed with each record's id).
     pub seed: u64,
     /// Reference texts and IDF data for consistency (RS).
@@ -74,6 +76,7 @@ impl Default for EvalOptions {
         EvalOptions {
             exact_match: true,
             generation: true,
+            generation_ids: None,
             seed: 0,
             attributes: None,
             chunk: 16,
@@ -149,7 +152,14 @@ fn generations(
     chunk: &[EditRecord],
     opts: &EvalOptions,
 ) -> Result<Vec<Option<GenScores>>> {
-    let wanted = |r: &EditRecord| r.suite == Suite::CounterFact && !r.generation_prompts.is_empty();
+    let wanted = |r: &EditRecord| {
+        r.suite == Suite::CounterFact
+            && !r.generation_prompts.is_empty()
+            && opts
+                .generation_ids
+                .as_ref()
+                .is_none_or(|ids| ids.contains(&r.id))
+    };
     let mut prompts = Vec::new();
     let mut seeds = Vec::new();
     for r in chunk.iter().filter(|r| wanted(r)) {
@@ -269,6 +279,13 @@ impl Summary {
             metrics.insert("GE".into(), pct(mean(gens.iter().filter_map(|g| g.ge))));
             let rs = pct(mean(gens.iter().filter_map(|g| g.rs)));
             metrics.insert("RS".into(), rs);
+            if !gens.is_empty() && gens.len() < cf.len() {
+                notes.push(format!(
+                    "GE over the first {} of {} records",
+                    gens.len(),
+                    cf.len()
+                ));
+            }
             if gens.is_empty() {
                 notes.push("GE and RS not computed: generation was off or the records have no generation prompts".into());
             } else if rs.is_none() {

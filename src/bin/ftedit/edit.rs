@@ -63,8 +63,12 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
     if gguf_out && !is_gguf(&source) {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
     let (mut model, tok) = args.model.load()?;
-    let mut editor = method::ft_editor(&args.method, &tok, &records, !args.quiet)?.expect("edit uses a method");
+    let mut editor =
+        method::ft_editor(&args.method, &tok, &records, !args.quiet)?.expect("edit uses a method");
     editor.dump_examples = args.dump_examples.clone();
     editor.edit(&mut model, &tok, &records)?;
     let saved = if gguf_out {

@@ -48,6 +48,9 @@ pub struct EvalArgs {
     /// Skip CounterFact fluency (GE), which samples 10 texts of 100 tokens per record.
     #[arg(long)]
     no_generation: bool,
+    /// Compute GE only for the first N selected records.
+    #[arg(long)]
+    generation_n: Option<usize>,
     /// Skip exact match (greedy generation from the rewrite and paraphrase prompts).
     #[arg(long)]
     no_exact_match: bool,
@@ -117,7 +120,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         settings: serde_json::json!({
             "n": args.n, "range": args.range, "shard": args.shard,
             "batch_size": args.batch_size, "eval_every": args.eval_every,
-            "generation": !args.no_generation, "exact_match": !args.no_exact_match,
+            "generation": !args.no_generation, "generation_n": args.generation_n, "exact_match": !args.no_exact_match,
             "seed": args.seed, "dtype": args.model.dtype,
             "recipe": (args.method.method.starts_with("ft")).then(|| method::recipe(&args.method)).transpose()?,
         }),
@@ -126,6 +129,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let opts = EvalOptions {
         exact_match: !args.no_exact_match,
         generation: !args.no_generation,
+        generation_ids: args
+            .generation_n
+            .map(|n| records.iter().take(n).map(|r| r.id.clone()).collect()),
         seed: args.seed,
         attributes,
         chunk: args.chunk,
