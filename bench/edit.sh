@@ -4,17 +4,17 @@
 # (bench/edit_torch.py) on the same training set, one after the other; both edited
 # models are then scored by `ftedit eval` on the 100 edits. Needs ./setup.sh --bench.
 #
-#   bench/edit.sh [edits]
+#   bench/edit.sh [edits] [models]      (results appended to bench/out/edit/results.jsonl)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-100}"
+MODELS="${2:-smollm2 gemma3}"
 DATA=../shared/data/counterfact/counterfact_rome_dev.json
 OUT=bench/out/edit
 mkdir -p "$OUT"
-: > "$OUT/results.jsonl"
 cargo build --release --quiet
 .venv/bin/python bench/flops.py peak | tee -a "$OUT/results.jsonl"
-for model in smollm2 gemma3; do
+for model in $MODELS; do
   gguf="models/$(case $model in smollm2) echo SmolLM2-135M-Instruct.Q4_1.gguf ;; gemma3) echo gemma-3-270m-q4_k_m.gguf ;; esac)"
   rm -rf "$OUT/$model-ftedit" "$OUT/$model-torch"
   ./target/release/ftedit edit --model "$model" --edits "$DATA" --n "$N" --recipe layers --threads 2 --quiet \
