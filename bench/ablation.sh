@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The paper's ablation ladder on one model: unedited, naive fine-tuning (whole
 # sentence), + mask (conditional likelihood), + P (random prefixes), + R (unedited
-# facts), + γ·LM; batch protocol over the first N CounterFact and zsRE dev records.
+# facts), + γ·LM (recipe `layers`), then the baselines FT-L, FT-M, ROME (also under the
+# single protocol) and MEMIT; batch protocol over the first N CounterFact and zsRE dev
+# records.
 # CounterFact fluency (GE) is computed on the first 50 records of each run; the γ·LM rung
 # is run on CounterFact only (it is there for GE, which zsRE does not measure).
 #
@@ -32,6 +34,14 @@ declare -A RUNG=(
   [4-mask+P+R]="--method ft"
   [5-mask+P+R+LM]="--method ft --set augment.lm_gamma=0.1"
 )
+# The baselines (issue 5), with their own defaults; BASELINES=0 skips them.
+if [ "${BASELINES:-1}" = 1 ]; then
+  RUNG[6-FT-L]="--method ft-l"
+  RUNG[7-FT-M]="--method ft-m"
+  RUNG[8-ROME]="--method rome"
+  RUNG[8-ROME@single]="--method rome --protocol single"
+  RUNG[9-MEMIT]="--method memit"
+fi
 # Rung by rung, so that a cut-short run still has the cheap rungs of both data sets.
 for rung in $(printf '%s\n' "${!RUNG[@]}" | sort); do
   for data in counterfact zsre; do
@@ -41,7 +51,9 @@ for rung in $(printf '%s\n' "${!RUNG[@]}" | sort); do
     [ "$data" = zsre ] && [[ "$rung" == *LM ]] && continue
     echo "== $data $rung"
     # shellcheck disable=SC2086
-    "$FTEDIT" eval --model "$MODEL" --data "$file" --n "$N" --protocol batch --recipe layers \
+    proto="--protocol batch"
+    [[ "${RUNG[$rung]}" == *--protocol* ]] && proto=""
+    "$FTEDIT" eval --model "$MODEL" --data "$file" --n "$N" $proto \
       ${RUNG[$rung]} --generation-n 50 --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet \
       --out "$dir" > /dev/null
   done
@@ -52,10 +64,12 @@ out = sys.argv[1]
 def row(path):
     s = json.load(open(os.path.join(path, "summary.json")))
     t = os.path.join(path, "train_report.json")
-    secs = sum(r["seconds"] for r in json.load(open(t))["runs"]) if os.path.exists(t) else 0
+    runs = json.load(open(t))["runs"] if os.path.exists(t) else []
+    secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
     return s["metrics"], secs
 f = lambda v: "—" if v is None else f"{v:.1f}"
-label = lambda p: os.path.basename(p).split("-", 2)[2].replace("@steps", " (E+P+R's steps)")
+label = lambda p: (os.path.basename(p).split("-", 2)[2].replace("@steps", " (E+P+R's steps)")
+                   .replace("@single", ", single protocol"))
 print("\n| CounterFact | S | ES | PS | NS | GE (50) | EM_exact | train s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for p in sorted(glob.glob(f"{out}/counterfact-*")):
@@ -66,4 +80,14 @@ print("|---|---:|---:|---:|---:|---:|---:|")
 for p in sorted(glob.glob(f"{out}/zsre-*")):
     m, secs = row(p)
     print(f"| {label(p)} | {f(m['score'])} | {f(m['efficacy'])} | {f(m['paraphrase'])} | {f(m['specificity'])} | {f(m['efficacy_exact'])} | {secs:.0f} |")
+base = [p for p in sorted(glob.glob(f"{out}/*")) if os.path.basename(p).split("-", 2)[2].split("@")[0] in ("FT-L", "FT-M", "ROME", "MEMIT")]
+if base:
+    print("\n| baseline | data | key statistics s | seconds per edit |")
+    print("|---|---|---:|---:|")
+    for p in base:
+        runs = json.load(open(os.path.join(p, "train_report.json")))["runs"]
+        edits = sum(r["edits"] for r in runs)
+        stats = sum(r.get("stats_seconds", 0) for r in runs)
+        secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
+        print(f"| {label(p)} | {os.path.basename(p).split('-')[0]} | {stats:.1f} | {secs / edits:.2f} |")
 PY

@@ -215,6 +215,7 @@ fn no_autograd_graph_below_the_lowest_trainable_layer() {
         let extras = ForwardExtras {
             hooks: Some(&mut hooks),
             cache: None,
+            grad_from: None,
         };
         let logits = m.forward_with(&input, &LogitsAt::Last, extras).unwrap();
         assert!(logits.requires_grad());
@@ -259,6 +260,7 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
         let extras = ForwardExtras {
             hooks: Some(&mut capture),
             cache: None,
+            grad_from: None,
         };
         let _ = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
         assert_eq!(capture.keys.len(), 1);
@@ -283,6 +285,7 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
         let extras = ForwardExtras {
             hooks: Some(&mut add),
             cache: None,
+            grad_from: None,
         };
         let edited = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
         let n = cfg.name();

@@ -459,8 +459,8 @@ fn eval_writes_reports_and_shards_merge() {
         "/no/such/data.json",
     );
     expect_failure(
-        &["eval", "--model", m, "--data", d, "--method", "rome"],
-        "unknown method 'rome'",
+        &["eval", "--model", m, "--data", d, "--method", "mend"],
+        "unknown method 'mend'",
     );
     expect_failure(
         &["eval", "--model", m, "--data", d, "--shard", "2/2"],
@@ -640,4 +640,94 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     assert_ne!(code, 0);
     assert!(err.contains("loss became"), "{err}");
     assert!(!nan.exists());
+}
+
+#[test]
+fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
+    let dir = temp_dir("cli-locate");
+    let model = tiny_model_file(&dir, 64);
+    let edits = dir.join("edits.jsonl");
+    std::fs::write(
+        &edits,
+        "{\"prompt\": \"{} is in\", \"subject\": \"the tea\", \"target_new\": \"the hat\"}\n{\"prompt\": \"{} is on\", \"subject\": \"the het\", \"target_new\": \"the tet\"}\n",
+    )
+    .unwrap();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the hat is in the tea and the tet is on the het. ".repeat(40),
+    )
+    .unwrap();
+    let cache = dir.join("cache");
+    for (method, layers, changed) in [
+        ("rome", "1", vec!["blk.1.ffn_down.weight"]),
+        (
+            "memit",
+            "1..2",
+            vec!["blk.1.ffn_down.weight", "blk.2.ffn_down.weight"],
+        ),
+    ] {
+        let out = dir.join(format!("{method}.gguf"));
+        let set = |kv: String| kv;
+        let (code, _, err) = ftedit(&[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            edits.to_str().unwrap(),
+            "--method",
+            method,
+            "--set",
+            &set(format!("layers={layers}")),
+            "--set",
+            "samples=300",
+            "--set",
+            "steps=5",
+            "--set",
+            &set(format!("text={}", text.display())),
+            "--set",
+            &set(format!("cache={}", cache.display())),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{method}: {err}");
+        let (src, dst) = (
+            GgufFile::open(&model).unwrap(),
+            GgufFile::open(&out).unwrap(),
+        );
+        for (a, b) in src.tensors.iter().zip(&dst.tensors) {
+            let same = src.tensor_bytes(a).unwrap() == dst.tensor_bytes(b).unwrap();
+            assert_eq!(
+                !same,
+                changed.contains(&a.name.as_str()),
+                "{method}: {}",
+                a.name
+            );
+        }
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("{method}.gguf.report.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["method"], method);
+        assert_eq!(report["training"]["runs"][0]["edits"], 2);
+    }
+    // ROME's layer 1 statistics were cached and reused by MEMIT; MEMIT added layer 2's.
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    expect_failure(
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            edits.to_str().unwrap(),
+            "--method",
+            "rome",
+            "--set",
+            "optim.lr=1",
+            "--out",
+            dir.join("x.gguf").to_str().unwrap(),
+        ],
+        "rome takes layers",
+    );
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use tch::Kind;
+use tch::{Kind, Tensor};
 
 use super::Editor;
 use super::augment::{self, Fact, Rng};
@@ -52,7 +52,7 @@ pub struct FtEditor {
     /// elsewhere for comparison.
     pub dump_examples: Option<std::path::PathBuf>,
     /// Tokenized pool facts, by pool index.
-    fact_cache: std::cell::RefCell<std::collections::HashMap<usize, Example>>,
+    fact_cache: std::cell::RefCell<std::collections::HashMap<usize, Vec<Example>>>,
 }
 
 impl FtEditor {
@@ -72,6 +72,11 @@ impl FtEditor {
             return Err(Error::Input(
                 "the recipe draws unedited facts but there is no fact pool: set augment.fact_pool=FILE or augment.facts=none"
                     .into(),
+            ));
+        }
+        if recipe.optim.clamp > 0.0 && recipe.train.lora_rank > 0 {
+            return Err(Error::Input(
+                "optim.clamp bounds the trained weights themselves; it cannot be combined with LoRA (train.lora_rank > 0)".into(),
             ));
         }
         let lm_tokens = match (recipe.augment.lm_gamma > 0.0, lm_text) {
@@ -104,13 +109,7 @@ impl FtEditor {
         let t = &self.recipe.train;
         let mut patterns = t.params.clone();
         if !t.layers.trim().is_empty() {
-            let (a, b) = Selection::parse_range(t.layers.trim()).or_else(|_| {
-                t.layers
-                    .trim()
-                    .parse::<usize>()
-                    .map(|l| (l, l))
-                    .map_err(|_| Error::Input(format!("bad train.layers '{}'", t.layers)))
-            })?;
+            let (a, b) = layer_range(t.layers.trim(), model.num_layers())?;
             patterns.extend(model.config().module_patterns(a, b, &t.modules)?);
         }
         let names: Vec<String> = model
@@ -143,7 +142,7 @@ impl FtEditor {
             }
             Ok(ids)
         };
-        let example = |prompt: &str, tgt: &[u32]| -> Result<Example> {
+        let example = |prompt: &str, tgt: &[u32]| -> Result<Vec<Example>> {
             let p = tok.encode(prompt, true)?;
             if p.is_empty() {
                 return Err(Error::Input(format!(
@@ -151,18 +150,26 @@ impl FtEditor {
                 )));
             }
             Ok(match r.loss.kind {
-                LossKind::Conditional => Example {
+                LossKind::Conditional => vec![Example {
                     prompt: p,
                     target: tgt.to_vec(),
-                },
+                }],
                 // Naive fine-tuning: every token after the first is a target.
                 LossKind::Full => {
                     let all = [p, tgt.to_vec()].concat();
-                    Example {
+                    vec![Example {
                         prompt: all[..1].to_vec(),
                         target: all[1..].to_vec(),
-                    }
+                    }]
                 }
+                // One example per target token, each predicted from the whole prompt.
+                LossKind::PromptLast => tgt
+                    .iter()
+                    .map(|&t| Example {
+                        prompt: p.clone(),
+                        target: vec![t],
+                    })
+                    .collect(),
             })
         };
         let picks = match r.augment.facts {
@@ -181,9 +188,9 @@ impl FtEditor {
         for (rec, picks) in records.iter().zip(picks) {
             let new = target(&rec.target_new)?;
             let prompt = rec.rewrite_prompt();
-            e.push(example(&prompt, &new)?);
+            e.extend(example(&prompt, &new)?);
             for pre in prefixes {
-                p.push(example(&format!("{pre}{prompt}"), &new)?);
+                p.extend(example(&format!("{pre}{prompt}"), &new)?);
             }
             for i in picks {
                 // A fact drawn for several edits is tokenized once.
@@ -197,7 +204,7 @@ impl FtEditor {
                         ex
                     }
                 };
-                f.push(ex);
+                f.extend(ex);
             }
         }
         Ok([e, p, f])
@@ -344,6 +351,12 @@ impl FtEditor {
                 .expect("valid template")
                 .progress_chars("=> "),
         );
+        // FT-L's box: the trained weights as they were before the first step.
+        let originals: Vec<Tensor> = if r.optim.clamp > 0.0 {
+            opt.params().iter().map(|p| p.detach().copy()).collect()
+        } else {
+            Vec::new()
+        };
         let gamma = r.augment.lm_gamma;
         let mut lm_rng = Rng(r.optim.seed ^ 0x11);
         let start = Instant::now();
@@ -365,11 +378,21 @@ impl FtEditor {
                     "the loss became {value} at step {step}; the model is left unchanged (try a lower optim.lr)"
                 )));
             }
+            if value < r.optim.stop_loss {
+                break;
+            }
             loss.backward();
             if r.optim.clip > 0.0 {
                 clip_grad_norm(opt.params(), r.optim.clip);
             }
             opt.step()?;
+            if r.optim.clamp > 0.0 {
+                let _g = tch::no_grad_guard();
+                for (p, w0) in opt.params().iter().zip(&originals) {
+                    p.shallow_clone()
+                        .copy_(&p.clamp_tensor(Some(w0 - r.optim.clamp), Some(w0 + r.optim.clamp)));
+                }
+            }
             curve.push(value);
             pb.set_message(format!("loss {value:.4}"));
             pb.inc(1);
@@ -391,6 +414,30 @@ impl FtEditor {
             })
             .collect()
     }
+}
+
+/// Parses `train.layers`: `A..B`, `all`, one layer, or a depth fraction `p/q`.
+pub(crate) fn layer_range(spec: &str, num_layers: usize) -> Result<(usize, usize)> {
+    if spec == "all" {
+        return Ok((0, num_layers - 1));
+    }
+    if let Some((p, q)) = spec.split_once('/') {
+        let (p, q) = (p.trim().parse::<usize>(), q.trim().parse::<usize>());
+        if let (Ok(p), Ok(q)) = (p, q)
+            && q > 0
+            && p <= q
+        {
+            let l = (num_layers * p / q).min(num_layers - 1);
+            return Ok((l, l));
+        }
+    } else if let Ok(r) = Selection::parse_range(spec) {
+        return Ok(r);
+    } else if let Ok(l) = spec.parse::<usize>() {
+        return Ok((l, l));
+    }
+    Err(Error::Input(format!(
+        "bad train.layers '{spec}' (A..B, all, N or a fraction p/q)"
+    )))
 }
 
 /// Scales gradients so their global L2 norm is at most `max`.
@@ -430,5 +477,25 @@ impl Editor for FtEditor {
 
     fn report(&self) -> Option<serde_json::Value> {
         serde_json::to_value(serde_json::json!({"recipe": self.recipe, "runs": self.reports})).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layer_range;
+
+    #[test]
+    fn layer_specs() {
+        assert_eq!(layer_range("3..5", 30).unwrap(), (3, 5));
+        assert_eq!(layer_range("7", 30).unwrap(), (7, 7));
+        assert_eq!(layer_range("all", 30).unwrap(), (0, 29));
+        // Two thirds up: SmolLM2 20 of 30, Gemma 3 12 of 18, a 7B model 21 of 32.
+        assert_eq!(layer_range("2/3", 30).unwrap(), (20, 20));
+        assert_eq!(layer_range("2/3", 18).unwrap(), (12, 12));
+        assert_eq!(layer_range("2/3", 32).unwrap(), (21, 21));
+        assert_eq!(layer_range("1/1", 12).unwrap(), (11, 11));
+        for bad in ["", "x", "5..3", "3/2", "1/0", "-1"] {
+            assert!(layer_range(bad, 30).is_err(), "{bad:?}");
+        }
     }
 }

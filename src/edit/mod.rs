@@ -2,11 +2,16 @@
 //!
 //! - [`NoEdit`]: the unedited model (the baseline every table starts from).
 //! - [`ft::FtEditor`]: fine-tuning, the paper's recipe and its ablations, configured by a
-//!   [`recipe::Recipe`].
+//!   [`recipe::Recipe`]; the FT-L and FT-M baselines are recipes of it.
+//! - [`rome::RomeEditor`], [`memit::MemitEditor`]: the locate-then-edit baselines, with
+//!   their key statistics from [`stats`].
 
 pub mod augment;
 pub mod ft;
+pub mod memit;
 pub mod recipe;
+pub mod rome;
+pub mod stats;
 
 use crate::data::EditRecord;
 use crate::error::Result;

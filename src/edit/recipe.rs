@@ -13,6 +13,10 @@ pub enum LossKind {
     Conditional,
     /// Language-model loss on the whole edited sentence (naive fine-tuning).
     Full,
+    /// ROME's FT-L objective: every target token scored at the last prompt position
+    /// (the prompt alone is the input).
+    #[serde(rename = "prompt-last")]
+    PromptLast,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +65,8 @@ pub struct AugmentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
-    /// Layer range `A..B` (inclusive) or `all` whose `modules` are trained, or empty.
+    /// Layer range `A..B` (inclusive), one layer, `all`, or a depth fraction such as
+    /// `2/3` (the layer two thirds up the model) whose `modules` are trained, or empty.
     pub layers: String,
     /// Module kinds inside those layers: `mlp`, `attn`, `norm`.
     pub modules: Vec<String>,
@@ -97,6 +102,13 @@ pub struct OptimConfig {
     /// Clip the gradient's global L2 norm to this (0 = off).
     pub clip: f64,
     pub seed: u64,
+    /// Keep every trained weight within ±clamp of its original value after each step
+    /// (FT-L's L∞ constraint; 0 = off).
+    #[serde(default)]
+    pub clamp: f64,
+    /// Stop once the batch loss is below this (0 = never).
+    #[serde(default)]
+    pub stop_loss: f64,
 }
 
 /// A complete fine-tuning recipe.
@@ -117,6 +129,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("full", include_str!("../../recipes/full.toml")),
     ("paper-mass", include_str!("../../recipes/paper-mass.toml")),
     ("single", include_str!("../../recipes/single.toml")),
+    ("ft-l", include_str!("../../recipes/ft-l.toml")),
+    ("ft-m", include_str!("../../recipes/ft-m.toml")),
 ];
 
 /// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a

@@ -369,6 +369,7 @@ impl Architecture for Model {
                 (&global, None)
             };
             h = block.forward(&h, i, cos_sin, window, ctx);
+            h = ctx.hook_block(i, h);
         }
         h
     }

@@ -149,6 +149,7 @@ pub fn generate(
         let extras = ForwardExtras {
             hooks: None,
             cache: Some(&mut cache),
+            grad_from: None,
         };
         let logits = model.forward_with(&input, &LogitsAt::Last, extras)?;
         let next = choose(&logits, opts.sampling, &mut rngs)?;

@@ -230,6 +230,7 @@ impl Architecture for Model {
         for (i, block) in self.h.iter().enumerate() {
             let _g = ctx.layer_guard(i);
             h = block.forward(&h, i, ctx);
+            h = ctx.hook_block(i, h);
         }
         h
     }

@@ -275,6 +275,7 @@ impl Architecture for Model {
         for (i, block) in self.layers.iter().enumerate() {
             let _g = ctx.layer_guard(i);
             h = block.forward(&h, i, &cos_sin, self.config.sliding_window, ctx);
+            h = ctx.hook_block(i, h);
         }
         h
     }

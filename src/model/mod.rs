@@ -122,7 +122,8 @@ impl ArchConfig {
         final_norm || name == "lm_head.weight"
     }
 
-    /// Parameter-name patterns of module kinds (`mlp`, `attn`, `norm`) in layers
+    /// Parameter-name patterns of module kinds (`mlp`, `mlp_out`: the MLP output
+    /// projection's weight, `attn`, `norm`) in layers
     /// `first..=last`, e.g. `model.layers.{3..5}.mlp.*`.
     pub fn module_patterns(
         &self,
@@ -143,13 +144,15 @@ impl ArchConfig {
             .map(|m| {
                 Ok(match (m.as_str(), gpt2) {
                     ("mlp", _) => format!("{base}.mlp.*"),
+                    ("mlp_out", false) => format!("{base}.mlp.down_proj.weight"),
+                    ("mlp_out", true) => format!("{base}.mlp.c_proj.weight"),
                     ("attn", false) => format!("{base}.self_attn.*_proj.*"),
                     ("attn", true) => format!("{base}.attn.*"),
                     ("norm", false) => format!("{base}.*norm*"),
                     ("norm", true) => format!("{base}.ln_*"),
                     (other, _) => {
                         return Err(Error::Input(format!(
-                            "unknown module kind '{other}' (mlp, attn, norm)"
+                            "unknown module kind '{other}' (mlp, mlp_out, attn, norm)"
                         )));
                     }
                 })
@@ -165,6 +168,12 @@ impl ArchConfig {
             }
             ArchConfig::Gpt2(_) => format!("transformer.h.{layer}.mlp.c_proj.weight"),
         }
+    }
+
+    /// Whether the MLP output-projection weight is stored `[in, out]` (GPT-2's Conv1D)
+    /// rather than `[out, in]`.
+    pub fn mlp_out_proj_transposed(&self) -> bool {
+        matches!(self, ArchConfig::Gpt2(_))
     }
 
     pub fn vocab_size(&self) -> i64 {
@@ -355,6 +364,10 @@ pub enum LogitsAt {
 pub struct ForwardExtras<'a> {
     pub hooks: Option<&'a mut dyn LayerHooks>,
     pub cache: Option<&'a mut KvCache>,
+    /// Build the autograd graph from this stage on (0 = embedding, `i + 1` = layer `i`)
+    /// even where no parameter is trainable: ROME and MEMIT optimise a vector added
+    /// inside layer `i`, not a weight.
+    pub grad_from: Option<usize>,
 }
 
 /// A loaded causal language model.
@@ -486,6 +499,9 @@ impl Model {
         extras: ForwardExtras,
     ) -> Result<Tensor> {
         let (b, t) = (input.batch_size(), input.seq_len());
+        let grad_from = extras
+            .grad_from
+            .map_or(self.grad_from(), |g| g.min(self.grad_from()));
         let h = self.hidden_states(input, extras)?;
         let d = h.size()[2];
         let selected = match at {
@@ -515,7 +531,7 @@ impl Model {
             }
         };
         // The final norm is per position, so it runs only where logits are wanted.
-        let _g = (self.grad_from() > self.num_layers() + 1).then(tch::no_grad_guard);
+        let _g = (grad_from > self.num_layers() + 1).then(tch::no_grad_guard);
         Ok(self
             .arch
             .final_norm(&selected)
@@ -543,8 +559,12 @@ impl Model {
         if input.segments.is_some() && has_cache {
             return Err(Error::Input("packed inputs cannot use a KV cache".into()));
         }
-        let grad_from = self.grad_from();
-        let ForwardExtras { hooks, cache } = extras;
+        let ForwardExtras {
+            hooks,
+            cache,
+            grad_from,
+        } = extras;
+        let grad_from = grad_from.map_or(self.grad_from(), |g| g.min(self.grad_from()));
         let masks = nn::MaskInputs {
             key_mask: input.key_mask.as_ref().map(Tensor::shallow_clone),
             segments: input.segments.as_ref().map(Tensor::shallow_clone),

@@ -315,6 +315,10 @@ pub trait LayerHooks {
     fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
         out
     }
+    /// May change the residual stream after the whole layer, `[B, T, hidden]`.
+    fn block_output(&mut self, _layer: usize, h: Tensor) -> Tensor {
+        h
+    }
 }
 
 /// Records the MLP-output-projection inputs of chosen layers.
@@ -472,6 +476,14 @@ impl<'a> Ctx<'a> {
         match self.hooks.as_deref_mut() {
             Some(h) if h.wants(layer) => h.mlp_output(layer, out),
             _ => out,
+        }
+    }
+
+    /// Runs the layer hooks on the residual stream after layer `layer`.
+    pub fn hook_block(&mut self, layer: usize, h: Tensor) -> Tensor {
+        match self.hooks.as_deref_mut() {
+            Some(h_) if h_.wants(layer) => h_.block_output(layer, h),
+            _ => h,
         }
     }
 

@@ -67,9 +67,15 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(parent)?;
     }
     let (mut model, tok) = args.model.load()?;
-    let mut editor =
-        method::ft_editor(&args.method, &tok, &records, !args.quiet)?.expect("edit uses a method");
-    editor.dump_examples = args.dump_examples.clone();
+    let mut editor: Box<dyn Editor> = match method::locate_editor(&args.method, !args.quiet)? {
+        Some(e) => e,
+        None => {
+            let mut ft = method::ft_editor(&args.method, &tok, &records, !args.quiet)?
+                .expect("edit uses a method");
+            ft.dump_examples = args.dump_examples.clone();
+            Box::new(ft)
+        }
+    };
     editor.edit(&mut model, &tok, &records)?;
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?

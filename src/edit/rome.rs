@@ -1,0 +1,545 @@
+//! ROME (Meng et al., 2022): a rank-one update of one MLP output projection that maps
+//! the subject's key to a value that states the new target (METHOD.md).
+//!
+//! 1. key k*: the MLP output projection's input at the subject's last token, averaged
+//!    over the prompt and random-prefix contexts;
+//! 2. value v*: the layer's MLP output there plus a vector δ optimised so the model
+//!    predicts the target (NLL over the contexts + KL on "{subject} is a" + a norm
+//!    penalty, δ's norm clamped);
+//! 3. ΔW = (v* − W k*) (C⁻¹k*)ᵀ / ((C⁻¹k*)ᵀ k*), C the keys' second moment
+//!    ([`super::stats`]).
+//!
+//! The pieces (keys, value optimisation, closed forms) are shared with MEMIT
+//! ([`super::memit`]).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{COptimizer, Kind, Tensor};
+
+use super::Editor;
+use super::augment;
+use super::stats::{StatsOptions, second_moments};
+use crate::data::EditRecord;
+use crate::error::{Error, Result};
+use crate::model::{ForwardExtras, Input, LayerHooks, LogitsAt, Model};
+use crate::tokenizer::Tokenizer;
+
+/// Default edited layers by depth, after the papers' choices for GPT-J (28 layers: ROME
+/// 5, MEMIT 3–8) and GPT-2 XL (48: ROME 17): ROME edits the layer a fifth of the way
+/// up, MEMIT the layers from a ninth to two sevenths. SmolLM2 (30 layers): ROME 6,
+/// MEMIT 3–8; Gemma 3 270M (18): ROME 3, MEMIT 2–5; Qwen2.5 0.5B (24): ROME 4, MEMIT
+/// 2–6; GPT-2 (12): ROME 2, MEMIT 1–3.
+pub fn default_layers(num_layers: usize) -> (usize, (usize, usize)) {
+    let n = num_layers;
+    let rome = n / 5;
+    let lo = (n / 9).max(1).min(n - 1);
+    let hi = (2 * n / 7).clamp(lo, n - 1);
+    (rome, (lo, hi))
+}
+
+/// How v* (ROME) or z (MEMIT) is optimised; defaults are ROME's GPT-2 XL settings
+/// (20 Adam steps at lr 0.5, KL 0.0625, decay 0.5, ‖δ‖ ≤ 4‖v‖, 10 contexts of 5 tokens
+/// and 10 of 10).
+#[derive(Debug, Clone, Serialize)]
+pub struct ValueConfig {
+    pub steps: usize,
+    pub lr: f64,
+    /// Weight of KL(p_edited ‖ p_unedited) on "{subject} is a".
+    pub kl_factor: f64,
+    /// Weight of ‖δ‖² / ‖v‖².
+    pub weight_decay: f64,
+    /// ‖δ‖ is kept at most this times ‖v‖.
+    pub clamp_norm_factor: f64,
+    /// Stop once the target NLL is below this.
+    pub stop_nll: f64,
+    /// `[count, tokens]` of random-prefix contexts (besides the bare prompt).
+    pub contexts: Vec<[usize; 2]>,
+    pub seed: u64,
+}
+
+impl Default for ValueConfig {
+    fn default() -> Self {
+        ValueConfig {
+            steps: 20,
+            lr: 0.5,
+            kl_factor: 0.0625,
+            weight_decay: 0.5,
+            clamp_norm_factor: 4.0,
+            stop_nll: 5e-2,
+            contexts: vec![[10, 5], [10, 10]],
+            seed: 0,
+        }
+    }
+}
+
+/// Key statistics: text, sample count, cache.
+#[derive(Debug, Clone)]
+pub struct StatsConfig {
+    pub text: PathBuf,
+    pub samples: usize,
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl StatsConfig {
+    pub(crate) fn options(&self, progress: bool) -> StatsOptions {
+        let mut o = StatsOptions::new(&self.text, self.samples);
+        o.cache_dir = self.cache_dir.clone();
+        o.progress = progress;
+        o
+    }
+}
+
+/// Where in a layer a vector is added and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Site {
+    /// The MLP output projection's output (ROME's value).
+    MlpOutput,
+    /// The residual stream after the layer (MEMIT's z).
+    BlockOutput,
+}
+
+/// Adds `delta` at one site of one layer at chosen flat positions and records what was
+/// there before.
+pub(crate) struct Probe {
+    pub layer: usize,
+    pub site: Site,
+    /// Flat indices `row * T + position`.
+    pub positions: Vec<i64>,
+    /// `[positions, hidden]` or `[hidden]`; `None` reads only.
+    pub delta: Option<Tensor>,
+    /// The values at `positions` before `delta` was added, `[positions, hidden]`.
+    pub seen: Option<Tensor>,
+}
+
+impl Probe {
+    fn apply(&mut self, out: Tensor) -> Tensor {
+        let size = out.size();
+        let (b, t, d) = (size[0], size[1], size[2]);
+        let idx = Tensor::from_slice(&self.positions).to_device(out.device());
+        let flat = out.reshape([b * t, d]);
+        self.seen = Some(flat.index_select(0, &idx).detach());
+        match &self.delta {
+            None => flat.reshape([b, t, d]),
+            Some(delta) => {
+                let n = self.positions.len() as i64;
+                let delta = delta.to_kind(flat.kind()).expand([n, d], false);
+                flat.index_add(0, &idx, &delta).reshape([b, t, d])
+            }
+        }
+    }
+}
+
+impl LayerHooks for Probe {
+    fn wants(&self, layer: usize) -> bool {
+        layer == self.layer
+    }
+    fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
+        if self.site == Site::MlpOutput {
+            self.apply(out)
+        } else {
+            out
+        }
+    }
+    fn block_output(&mut self, _layer: usize, h: Tensor) -> Tensor {
+        if self.site == Site::BlockOutput {
+            self.apply(h)
+        } else {
+            h
+        }
+    }
+}
+
+/// A token sequence with the position of the subject's last token.
+#[derive(Debug, Clone)]
+pub(crate) struct Located {
+    pub ids: Vec<u32>,
+    pub subject_last: usize,
+}
+
+/// `context` + the record's prompt, tokenized so that the subject's last token has a
+/// known position; `tail` tokens follow the prompt. A prompt without `{}` (some zsRE
+/// questions do not contain their subject) is read at its last token.
+pub(crate) fn locate(
+    tok: &Tokenizer,
+    context: &str,
+    record: &EditRecord,
+    tail: &[u32],
+) -> Result<Located> {
+    let (head, rest) = match record.prompt.split_once("{}") {
+        Some((before, after)) => (format!("{context}{before}{}", record.subject), after),
+        None => (format!("{context}{}", record.prompt), ""),
+    };
+    let mut ids = tok.encode(&head, true)?;
+    if ids.is_empty() {
+        return Err(Error::Input(format!(
+            "record {}: the prompt tokenizes to nothing",
+            record.id
+        )));
+    }
+    let subject_last = ids.len() - 1;
+    if !rest.is_empty() {
+        ids.extend(tok.encode(rest, false)?);
+    }
+    ids.extend_from_slice(tail);
+    Ok(Located { ids, subject_last })
+}
+
+/// The target's tokens (with a leading space, as every editor scores them).
+pub(crate) fn target_ids(tok: &Tokenizer, record: &EditRecord) -> Result<Vec<u32>> {
+    let ids = tok.encode(&format!(" {}", record.target_new), false)?;
+    if ids.is_empty() {
+        return Err(Error::Input(format!(
+            "record {}: target {:?} tokenizes to nothing",
+            record.id, record.target_new
+        )));
+    }
+    Ok(ids)
+}
+
+/// Random-prefix contexts sampled from the model, after the bare prompt ("").
+pub(crate) fn contexts(model: &Model, tok: &Tokenizer, cfg: &ValueConfig) -> Result<Vec<String>> {
+    let mut out = vec![String::new()];
+    out.extend(augment::sample_prefixes(
+        model,
+        tok,
+        &cfg.contexts,
+        cfg.seed,
+    )?);
+    Ok(out)
+}
+
+/// Runs `seqs` (right-padded) with `probe` and returns logits at `at`.
+fn run(
+    model: &Model,
+    seqs: &[Vec<u32>],
+    probe: &mut Probe,
+    at: &LogitsAt,
+    grad: bool,
+) -> Result<Tensor> {
+    let input = Input::right_padded(seqs, model.device())?;
+    // The graph starts at the probed layer: nothing below it depends on δ.
+    let stage = probe.layer + 1;
+    let extras = ForwardExtras {
+        hooks: Some(probe),
+        cache: None,
+        grad_from: grad.then_some(stage),
+    };
+    model.forward_with(&input, at, extras)
+}
+
+/// The mean key `[records, intermediate]` of each record at `layer`, over `contexts`.
+pub(crate) fn mean_keys(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    layer: usize,
+    contexts: &[String],
+) -> Result<Tensor> {
+    let _g = tch::no_grad_guard();
+    let mut means = Vec::with_capacity(records.len());
+    for rec in records {
+        let located: Vec<Located> = contexts
+            .iter()
+            .map(|c| locate(tok, c, rec, &[]))
+            .collect::<Result<_>>()?;
+        let seqs: Vec<Vec<u32>> = located.iter().map(|l| l.ids.clone()).collect();
+        let input = Input::right_padded(&seqs, model.device())?;
+        let t = input.seq_len();
+        let mut capture = crate::model::CaptureKeys {
+            layers: vec![layer],
+            keys: Vec::new(),
+        };
+        let _ = model.hidden_states(
+            &input,
+            ForwardExtras {
+                hooks: Some(&mut capture),
+                ..Default::default()
+            },
+        )?;
+        let (_, key) = capture
+            .keys
+            .pop()
+            .ok_or_else(|| Error::Input(format!("layer {layer} produced no key")))?;
+        let width = key.size()[2];
+        let idx: Vec<i64> = located
+            .iter()
+            .enumerate()
+            .map(|(r, l)| (r * t + l.subject_last) as i64)
+            .collect();
+        let picked = key
+            .reshape([-1, width])
+            .index_select(0, &Tensor::from_slice(&idx).to_device(key.device()));
+        means.push(
+            picked
+                .to_kind(Kind::Double)
+                .mean_dim(0, false, Kind::Double),
+        );
+    }
+    Ok(Tensor::stack(&means, 0))
+}
+
+/// Optimises the vector added at `site` of `layer` at the subject's last token so the
+/// model states the record's target; returns `(original value, optimised value)`, both
+/// `[hidden]` in f64, the original read from the bare prompt.
+pub(crate) fn optimize_value(
+    model: &Model,
+    tok: &Tokenizer,
+    record: &EditRecord,
+    layer: usize,
+    site: Site,
+    contexts: &[String],
+    cfg: &ValueConfig,
+) -> Result<(Tensor, Tensor)> {
+    let target = target_ids(tok, record)?;
+    let tail = &target[..target.len() - 1];
+    let mut seqs = Vec::new();
+    let mut subject = Vec::new();
+    let mut at = Vec::new();
+    let mut labels = Vec::new();
+    for (row, c) in contexts.iter().enumerate() {
+        let l = locate(tok, c, record, tail)?;
+        let prompt_len = l.ids.len() - tail.len();
+        for (j, &t) in target.iter().enumerate() {
+            at.push((row, prompt_len - 1 + j));
+            labels.push(t as i64);
+        }
+        subject.push(l.subject_last);
+        seqs.push(l.ids);
+    }
+    // The KL prompt keeps the subject's other properties ("{subject} is a").
+    let kl_record = EditRecord {
+        prompt: "{} is a".into(),
+        ..record.clone()
+    };
+    let kl = locate(tok, "", &kl_record, &[])?;
+    let kl_row = seqs.len();
+    at.push((kl_row, kl.ids.len() - 1));
+    subject.push(kl.subject_last);
+    seqs.push(kl.ids);
+
+    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let positions: Vec<i64> = subject
+        .iter()
+        .enumerate()
+        .map(|(r, &p)| (r * t + p) as i64)
+        .collect();
+    let at = LogitsAt::Positions(at);
+    let device = model.device();
+    let labels = Tensor::from_slice(&labels).to_device(device);
+    let n_tok = target.len() as f64;
+    let n_ctx = contexts.len() as f64;
+
+    // The unedited value and KL distribution.
+    let mut probe = Probe {
+        layer,
+        site,
+        positions: positions.clone(),
+        delta: None,
+        seen: None,
+    };
+    let (v0, kl_init) = {
+        let _g = tch::no_grad_guard();
+        let logits = run(model, &seqs, &mut probe, &at, false)?;
+        let v0 = probe
+            .seen
+            .take()
+            .expect("probe ran")
+            .get(0)
+            .to_kind(Kind::Double);
+        let last = logits.size()[0] - 1;
+        let kl_init = logits
+            .get(last)
+            .to_kind(Kind::Float)
+            .log_softmax(-1, Kind::Float);
+        (v0, kl_init)
+    };
+    let v0_norm = v0.norm().double_value(&[]);
+    let max_norm = cfg.clamp_norm_factor * v0_norm;
+    let delta = Tensor::zeros([v0.size()[0]], (Kind::Float, device)).set_requires_grad(true);
+    let mut opt = COptimizer::adam(cfg.lr, 0.9, 0.999, 0.0, 1e-8, false)?;
+    opt.add_parameters(&delta, 0)?;
+    for _ in 0..cfg.steps {
+        opt.zero_grad()?;
+        probe.delta = Some(delta.shallow_clone());
+        let logits = run(model, &seqs, &mut probe, &at, true)?.to_kind(Kind::Float);
+        let n = labels.size()[0];
+        let logp = logits.narrow(0, 0, n).log_softmax(-1, Kind::Float);
+        let tok_nll = -logp.gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);
+        let nll = tok_nll.sum(Kind::Float) / (n_tok * n_ctx);
+        let kl_new = logits.get(n).log_softmax(-1, Kind::Float);
+        let kl = (kl_new.exp() * (&kl_new - &kl_init)).sum(Kind::Float);
+        let wd = delta.square().sum(Kind::Float) / (v0_norm * v0_norm);
+        let nll_value = nll.double_value(&[]);
+        if !nll_value.is_finite() {
+            return Err(Error::Input(format!(
+                "record {}: the value optimisation diverged (NLL {nll_value})",
+                record.id
+            )));
+        }
+        if nll_value < cfg.stop_nll {
+            break;
+        }
+        let loss = nll + kl * cfg.kl_factor + wd * cfg.weight_decay;
+        loss.backward();
+        opt.step()?;
+        let _g = tch::no_grad_guard();
+        let norm = delta.norm().double_value(&[]);
+        if norm > max_norm {
+            let _ = delta.shallow_clone().g_mul_scalar_(max_norm / norm);
+        }
+    }
+    let v = &v0 + delta.detach().to_kind(Kind::Double);
+    Ok((v0, v))
+}
+
+/// ROME's closed form: ΔW `[out, in]` = (v − W k)(C⁻¹k)ᵀ / ((C⁻¹k)ᵀ k), so that
+/// (W + ΔW) k = v and ΔW k' = 0 for every k' with (C⁻¹k)ᵀ k' = 0. `w` `[out, in]`,
+/// `c` `[in, in]`, `k` `[in]`, `v` `[out]`; computed in f64.
+pub fn rome_delta(w: &Tensor, c: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    let (w, c, k, v) = (
+        w.to_kind(Kind::Double),
+        c.to_kind(Kind::Double),
+        k.to_kind(Kind::Double),
+        v.to_kind(Kind::Double),
+    );
+    let u = Tensor::linalg_solve(&c, &k, true);
+    let r = v - w.mv(&k);
+    r.outer(&u) / u.dot(&k)
+}
+
+/// MEMIT's closed form for one layer: ΔW `[out, in]` = R Kᵀ (λC + K Kᵀ)⁻¹, `k` `[in,
+/// n]` the keys, `r` `[out, n]` the residuals; computed in f64.
+pub fn memit_delta(c: &Tensor, k: &Tensor, r: &Tensor, lambda: f64) -> Tensor {
+    let (c, k, r) = (
+        c.to_kind(Kind::Double),
+        k.to_kind(Kind::Double),
+        r.to_kind(Kind::Double),
+    );
+    let a = c * lambda + k.mm(&k.transpose(0, 1));
+    let adj = Tensor::linalg_solve(&a, &k, true);
+    r.mm(&adj.transpose(0, 1))
+}
+
+/// Adds `delta` (`[out, in]`) to layer `layer`'s MLP output projection, whatever the
+/// architecture's storage layout.
+pub(crate) fn add_to_out_proj(model: &Model, layer: usize, delta: &Tensor) -> Result<()> {
+    let _g = tch::no_grad_guard();
+    let name = model.mlp_out_proj(layer);
+    let w = model.params.get(&name)?;
+    let delta = if model.config().mlp_out_proj_transposed() {
+        delta.transpose(0, 1)
+    } else {
+        delta.shallow_clone()
+    };
+    let _ = w
+        .shallow_clone()
+        .g_add_(&delta.to_kind(w.kind()).to_device(w.device()));
+    Ok(())
+}
+
+/// Layer `layer`'s MLP output projection as `[out, in]`.
+pub(crate) fn out_proj(model: &Model, layer: usize) -> Result<Tensor> {
+    let w = model.params.get(&model.mlp_out_proj(layer))?;
+    Ok(if model.config().mlp_out_proj_transposed() {
+        w.transpose(0, 1)
+    } else {
+        w
+    })
+}
+
+/// What ROME did, for the run report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LocateReport {
+    pub method: String,
+    pub layers: Vec<usize>,
+    pub edits: usize,
+    pub stats_seconds: f64,
+    pub edit_seconds: f64,
+    pub seconds_per_edit: f64,
+    pub value: ValueConfig,
+    pub contexts: Vec<String>,
+}
+
+/// ROME, applied to the records one after another.
+pub struct RomeEditor {
+    /// `None`: [`default_layers`].
+    pub layer: Option<usize>,
+    pub value: ValueConfig,
+    pub stats: StatsConfig,
+    pub progress: bool,
+    /// C of the edited layer, measured on the unedited model at the first edit.
+    mom2: Option<Tensor>,
+    contexts: Option<Vec<String>>,
+    reports: Vec<LocateReport>,
+}
+
+impl RomeEditor {
+    pub fn new(layer: Option<usize>, value: ValueConfig, stats: StatsConfig) -> Self {
+        RomeEditor {
+            layer,
+            value,
+            stats,
+            progress: false,
+            mom2: None,
+            contexts: None,
+            reports: Vec::new(),
+        }
+    }
+}
+
+impl Editor for RomeEditor {
+    fn name(&self) -> &str {
+        "rome"
+    }
+
+    fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Err(Error::Input("no edits to make".into()));
+        }
+        let layer = self.layer.unwrap_or(default_layers(model.num_layers()).0);
+        if layer >= model.num_layers() {
+            return Err(Error::Input(format!(
+                "ROME layer {layer} is outside the model's {} layers",
+                model.num_layers()
+            )));
+        }
+        let t0 = Instant::now();
+        if self.mom2.is_none() {
+            let c = second_moments(model, tok, &[layer], &self.stats.options(self.progress))?;
+            self.mom2 = c.into_iter().next();
+        }
+        let stats_seconds = t0.elapsed().as_secs_f64();
+        if self.contexts.is_none() {
+            self.contexts = Some(contexts(model, tok, &self.value)?);
+        }
+        let (c, ctx) = (
+            self.mom2.as_ref().expect("computed"),
+            self.contexts.as_ref().expect("sampled"),
+        );
+        let t1 = Instant::now();
+        for rec in records {
+            let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
+            let (_, v) = optimize_value(model, tok, rec, layer, Site::MlpOutput, ctx, &self.value)?;
+            let w = out_proj(model, layer)?;
+            add_to_out_proj(model, layer, &rome_delta(&w, c, &k, &v))?;
+        }
+        let edit_seconds = t1.elapsed().as_secs_f64();
+        self.reports.push(LocateReport {
+            method: "rome".into(),
+            layers: vec![layer],
+            edits: records.len(),
+            stats_seconds,
+            edit_seconds,
+            seconds_per_edit: edit_seconds / records.len() as f64,
+            value: self.value.clone(),
+            contexts: ctx.clone(),
+        });
+        Ok(())
+    }
+
+    fn report(&self) -> Option<serde_json::Value> {
+        serde_json::to_value(serde_json::json!({ "runs": self.reports })).ok()
+    }
+}

@@ -1,0 +1,236 @@
+//! The baselines: ROME's and MEMIT's closed forms on random matrices, the key
+//! statistics against a direct computation, FT-L's L∞ box, and every method flipping a
+//! simple fact of SmolLM2.
+
+mod common;
+
+use common::{load, shared_dir};
+use ftedit::data::{EditRecord, Suite};
+use ftedit::edit::Editor;
+use ftedit::edit::ft::FtEditor;
+use ftedit::edit::memit::{MemitEditor, memit_value_config};
+use ftedit::edit::recipe::Recipe;
+use ftedit::edit::rome::{RomeEditor, StatsConfig, ValueConfig, memit_delta, rome_delta};
+use ftedit::edit::stats::{StatsOptions, second_moments};
+use ftedit::model::{CaptureKeys, ForwardExtras, Input};
+use tch::{Kind, Tensor};
+
+fn max_abs(t: &Tensor) -> f64 {
+    t.abs().max().double_value(&[])
+}
+
+/// A random symmetric positive-definite matrix, like a second moment.
+fn spd(n: i64) -> Tensor {
+    let a = Tensor::randn([n, n], (Kind::Double, tch::Device::Cpu));
+    a.mm(&a.transpose(0, 1)) / n as f64 + Tensor::eye(n, (Kind::Double, tch::Device::Cpu)) * 0.1
+}
+
+fn randn(shape: &[i64]) -> Tensor {
+    Tensor::randn(shape, (Kind::Double, tch::Device::Cpu))
+}
+
+#[test]
+fn rome_update_is_rank_one_hits_the_value_and_spares_c_inverse_orthogonal_keys() {
+    tch::manual_seed(1);
+    let (d, i) = (6, 10);
+    let (w, c, k, v) = (randn(&[d, i]), spd(i), randn(&[i]), randn(&[d]));
+    let delta = rome_delta(&w, &c, &k, &v);
+    assert_eq!(delta.size(), [d, i]);
+    let (_, sv, _) = delta.svd(true, false);
+    let s = Vec::<f64>::try_from(sv).unwrap();
+    assert!(s[1] / s[0] < 1e-12, "singular values {s:?}");
+    // (W + ΔW) k = v.
+    assert!(max_abs(&((&w + &delta).mv(&k) - &v)) < 1e-10);
+    // A key orthogonal to C⁻¹k is mapped as before.
+    let u = Tensor::linalg_solve(&c, &k, true);
+    for _ in 0..5 {
+        let x = randn(&[i]);
+        let k_orth = &x - &u * (u.dot(&x) / u.dot(&u));
+        assert!(u.dot(&k_orth).double_value(&[]).abs() < 1e-10);
+        assert!(max_abs(&delta.mv(&k_orth)) < 1e-10);
+    }
+}
+
+#[test]
+fn memit_with_one_edit_and_one_layer_is_rome_up_to_its_regulariser() {
+    tch::manual_seed(2);
+    let (d, i) = (5, 8);
+    let (w, c, k, v) = (randn(&[d, i]), spd(i), randn(&[i]), randn(&[d]));
+    let rome = rome_delta(&w, &c, &k, &v);
+    let r = &v - w.mv(&k);
+    let kck = Tensor::linalg_solve(&c, &k, true).dot(&k).double_value(&[]);
+    // Sherman–Morrison: (λC + kkᵀ)⁻¹k = C⁻¹k / (λ + kᵀC⁻¹k), so MEMIT's update is
+    // ROME's scaled by kᵀC⁻¹k / (λ + kᵀC⁻¹k), and equal to it as λ → 0.
+    for lambda in [1e-3, 0.5, 15_000.0] {
+        let memit = memit_delta(&c, &k.unsqueeze(1), &r.unsqueeze(1), lambda);
+        let scaled = &memit * ((lambda + kck) / kck);
+        assert!(
+            max_abs(&(&scaled - &rome)) < 1e-9 * max_abs(&rome),
+            "λ = {lambda}"
+        );
+    }
+    let memit = memit_delta(&c, &k.unsqueeze(1), &r.unsqueeze(1), 1e-6);
+    assert!(max_abs(&(&memit - &rome)) < 1e-5 * max_abs(&rome));
+}
+
+fn wikitext() -> std::path::PathBuf {
+    shared_dir().join("data/aux/wikitext-2-raw/wiki.test.raw")
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ftedit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn key_statistics_match_a_direct_computation_and_are_cached() {
+    let (m, tok) = load("smollm2");
+    let cache = temp_dir("stats");
+    // One block exactly: BOS and the text's first 127 tokens; the BOS key is left out.
+    let mut opts = StatsOptions::new(wikitext(), 127);
+    opts.cache_dir = Some(cache.clone());
+    let c = second_moments(&m, &tok, &[2, 5], &opts).unwrap();
+
+    let text = std::fs::read_to_string(wikitext()).unwrap();
+    let ids = tok.encode(&text, false).unwrap();
+    let block: Vec<u32> = tok
+        .document_start()
+        .into_iter()
+        .chain(ids[..127].iter().copied())
+        .collect();
+    let mut capture = CaptureKeys {
+        layers: vec![2, 5],
+        keys: vec![],
+    };
+    let _g = tch::no_grad_guard();
+    let _ = m
+        .hidden_states(
+            &Input::right_padded(&[block], m.device()).unwrap(),
+            ForwardExtras {
+                hooks: Some(&mut capture),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    for (j, (layer, key)) in capture.keys.iter().enumerate() {
+        let k = key.get(0).narrow(0, 1, 127).to_kind(Kind::Double);
+        let direct = k.transpose(0, 1).mm(&k) / 127.0;
+        let got = c[j].to_kind(Kind::Double);
+        let scale = max_abs(&direct);
+        assert!(
+            max_abs(&(&got - &direct)) < 1e-5 * scale,
+            "layer {layer}: off by {}",
+            max_abs(&(&got - &direct))
+        );
+        assert!(max_abs(&(&got - got.transpose(0, 1))) < 1e-6 * scale);
+    }
+    // Cached by model, layer and sample count: a second call reads the same numbers.
+    let files = std::fs::read_dir(&cache).unwrap().count();
+    assert_eq!(files, 2);
+    let again = second_moments(&m, &tok, &[5], &opts).unwrap();
+    assert_eq!(max_abs(&(&again[0] - &c[1])), 0.0);
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    opts.samples = 200;
+    second_moments(&m, &tok, &[5], &opts).unwrap();
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+fn eiffel() -> EditRecord {
+    EditRecord {
+        id: "eiffel".into(),
+        suite: Suite::CounterFact,
+        prompt: "{} is located in the city of".into(),
+        subject: "The Eiffel Tower".into(),
+        target_new: "Rome".into(),
+        target_true: Some("Paris".into()),
+        paraphrases: vec![],
+        neighborhood: vec![],
+        attribute_prompts: vec![],
+        generation_prompts: vec![],
+        relation_id: None,
+        target_new_id: None,
+    }
+}
+
+fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
+    let lp = m
+        .next_token_logprobs(&tok.encode(prompt, true).unwrap())
+        .unwrap();
+    lp.argmax(-1, false).int64_value(&[]) as u32
+}
+
+fn ft_editor(recipe: &str, tok: &ftedit::Tokenizer) -> FtEditor {
+    FtEditor::new(
+        recipe,
+        Recipe::load(recipe, &[]).unwrap(),
+        vec![],
+        None,
+        tok,
+    )
+    .unwrap()
+}
+
+#[test]
+fn ft_l_moves_no_weight_more_than_epsilon() {
+    let (mut m, tok) = load("smollm2");
+    let name = m.mlp_out_proj(0);
+    let before = m.params.get(&name).unwrap().copy();
+    let other = m.params.get(&m.mlp_out_proj(1)).unwrap().copy();
+    let mut ft = ft_editor("ft-l", &tok);
+    let eps = ft.recipe.optim.clamp;
+    assert!(eps > 0.0);
+    ft.edit(&mut m, &tok, &[eiffel()]).unwrap();
+    let moved = max_abs(&(m.params.get(&name).unwrap() - &before));
+    assert!(moved > 0.0, "FT-L did not train");
+    // The box is enforced in f32: allow the rounding of the largest weight.
+    let ulp = 2.0 * f64::from(f32::EPSILON) * max_abs(&before);
+    assert!(moved <= eps + ulp, "moved {moved} > ε = {eps}");
+    assert!(
+        moved >= eps - ulp,
+        "moved only {moved}: the box was not reached"
+    );
+    assert_eq!(
+        max_abs(&(m.params.get(&m.mlp_out_proj(1)).unwrap() - &other)),
+        0.0
+    );
+}
+
+#[test]
+fn every_baseline_flips_a_simple_fact_of_smollm2() {
+    let cache = temp_dir("baselines");
+    let stats = StatsConfig {
+        text: wikitext(),
+        samples: 10_000,
+        cache_dir: Some(cache.clone()),
+    };
+    let rec = eiffel();
+    let (m0, tok) = load("smollm2");
+    let rome_first = tok.encode(" Rome", false).unwrap()[0];
+    assert_ne!(top(&m0, &tok, &rec.rewrite_prompt()), rome_first);
+    drop(m0);
+    // FT-L's default box (ε = 5e-4, GPT-2 XL's) is too tight for a model this small: it
+    // flipped one of examples/edits.jsonl's three facts; ε = 2e-3 flips all three.
+    let mut ft_l = ft_editor("ft-l", &tok);
+    ft_l.recipe.optim.clamp = 2e-3;
+    let editors: Vec<Box<dyn Editor>> = vec![
+        Box::new(ft_l),
+        Box::new(ft_editor("ft-m", &tok)),
+        Box::new(RomeEditor::new(None, ValueConfig::default(), stats.clone())),
+        Box::new(MemitEditor::new(None, memit_value_config(), stats)),
+    ];
+    for mut editor in editors {
+        let (mut m, _) = load("smollm2");
+        editor
+            .edit(&mut m, &tok, std::slice::from_ref(&rec))
+            .unwrap();
+        assert_eq!(
+            top(&m, &tok, &rec.rewrite_prompt()),
+            rome_first,
+            "{} did not flip the fact",
+            editor.name()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&cache);
+}
