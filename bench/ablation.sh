@@ -11,7 +11,8 @@
 #
 # Environment: FTEDIT (a built binary; default: build ./target/release/ftedit), DEVICE
 # (cpu | cuda, default cpu), THREADS (default 2), OUT_DIR (default runs/ablation-MODEL),
-# FTEDIT_DATA (the data folder, default ../shared/data).
+# FTEDIT_DATA (the data folder, default ../shared/data), DATASETS (default "counterfact
+# zsre"), ONLY (a regular expression: run only the rungs it matches, e.g. 'ROME|MEMIT').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-smollm2}"
@@ -44,7 +45,8 @@ if [ "${BASELINES:-1}" = 1 ]; then
 fi
 # Rung by rung, so that a cut-short run still has the cheap rungs of both data sets.
 for rung in $(printf '%s\n' "${!RUNG[@]}" | sort); do
-  for data in counterfact zsre; do
+  [[ "$rung" =~ ${ONLY:-.} ]] || continue
+  for data in ${DATASETS:-counterfact zsre}; do
     file=$( [ "$data" = counterfact ] && echo "$DATA/counterfact/counterfact_rome_dev.json" || echo "$DATA/zsre/zsre_eval_dev.json" )
     dir="$OUT/$data-$rung"
     [ -f "$dir/summary.json" ] && continue
