@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{load, shared_dir};
-use ftedit::data::{EditRecord, Suite};
+use common::{cf_edit, load, shared_dir};
+use ftedit::data::EditRecord;
 use ftedit::edit::Editor;
 use ftedit::edit::ft::FtEditor;
 use ftedit::edit::memit::{MemitEditor, memit_value_config};
@@ -138,20 +138,12 @@ fn key_statistics_match_a_direct_computation_and_are_cached() {
 }
 
 fn eiffel() -> EditRecord {
-    EditRecord {
-        id: "eiffel".into(),
-        suite: Suite::CounterFact,
-        prompt: "{} is located in the city of".into(),
-        subject: "The Eiffel Tower".into(),
-        target_new: "Rome".into(),
-        target_true: Some("Paris".into()),
-        paraphrases: vec![],
-        neighborhood: vec![],
-        attribute_prompts: vec![],
-        generation_prompts: vec![],
-        relation_id: None,
-        target_new_id: None,
-    }
+    cf_edit(
+        "The Eiffel Tower",
+        "{} is located in the city of",
+        "Rome",
+        "Paris",
+    )
 }
 
 fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {

@@ -484,16 +484,22 @@ fn eval_writes_reports_and_shards_merge() {
     );
 }
 
-#[test]
-fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reload() {
-    let dir = temp_dir("cli-edit");
-    let model = tiny_model_file(&dir, 64);
+/// Two JSONL edits in the tiny model's vocabulary.
+fn two_edits(dir: &Path) -> std::path::PathBuf {
     let edits = dir.join("edits.jsonl");
     std::fs::write(
         &edits,
         "{\"prompt\": \"{} is in\", \"subject\": \"the tea\", \"target_new\": \"the hat\"}\n{\"prompt\": \"{} is on\", \"subject\": \"the het\", \"target_new\": \"the tet\"}\n",
     )
     .unwrap();
+    edits
+}
+
+#[test]
+fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reload() {
+    let dir = temp_dir("cli-edit");
+    let model = tiny_model_file(&dir, 64);
+    let edits = two_edits(&dir);
     let out = dir.join("edited.gguf");
     let common = [
         "--edits",
@@ -646,12 +652,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
 fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
     let dir = temp_dir("cli-locate");
     let model = tiny_model_file(&dir, 64);
-    let edits = dir.join("edits.jsonl");
-    std::fs::write(
-        &edits,
-        "{\"prompt\": \"{} is in\", \"subject\": \"the tea\", \"target_new\": \"the hat\"}\n{\"prompt\": \"{} is on\", \"subject\": \"the het\", \"target_new\": \"the tet\"}\n",
-    )
-    .unwrap();
+    let edits = two_edits(&dir);
     let text = dir.join("text.txt");
     std::fs::write(
         &text,

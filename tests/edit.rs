@@ -3,28 +3,10 @@
 
 mod common;
 
-use common::{load, shared_dir};
-use ftedit::data::{EditRecord, Suite};
+use common::{cf_edit as edit, load, shared_dir};
 use ftedit::edit::augment;
 use ftedit::edit::ft::FtEditor;
 use ftedit::edit::recipe::Recipe;
-
-fn edit(subject: &str, prompt: &str, new: &str, truth: &str) -> EditRecord {
-    EditRecord {
-        id: subject.into(),
-        suite: Suite::CounterFact,
-        prompt: prompt.into(),
-        subject: subject.into(),
-        target_new: new.into(),
-        target_true: Some(truth.into()),
-        paraphrases: vec![],
-        neighborhood: vec![],
-        attribute_prompts: vec![],
-        generation_prompts: vec![],
-        relation_id: None,
-        target_new_id: None,
-    }
-}
 
 fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
     let lp = m

@@ -215,20 +215,7 @@ fn logprobs(m: &ftedit::Model, ids: &[u32]) -> tch::Tensor {
 }
 
 fn cf_record(prompt: &str, new: &str, truth: &str) -> data::EditRecord {
-    data::EditRecord {
-        id: "x".into(),
-        suite: data::Suite::CounterFact,
-        prompt: prompt.into(),
-        subject: "go".into(),
-        target_new: new.into(),
-        target_true: Some(truth.into()),
-        paraphrases: vec![],
-        neighborhood: vec![],
-        attribute_prompts: vec![],
-        generation_prompts: vec![],
-        relation_id: None,
-        target_new_id: None,
-    }
+    common::cf_edit("go", prompt, new, truth)
 }
 
 #[test]

@@ -13,10 +13,9 @@ use tch::{Kind, Tensor};
 
 use super::Editor;
 use super::rome::{
-    LocateReport, Probe, Site, StatsConfig, ValueConfig, add_to_out_proj, contexts, default_layers,
-    locate, mean_keys, memit_delta, optimize_value,
+    LocateReport, Prepared, Probe, Site, StatsConfig, ValueConfig, add_to_out_proj, check_layers,
+    default_layers, locate, mean_keys, memit_delta, optimize_value,
 };
-use super::stats::second_moments;
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::{ForwardExtras, Input, Model};
@@ -41,9 +40,7 @@ pub struct MemitEditor {
     pub value: ValueConfig,
     pub stats: StatsConfig,
     pub progress: bool,
-    /// C per layer of the range, measured on the unedited model at the first edit.
-    mom2: Option<Vec<Tensor>>,
-    contexts: Option<Vec<String>>,
+    prepared: Prepared,
     reports: Vec<LocateReport>,
 }
 
@@ -55,8 +52,7 @@ impl MemitEditor {
             value,
             stats,
             progress: false,
-            mom2: None,
-            contexts: None,
+            prepared: Prepared::default(),
             reports: Vec::new(),
         }
     }
@@ -108,26 +104,12 @@ impl Editor for MemitEditor {
             return Err(Error::Input("no edits to make".into()));
         }
         let (lo, hi) = self.layers.unwrap_or(default_layers(model.num_layers()).1);
-        if lo > hi || hi >= model.num_layers() {
-            return Err(Error::Input(format!(
-                "MEMIT layers {lo}..{hi} are outside the model's {} layers",
-                model.num_layers()
-            )));
-        }
+        check_layers("MEMIT", model, lo, hi)?;
         let layers: Vec<usize> = (lo..=hi).collect();
-        let t0 = Instant::now();
-        if self.mom2.is_none() {
-            let opts = self.stats.options(self.progress);
-            self.mom2 = Some(second_moments(model, tok, &layers, &opts)?);
-        }
-        let stats_seconds = t0.elapsed().as_secs_f64();
-        if self.contexts.is_none() {
-            self.contexts = Some(contexts(model, tok, &self.value)?);
-        }
-        let (mom2, ctx) = (
-            self.mom2.as_ref().expect("computed"),
-            self.contexts.as_ref().expect("sampled"),
-        );
+        let stats_seconds =
+            self.prepared
+                .ensure(model, tok, &layers, &self.value, &self.stats, self.progress)?;
+        let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
         let zs = records
             .iter()
@@ -147,17 +129,16 @@ impl Editor for MemitEditor {
             );
             add_to_out_proj(model, layer, &delta)?;
         }
-        let edit_seconds = t1.elapsed().as_secs_f64();
-        self.reports.push(LocateReport {
-            method: "memit".into(),
+        let report = LocateReport::new(
+            "memit",
             layers,
-            edits: records.len(),
+            records.len(),
             stats_seconds,
-            edit_seconds,
-            seconds_per_edit: edit_seconds / records.len() as f64,
-            value: self.value.clone(),
-            contexts: ctx.clone(),
-        });
+            t1.elapsed().as_secs_f64(),
+            &self.value,
+            ctx,
+        );
+        self.reports.push(report);
         Ok(())
     }
 

@@ -462,6 +462,84 @@ pub struct LocateReport {
     pub contexts: Vec<String>,
 }
 
+impl LocateReport {
+    pub(crate) fn new(
+        method: &str,
+        layers: Vec<usize>,
+        edits: usize,
+        stats_seconds: f64,
+        edit_seconds: f64,
+        value: &ValueConfig,
+        contexts: &[String],
+    ) -> Self {
+        LocateReport {
+            method: method.into(),
+            layers,
+            edits,
+            stats_seconds,
+            edit_seconds,
+            seconds_per_edit: edit_seconds / edits as f64,
+            value: value.clone(),
+            contexts: contexts.to_vec(),
+        }
+    }
+}
+
+/// What ROME and MEMIT measure once, on the unedited model, and reuse for every later
+/// edit: the key statistics of the edited layers and the random-prefix contexts.
+#[derive(Default)]
+pub(crate) struct Prepared {
+    mom2: Option<Vec<Tensor>>,
+    contexts: Option<Vec<String>>,
+}
+
+impl Prepared {
+    /// Measures what is still missing; returns the seconds the statistics took.
+    pub(crate) fn ensure(
+        &mut self,
+        model: &Model,
+        tok: &Tokenizer,
+        layers: &[usize],
+        value: &ValueConfig,
+        stats: &StatsConfig,
+        progress: bool,
+    ) -> Result<f64> {
+        let t0 = Instant::now();
+        if self.mom2.is_none() {
+            self.mom2 = Some(second_moments(
+                model,
+                tok,
+                layers,
+                &stats.options(progress),
+            )?);
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        if self.contexts.is_none() {
+            self.contexts = Some(contexts(model, tok, value)?);
+        }
+        Ok(seconds)
+    }
+
+    /// The statistics (one per layer) and the contexts, after [`Prepared::ensure`].
+    pub(crate) fn get(&self) -> (&[Tensor], &[String]) {
+        (
+            self.mom2.as_deref().expect("ensure ran"),
+            self.contexts.as_deref().expect("ensure ran"),
+        )
+    }
+}
+
+/// Fails unless layers `lo..=hi` exist.
+pub(crate) fn check_layers(method: &str, model: &Model, lo: usize, hi: usize) -> Result<()> {
+    if lo > hi || hi >= model.num_layers() {
+        return Err(Error::Input(format!(
+            "{method} layers {lo}..{hi} are outside the model's {} layers",
+            model.num_layers()
+        )));
+    }
+    Ok(())
+}
+
 /// ROME, applied to the records one after another.
 pub struct RomeEditor {
     /// `None`: [`default_layers`].
@@ -469,9 +547,7 @@ pub struct RomeEditor {
     pub value: ValueConfig,
     pub stats: StatsConfig,
     pub progress: bool,
-    /// C of the edited layer, measured on the unedited model at the first edit.
-    mom2: Option<Tensor>,
-    contexts: Option<Vec<String>>,
+    prepared: Prepared,
     reports: Vec<LocateReport>,
 }
 
@@ -482,8 +558,7 @@ impl RomeEditor {
             value,
             stats,
             progress: false,
-            mom2: None,
-            contexts: None,
+            prepared: Prepared::default(),
             reports: Vec::new(),
         }
     }
@@ -499,43 +574,33 @@ impl Editor for RomeEditor {
             return Err(Error::Input("no edits to make".into()));
         }
         let layer = self.layer.unwrap_or(default_layers(model.num_layers()).0);
-        if layer >= model.num_layers() {
-            return Err(Error::Input(format!(
-                "ROME layer {layer} is outside the model's {} layers",
-                model.num_layers()
-            )));
-        }
-        let t0 = Instant::now();
-        if self.mom2.is_none() {
-            let c = second_moments(model, tok, &[layer], &self.stats.options(self.progress))?;
-            self.mom2 = c.into_iter().next();
-        }
-        let stats_seconds = t0.elapsed().as_secs_f64();
-        if self.contexts.is_none() {
-            self.contexts = Some(contexts(model, tok, &self.value)?);
-        }
-        let (c, ctx) = (
-            self.mom2.as_ref().expect("computed"),
-            self.contexts.as_ref().expect("sampled"),
-        );
+        check_layers("ROME", model, layer, layer)?;
+        let stats_seconds = self.prepared.ensure(
+            model,
+            tok,
+            &[layer],
+            &self.value,
+            &self.stats,
+            self.progress,
+        )?;
+        let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
         for rec in records {
             let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
             let (_, v) = optimize_value(model, tok, rec, layer, Site::MlpOutput, ctx, &self.value)?;
             let w = out_proj(model, layer)?;
-            add_to_out_proj(model, layer, &rome_delta(&w, c, &k, &v))?;
+            add_to_out_proj(model, layer, &rome_delta(&w, &mom2[0], &k, &v))?;
         }
-        let edit_seconds = t1.elapsed().as_secs_f64();
-        self.reports.push(LocateReport {
-            method: "rome".into(),
-            layers: vec![layer],
-            edits: records.len(),
+        let report = LocateReport::new(
+            "rome",
+            vec![layer],
+            records.len(),
             stats_seconds,
-            edit_seconds,
-            seconds_per_edit: edit_seconds / records.len() as f64,
-            value: self.value.clone(),
-            contexts: ctx.clone(),
-        });
+            t1.elapsed().as_secs_f64(),
+            &self.value,
+            ctx,
+        );
+        self.reports.push(report);
         Ok(())
     }
 

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use ftedit::data::{EditRecord, Suite};
 use ftedit::model::registry;
 use ftedit::{LoadOptions, Model, Tokenizer};
 
@@ -317,4 +318,22 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// A CounterFact-style edit with only its prompt, subject and targets (id = subject).
+pub fn cf_edit(subject: &str, prompt: &str, new: &str, truth: &str) -> EditRecord {
+    EditRecord {
+        id: subject.into(),
+        suite: Suite::CounterFact,
+        prompt: prompt.into(),
+        subject: subject.into(),
+        target_new: new.into(),
+        target_true: Some(truth.into()),
+        paraphrases: vec![],
+        neighborhood: vec![],
+        attribute_prompts: vec![],
+        generation_prompts: vec![],
+        relation_id: None,
+        target_new_id: None,
+    }
 }
