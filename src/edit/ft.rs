@@ -276,7 +276,12 @@ impl FtEditor {
         let snapshot = model.params.snapshot();
         let result = self.run(model, &all, &r);
         model.params.freeze_all();
-        let (loss, seconds) = match result {
+        let Run {
+            loss,
+            seconds,
+            seen,
+            tokens,
+        } = match result {
             Ok(v) => v,
             Err(e) => {
                 model.params.restore(&snapshot)?;
@@ -289,25 +294,6 @@ impl FtEditor {
         if lora {
             model.merge_lora()?;
         }
-        // Examples and tokens actually trained on (min_steps may repeat batches).
-        let bs = if r.optim.batch_size == 0 {
-            all.len()
-        } else {
-            r.optim.batch_size
-        };
-        let batches: Vec<&[Example]> = all.chunks(bs).collect();
-        let (seen, tokens) =
-            (0..loss.len())
-                .map(|s| batches[s % batches.len()])
-                .fold((0, 0), |(n, t), b| {
-                    (
-                        n + b.len(),
-                        t + b
-                            .iter()
-                            .map(|x| x.prompt.len() + x.target.len())
-                            .sum::<usize>(),
-                    )
-                });
         let report = TrainReport {
             edits: records.len(),
             examples: counts,
@@ -324,8 +310,8 @@ impl FtEditor {
         Ok(report)
     }
 
-    /// The optimisation loop; returns the loss curve and the seconds it took.
-    fn run(&self, model: &Model, all: &[Example], r: &Recipe) -> Result<(Vec<f64>, f64)> {
+    /// The optimisation loop.
+    fn run(&self, model: &Model, all: &[Example], r: &Recipe) -> Result<Run> {
         let bs = if r.optim.batch_size == 0 {
             all.len()
         } else {
@@ -361,6 +347,8 @@ impl FtEditor {
         let mut lm_rng = Rng(r.optim.seed ^ 0x11);
         let start = Instant::now();
         let mut curve = Vec::with_capacity(total);
+        // Examples and tokens trained on (min_steps may repeat batches).
+        let (mut seen, mut tokens) = (0, 0);
         for step in 0..total {
             let batch = batches[step % batches.len()];
             opt.set_lr(r.lr_at(step, total))?;
@@ -394,11 +382,21 @@ impl FtEditor {
                 }
             }
             curve.push(value);
+            seen += batch.len();
+            tokens += batch
+                .iter()
+                .map(|x| x.prompt.len() + x.target.len())
+                .sum::<usize>();
             pb.set_message(format!("loss {value:.4}"));
             pb.inc(1);
         }
         pb.finish_and_clear();
-        Ok((curve, start.elapsed().as_secs_f64()))
+        Ok(Run {
+            loss: curve,
+            seconds: start.elapsed().as_secs_f64(),
+            seen,
+            tokens,
+        })
     }
 
     /// Random blocks of the LM text, each predicted from its first token.
@@ -414,6 +412,16 @@ impl FtEditor {
             })
             .collect()
     }
+}
+
+/// What the optimisation loop did.
+struct Run {
+    /// Loss before each step.
+    loss: Vec<f64>,
+    seconds: f64,
+    /// Examples and tokens the steps trained on.
+    seen: usize,
+    tokens: usize,
 }
 
 /// Parses `train.layers`: `A..B`, `all`, one layer, or a depth fraction `p/q`.
