@@ -8,8 +8,7 @@ mod common;
 
 use common::{random_model, tiny_configs, tiny_gemma3, tiny_llama};
 use ftedit::model::{
-    AddToMlpOutput, CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Sampling,
-    generate,
+    CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Probe, Sampling, Site, generate,
 };
 use ftedit::train::{Example, Reduction, conditional_nll};
 use tch::{Kind, Tensor};
@@ -276,11 +275,13 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
         // Add a vector at row 0, position 4: rows 1-2 and positions 0-3 are unchanged.
         let d = m.params.get(&m.mlp_out_proj(1)).unwrap().size();
         let hidden = if cfg.name() == "gpt2" { d[1] } else { d[0] };
-        let mut add = AddToMlpOutput {
+        let mut add = Probe {
             layer: 1,
+            site: Site::MlpOutput,
             positions: vec![4],
             // Not a constant vector: LayerNorm would remove a constant offset (GPT-2).
-            delta: Tensor::arange(hidden, (Kind::Float, m.device())) / hidden as f64,
+            delta: Some(Tensor::arange(hidden, (Kind::Float, m.device())) / hidden as f64),
+            seen: None,
         };
         let extras = ForwardExtras {
             hooks: Some(&mut add),

@@ -12,7 +12,7 @@ use ftedit::edit::memit::{MemitEditor, memit_value_config};
 use ftedit::edit::recipe::Recipe;
 use ftedit::edit::rome::{RomeEditor, StatsConfig, ValueConfig, memit_delta, rome_delta};
 use ftedit::edit::stats::{StatsOptions, second_moments};
-use ftedit::model::{CaptureKeys, ForwardExtras, Input};
+use ftedit::model::{CaptureKeys, Input};
 use tch::{Kind, Tensor};
 
 fn max_abs(t: &Tensor) -> f64 {
@@ -104,15 +104,11 @@ fn key_statistics_match_a_direct_computation_and_are_cached() {
         keys: vec![],
     };
     let _g = tch::no_grad_guard();
-    let _ = m
-        .hidden_states(
-            &Input::right_padded(&[block], m.device()).unwrap(),
-            ForwardExtras {
-                hooks: Some(&mut capture),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    m.run_hooks(
+        &Input::right_padded(&[block], m.device()).unwrap(),
+        &mut capture,
+    )
+    .unwrap();
     for (j, (layer, key)) in capture.keys.iter().enumerate() {
         let k = key.get(0).narrow(0, 1, 127).to_kind(Kind::Double);
         let direct = k.transpose(0, 1).mm(&k) / 127.0;

@@ -13,12 +13,12 @@ use tch::{Kind, Tensor};
 
 use super::Editor;
 use super::rome::{
-    LocateReport, Prepared, Probe, Site, StatsConfig, ValueConfig, add_to_out_proj, check_layers,
+    LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, check_layers,
     default_layers, locate, mean_keys, memit_delta, optimize_value,
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
-use crate::model::{ForwardExtras, Input, Model};
+use crate::model::{Input, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
 /// MEMIT's value settings for GPT-J (25 steps, ‖δ‖ ≤ 0.75‖z‖, 5 contexts of 10 tokens).
@@ -84,13 +84,7 @@ fn residuals(
         delta: None,
         seen: None,
     };
-    let _ = model.hidden_states(
-        &input,
-        ForwardExtras {
-            hooks: Some(&mut probe),
-            ..Default::default()
-        },
-    )?;
+    model.run_hooks(&input, &mut probe)?;
     Ok(probe.seen.expect("probe ran").to_kind(Kind::Double))
 }
 

@@ -23,7 +23,7 @@ use super::augment;
 use super::stats::{StatsOptions, second_moments};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
-use crate::model::{ForwardExtras, Input, LayerHooks, LogitsAt, Model};
+use crate::model::{ForwardExtras, Input, LogitsAt, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
 /// Default edited layers by depth, after the papers' choices for GPT-J (28 layers: ROME
@@ -88,66 +88,6 @@ impl StatsConfig {
         o.cache_dir = self.cache_dir.clone();
         o.progress = progress;
         o
-    }
-}
-
-/// Where in a layer a vector is added and read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Site {
-    /// The MLP output projection's output (ROME's value).
-    MlpOutput,
-    /// The residual stream after the layer (MEMIT's z).
-    BlockOutput,
-}
-
-/// Adds `delta` at one site of one layer at chosen flat positions and records what was
-/// there before.
-pub(crate) struct Probe {
-    pub layer: usize,
-    pub site: Site,
-    /// Flat indices `row * T + position`.
-    pub positions: Vec<i64>,
-    /// `[positions, hidden]` or `[hidden]`; `None` reads only.
-    pub delta: Option<Tensor>,
-    /// The values at `positions` before `delta` was added, `[positions, hidden]`.
-    pub seen: Option<Tensor>,
-}
-
-impl Probe {
-    fn apply(&mut self, out: Tensor) -> Tensor {
-        let size = out.size();
-        let (b, t, d) = (size[0], size[1], size[2]);
-        let idx = Tensor::from_slice(&self.positions).to_device(out.device());
-        let flat = out.reshape([b * t, d]);
-        self.seen = Some(flat.index_select(0, &idx).detach());
-        match &self.delta {
-            None => flat.reshape([b, t, d]),
-            Some(delta) => {
-                let n = self.positions.len() as i64;
-                let delta = delta.to_kind(flat.kind()).expand([n, d], false);
-                flat.index_add(0, &idx, &delta).reshape([b, t, d])
-            }
-        }
-    }
-}
-
-impl LayerHooks for Probe {
-    fn wants(&self, layer: usize) -> bool {
-        layer == self.layer
-    }
-    fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
-        if self.site == Site::MlpOutput {
-            self.apply(out)
-        } else {
-            out
-        }
-    }
-    fn block_output(&mut self, _layer: usize, h: Tensor) -> Tensor {
-        if self.site == Site::BlockOutput {
-            self.apply(h)
-        } else {
-            h
-        }
     }
 }
 
@@ -251,13 +191,7 @@ pub(crate) fn mean_keys(
             layers: vec![layer],
             keys: Vec::new(),
         };
-        let _ = model.hidden_states(
-            &input,
-            ForwardExtras {
-                hooks: Some(&mut capture),
-                ..Default::default()
-            },
-        )?;
+        model.run_hooks(&input, &mut capture)?;
         let (_, key) = capture
             .keys
             .pop()

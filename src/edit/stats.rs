@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{CaptureKeys, ForwardExtras, Input, Model};
+use crate::model::{CaptureKeys, Input, Model};
 use crate::tokenizer::Tokenizer;
 
 /// Where the keys come from and how many.
@@ -93,9 +93,13 @@ pub fn second_moments(
     opts: &StatsOptions,
 ) -> Result<Vec<Tensor>> {
     let text = std::fs::read_to_string(&opts.text).map_err(|e| Error::io(&opts.text, e))?;
-    let print = fingerprint(model, &text)?;
+    // Hashing every weight costs a pass over the model: only done when caching.
+    let cache = match &opts.cache_dir {
+        Some(dir) => Some((dir, fingerprint(model, &text)?)),
+        None => None,
+    };
     let mut out: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
-    if let Some(dir) = &opts.cache_dir {
+    if let Some((dir, print)) = cache {
         for (slot, &l) in out.iter_mut().zip(layers) {
             let path = cache_path(dir, print, l, opts.samples);
             if path.exists() {
@@ -116,7 +120,7 @@ pub fn second_moments(
     if !missing.is_empty() {
         let computed = compute(model, tok, &text, &missing, opts)?;
         for (l, c) in missing.iter().zip(computed) {
-            if let Some(dir) = &opts.cache_dir {
+            if let Some((dir, print)) = cache {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 let path = cache_path(dir, print, *l, opts.samples);
                 let tmp = path.with_extension("tmp");
@@ -182,13 +186,7 @@ fn compute(
             layers: layers.to_vec(),
             keys: Vec::new(),
         };
-        let _ = model.hidden_states(
-            &input,
-            ForwardExtras {
-                hooks: Some(&mut hooks),
-                ..Default::default()
-            },
-        )?;
+        model.run_hooks(&input, &mut hooks)?;
         let take = (opts.samples - count).min(batch.len() * per_block);
         for (layer, key) in hooks.keys {
             let i = layers

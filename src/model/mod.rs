@@ -26,7 +26,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use generate::{GenerateOptions, Sampling, generate};
 pub use load::{LoadOptions, load};
-pub use nn::{AddToMlpOutput, CaptureKeys, KvCache, LayerHooks};
+pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
 pub use params::{ParamStore, glob_match};
 
 use crate::error::{Error, Result};
@@ -536,6 +536,15 @@ impl Model {
             .arch
             .final_norm(&selected)
             .linear::<Tensor>(self.arch.lm_head(), None))
+    }
+
+    /// Runs the layers only for what `hooks` record (keys, values); no logits.
+    pub fn run_hooks(&self, input: &Input, hooks: &mut dyn LayerHooks) -> Result<()> {
+        let extras = ForwardExtras {
+            hooks: Some(hooks),
+            ..Default::default()
+        };
+        self.hidden_states(input, extras).map(drop)
     }
 
     /// Hidden states `[B, T, D]` before the final norm.

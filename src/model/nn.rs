@@ -336,28 +336,64 @@ impl LayerHooks for CaptureKeys {
     }
 }
 
-/// Adds vectors to one layer's MLP output at chosen `(row, position)` pairs.
-pub struct AddToMlpOutput {
-    pub layer: usize,
-    /// Flat indices `row * T + position` into the `[B, T]` grid.
-    pub positions: Vec<i64>,
-    /// `[hidden]` (the same vector everywhere) or `[positions.len(), hidden]`.
-    pub delta: Tensor,
+/// Where in a layer a vector is added and read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Site {
+    /// The MLP output projection's output (ROME's value).
+    MlpOutput,
+    /// The residual stream after the layer (MEMIT's z).
+    BlockOutput,
 }
 
-impl LayerHooks for AddToMlpOutput {
+/// Adds `delta` at one site of one layer at chosen `(row, position)` pairs and records
+/// what was there before (ROME's value, MEMIT's target, or a plain read).
+pub struct Probe {
+    pub layer: usize,
+    pub site: Site,
+    /// Flat indices `row * T + position` into the `[B, T]` grid.
+    pub positions: Vec<i64>,
+    /// `[hidden]` (the same vector everywhere) or `[positions.len(), hidden]`; `None`
+    /// reads only.
+    pub delta: Option<Tensor>,
+    /// The values at `positions` before `delta` was added, `[positions, hidden]`.
+    pub seen: Option<Tensor>,
+}
+
+impl Probe {
+    fn apply(&mut self, out: Tensor) -> Tensor {
+        let size = out.size();
+        let (b, t, d) = (size[0], size[1], size[2]);
+        let idx = Tensor::from_slice(&self.positions).to_device(out.device());
+        let flat = out.reshape([b * t, d]);
+        self.seen = Some(flat.index_select(0, &idx).detach());
+        match &self.delta {
+            None => flat.reshape([b, t, d]),
+            Some(delta) => {
+                let n = self.positions.len() as i64;
+                let delta = delta.to_kind(flat.kind()).expand([n, d], false);
+                flat.index_add(0, &idx, &delta).reshape([b, t, d])
+            }
+        }
+    }
+}
+
+impl LayerHooks for Probe {
     fn wants(&self, layer: usize) -> bool {
         layer == self.layer
     }
     fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
-        let size = out.size();
-        let (b, t, d) = (size[0], size[1], size[2]);
-        let idx = Tensor::from_slice(&self.positions).to_device(out.device());
-        let n = self.positions.len() as i64;
-        let delta = self.delta.to_kind(out.kind()).expand([n, d], false);
-        out.reshape([b * t, d])
-            .index_add(0, &idx, &delta)
-            .reshape([b, t, d])
+        if self.site == Site::MlpOutput {
+            self.apply(out)
+        } else {
+            out
+        }
+    }
+    fn block_output(&mut self, _layer: usize, h: Tensor) -> Tensor {
+        if self.site == Site::BlockOutput {
+            self.apply(h)
+        } else {
+            h
+        }
     }
 }
 

@@ -89,7 +89,7 @@ pub fn locate_editor(args: &MethodArgs, progress: bool) -> anyhow::Result<Option
         memit_value_config()
     };
     let mut stats = StatsConfig {
-        text: data::data_dir().join("aux/wikitext-2-raw/wiki.test.raw"),
+        text: default_text(),
         samples: 100_000,
         cache_dir: Some(stats::default_cache_dir()),
     };
@@ -172,7 +172,7 @@ pub fn ft_editor(
     };
     let lm_text = if recipe.augment.lm_gamma > 0.0 {
         let path = if recipe.augment.lm_text.is_empty() {
-            data::data_dir().join("aux/wikitext-2-raw/wiki.test.raw")
+            default_text()
         } else {
             PathBuf::from(&recipe.augment.lm_text)
         };
@@ -186,4 +186,10 @@ pub fn ft_editor(
     let mut ft = FtEditor::new(&args.method, recipe, pool, lm_text.as_deref(), tok)?;
     ft.progress = progress;
     Ok(Some(ft))
+}
+
+/// The plain text used when a method needs some and none is named (γ·LM, ROME/MEMIT
+/// key statistics): the WikiText sample in the data folder.
+fn default_text() -> PathBuf {
+    data::data_dir().join("aux/wikitext-2-raw/wiki.test.raw")
 }
