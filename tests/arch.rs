@@ -468,3 +468,97 @@ fn conditional_loss_gradient_comes_from_target_positions_only() {
     assert!(max_diff(&ours, &w.grad()) < 1e-12);
     assert!(ours.abs().max().double_value(&[]) > 1e-6, "a real gradient");
 }
+
+#[test]
+fn prefilled_tails_give_the_logits_and_gradients_of_whole_sequences() {
+    // Rows split at 4, 0 (no head) and 2; Gemma 3 with a window of 3 checks that
+    // sliding-window masks still measure true distances across the cached heads.
+    let mut cfgs = tiny_configs();
+    cfgs.push(tiny_gemma3(3, true));
+    for cfg in cfgs {
+        let m = random_model(cfg.clone(), Kind::Double);
+        let n = cfg.name();
+        let s = seqs();
+        let split = [4usize, 0, 2];
+        let d = m.params.get(&m.mlp_out_proj(1)).unwrap().size();
+        let hidden = if n == "gpt2" { d[1] } else { d[0] };
+        let delta = (Tensor::arange(hidden, (Kind::Double, m.device())) / hidden as f64)
+            .set_requires_grad(true);
+        let probe = |positions: Vec<i64>| Probe {
+            layer: 1,
+            site: Site::MlpOutput,
+            positions,
+            delta: Some(delta.shallow_clone()),
+            seen: None,
+        };
+        // Every tail position, in whole-sequence and in tail coordinates.
+        let whole: Vec<(usize, usize)> = (0..s.len())
+            .flat_map(|r| (split[r]..s[r].len()).map(move |p| (r, p)))
+            .collect();
+        let tail: Vec<(usize, usize)> = whole.iter().map(|&(r, p)| (r, p - split[r])).collect();
+
+        let input = Input::right_padded(&s, m.device()).unwrap();
+        let t = input.seq_len();
+        let mut full_probe = probe((0..3).map(|r| (r * t + split[r]) as i64).collect());
+        let extras = ForwardExtras {
+            hooks: Some(&mut full_probe),
+            cache: None,
+            grad_from: Some(2),
+        };
+        let want = m
+            .forward_with(&input, &LogitsAt::Positions(whole), extras)
+            .unwrap();
+        let want_grad =
+            Tensor::run_backward(&[want.square().sum(Kind::Double)], &[&delta], false, false);
+
+        let mut batch = m.prefill(&s, &split).unwrap();
+        let tt = batch.tails.seq_len();
+        let mut tail_probe = probe((0..3).map(|r| (r * tt) as i64).collect());
+        let got = batch
+            .forward(
+                &m,
+                &LogitsAt::Positions(tail.clone()),
+                Some(&mut tail_probe),
+                Some(2),
+            )
+            .unwrap();
+        let got_grad =
+            Tensor::run_backward(&[got.square().sum(Kind::Double)], &[&delta], false, false);
+        assert!(
+            max_diff(&got, &want) < 1e-9,
+            "{n}: logits {}",
+            max_diff(&got, &want)
+        );
+        let g = max_diff(&got_grad[0], &want_grad[0]) / want_grad[0].abs().max().double_value(&[]);
+        assert!(g < 1e-9, "{n}: gradient {g}");
+        assert!(
+            want_grad[0].abs().max().double_value(&[]) > 0.0,
+            "{n}: no gradient"
+        );
+        // The cache is read-only: a second pass gives the same logits.
+        let again = batch
+            .forward(&m, &LogitsAt::Positions(tail), None, None)
+            .unwrap();
+        let plain = m
+            .forward(
+                &input,
+                &LogitsAt::Positions(
+                    (0..s.len())
+                        .flat_map(|r| (split[r]..s[r].len()).map(move |p| (r, p)))
+                        .collect(),
+                ),
+            )
+            .unwrap();
+        assert!(max_diff(&again, &plain) < 1e-9, "{n}: second pass");
+    }
+}
+
+#[test]
+fn prefill_rejects_a_row_without_a_tail() {
+    let m = random_model(tiny_llama(false), Kind::Float);
+    let err = m
+        .prefill(&seqs(), &[4, 3, 2])
+        .err()
+        .expect("row 1 has no tail");
+    assert!(err.to_string().contains("row 1"), "{err}");
+}

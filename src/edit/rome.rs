@@ -23,7 +23,7 @@ use super::augment;
 use super::stats::{StatsOptions, second_moments};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
-use crate::model::{ForwardExtras, Input, LogitsAt, Model, Probe, Site};
+use crate::model::{Input, LogitsAt, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
 /// Default edited layers by depth, after the papers' choices for GPT-J (28 layers: ROME
@@ -150,25 +150,6 @@ pub(crate) fn contexts(model: &Model, tok: &Tokenizer, cfg: &ValueConfig) -> Res
     Ok(out)
 }
 
-/// Runs `seqs` (right-padded) with `probe` and returns logits at `at`.
-fn run(
-    model: &Model,
-    seqs: &[Vec<u32>],
-    probe: &mut Probe,
-    at: &LogitsAt,
-    grad: bool,
-) -> Result<Tensor> {
-    let input = Input::right_padded(seqs, model.device())?;
-    // The graph starts at the probed layer: nothing below it depends on δ.
-    let stage = probe.layer + 1;
-    let extras = ForwardExtras {
-        hooks: Some(probe),
-        cache: None,
-        grad_from: grad.then_some(stage),
-    };
-    model.forward_with(&input, at, extras)
-}
-
 /// The mean key `[records, intermediate]` of each record at `layer`, over `contexts`.
 pub(crate) fn mean_keys(
     model: &Model,
@@ -253,29 +234,30 @@ pub(crate) fn optimize_value(
     subject.push(kl.subject_last);
     seqs.push(kl.ids);
 
-    let t = seqs.iter().map(Vec::len).max().unwrap_or(0);
-    let positions: Vec<i64> = subject
-        .iter()
-        .enumerate()
-        .map(|(r, &p)| (r * t + p) as i64)
-        .collect();
-    let at = LogitsAt::Positions(at);
+    // Nothing before the subject's last token depends on δ: those tokens run once, and
+    // each step runs only what follows (from the subject's last token on).
+    let mut batch = model.prefill(&seqs, &subject)?;
+    let t = batch.tails.seq_len();
+    let positions: Vec<i64> = (0..seqs.len()).map(|r| (r * t) as i64).collect();
+    let at = LogitsAt::Positions(at.into_iter().map(|(r, p)| (r, p - subject[r])).collect());
     let device = model.device();
     let labels = Tensor::from_slice(&labels).to_device(device);
     let n_tok = target.len() as f64;
     let n_ctx = contexts.len() as f64;
+    // The graph starts at the probed layer: nothing below it depends on δ.
+    let stage = layer + 1;
 
     // The unedited value and KL distribution.
     let mut probe = Probe {
         layer,
         site,
-        positions: positions.clone(),
+        positions,
         delta: None,
         seen: None,
     };
     let (v0, kl_init) = {
         let _g = tch::no_grad_guard();
-        let logits = run(model, &seqs, &mut probe, &at, false)?;
+        let logits = batch.forward(model, &at, Some(&mut probe), None)?;
         let v0 = probe
             .seen
             .take()
@@ -297,7 +279,9 @@ pub(crate) fn optimize_value(
     for _ in 0..cfg.steps {
         opt.zero_grad()?;
         probe.delta = Some(delta.shallow_clone());
-        let logits = run(model, &seqs, &mut probe, &at, true)?.to_kind(Kind::Float);
+        let logits = batch
+            .forward(model, &at, Some(&mut probe), Some(stage))?
+            .to_kind(Kind::Float);
         let n = labels.size()[0];
         let logp = logits.narrow(0, 0, n).log_softmax(-1, Kind::Float);
         let tok_nll = -logp.gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);

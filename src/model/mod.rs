@@ -5,7 +5,8 @@
 //!   parameters carry their Hugging Face names, plus its [`crate::Tokenizer`].
 //! - [`Model::forward`] runs right-padded batches and computes logits only at the
 //!   positions asked for; layers below the lowest trainable parameter run without an
-//!   autograd graph; [`LayerHooks`] read and change the MLP of any layer.
+//!   autograd graph; [`LayerHooks`] read and change the MLP of any layer;
+//!   [`Model::prefill`] runs fixed heads once so only the tails run again.
 //! - [`generate`] samples greedily or top-k with a KV cache.
 
 pub mod config;
@@ -347,6 +348,38 @@ impl Input {
     }
 }
 
+/// Sequences run in two parts: each row's head once, without autograd, into a frozen
+/// KV cache ([`Model::prefill`]), then its tail as often as wanted against that cache.
+/// ROME and MEMIT optimise a vector added at the subject's last token; nothing before
+/// it depends on that vector, so each step needs only the tails.
+pub struct Prefilled {
+    cache: Option<KvCache>,
+    /// The tails, right-padded, with their positions and a key mask over head + tail.
+    pub tails: Input,
+    /// Where each row's tail starts in its sequence: position `p` of row `r` is tail
+    /// position `p - split[r]`.
+    pub split: Vec<usize>,
+}
+
+impl Prefilled {
+    /// Logits of the tails at `at` (tail coordinates), with hooks; `grad_from` as in
+    /// [`ForwardExtras`].
+    pub fn forward<'a>(
+        &'a mut self,
+        model: &Model,
+        at: &LogitsAt,
+        hooks: Option<&'a mut dyn LayerHooks>,
+        grad_from: Option<usize>,
+    ) -> Result<Tensor> {
+        let extras = ForwardExtras {
+            hooks,
+            cache: self.cache.as_mut(),
+            grad_from,
+        };
+        model.forward_with(&self.tails, at, extras)
+    }
+}
+
 /// Where to compute logits: the vocabulary projection is most of the cost of a small
 /// model, so compute it only where it is needed.
 #[derive(Debug, Clone, PartialEq)]
@@ -588,6 +621,88 @@ impl Model {
 }
 
 impl Model {
+    /// Runs the first `split[r]` tokens of each row of `seqs` once, without autograd,
+    /// and returns the rest ready to run against them ([`Prefilled`]). Every tail must
+    /// keep at least one token. Heads are left-padded, so that index distances equal
+    /// position distances (what sliding-window masks measure).
+    pub fn prefill<S: AsRef<[u32]>>(&self, seqs: &[S], split: &[usize]) -> Result<Prefilled> {
+        let b = seqs.len();
+        if b == 0 || split.len() != b {
+            return Err(Error::Input(format!(
+                "prefill: {b} sequences and {} split points",
+                split.len()
+            )));
+        }
+        let lens: Vec<usize> = seqs.iter().map(|s| s.as_ref().len()).collect();
+        if let Some(r) = (0..b).find(|&r| split[r] >= lens[r]) {
+            return Err(Error::Input(format!(
+                "prefill: row {r} splits at {} but has {} tokens",
+                split[r], lens[r]
+            )));
+        }
+        let device = self.device();
+        let p = split.iter().copied().max().unwrap_or(0);
+        let t = (0..b).map(|r| lens[r] - split[r]).max().unwrap_or(0);
+        let tensor = |v: Vec<i64>, w: usize| Tensor::from_slice(&v).view([b as i64, w as i64]);
+        let (mut ids, mut pos) = (vec![0i64; b * t], vec![0i64; b * t]);
+        let mut head_ids = vec![0i64; b * p];
+        let mut head_pos = vec![0i64; b * p];
+        let mut mask = vec![true; b * (p + t)];
+        for (r, s) in seqs.iter().enumerate() {
+            let s = s.as_ref();
+            let pad = p - split[r];
+            for j in 0..p {
+                let real = j >= pad;
+                mask[r * (p + t) + j] = real;
+                if real {
+                    head_ids[r * p + j] = s[j - pad] as i64;
+                    head_pos[r * p + j] = (j - pad) as i64;
+                }
+            }
+            for j in 0..t {
+                pos[r * t + j] = (split[r] + j) as i64;
+                if let Some(&id) = s.get(split[r] + j) {
+                    ids[r * t + j] = id as i64;
+                }
+            }
+        }
+        let key_mask = tensor(mask.iter().map(|&m| m as i64).collect(), p + t)
+            .to_kind(Kind::Bool)
+            .to_device(device);
+        let cache = if p == 0 {
+            None
+        } else {
+            let heads = Input {
+                ids: tensor(head_ids, p).to_device(device),
+                lengths: vec![p; b],
+                key_mask: Some(key_mask.narrow(1, 0, p as i64)),
+                positions: Some(tensor(head_pos, p).to_device(device)),
+                segments: None,
+            };
+            let mut cache = KvCache::new();
+            let _g = tch::no_grad_guard();
+            let extras = ForwardExtras {
+                cache: Some(&mut cache),
+                ..Default::default()
+            };
+            self.hidden_states(&heads, extras).map(drop)?;
+            cache.freeze();
+            Some(cache)
+        };
+        let tails = Input {
+            ids: tensor(ids, t).to_device(device),
+            lengths: (0..b).map(|r| lens[r] - split[r]).collect(),
+            key_mask: (p > 0).then_some(key_mask),
+            positions: Some(tensor(pos, t).to_device(device)),
+            segments: None,
+        };
+        Ok(Prefilled {
+            cache,
+            tails,
+            split: split.to_vec(),
+        })
+    }
+
     /// Log-probabilities (f64, `[vocab]`) of the token after `ids`, computed from the
     /// model's logits in double precision.
     pub fn next_token_logprobs(&self, ids: &[u32]) -> Result<Tensor> {

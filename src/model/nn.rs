@@ -243,12 +243,15 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask, scale: f64
 
 /// Cached keys and values of earlier positions, per layer, for generation (no
 /// autograd: values are written in place into buffers that grow by doubling, so a step
-/// costs no copy of the whole cache).
+/// costs no copy of the whole cache). A frozen cache is read-only: passes against it
+/// see the cached positions and keep nothing, so the same tails can be run again and
+/// again with autograd (see [`super::Prefilled`]).
 #[derive(Default)]
 pub struct KvCache {
     /// Per layer: key and value buffers `[B, H, capacity, D]`.
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    frozen: bool,
 }
 
 impl KvCache {
@@ -265,8 +268,23 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Appends this step's keys and values for `layer` and returns all of them.
+    /// Makes the cache read-only (see [`KvCache`]).
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+    }
+
+    /// Appends this step's keys and values for `layer` and returns all of them (a
+    /// frozen cache returns them after its own and stores nothing).
     pub fn append(&mut self, layer: usize, k: Tensor, v: Tensor) -> (Tensor, Tensor) {
+        if self.frozen {
+            return match self.layers.get(layer) {
+                Some(Some((kb, vb))) => (
+                    Tensor::cat(&[&kb.narrow(2, 0, self.len as i64), &k], 2),
+                    Tensor::cat(&[&vb.narrow(2, 0, self.len as i64), &v], 2),
+                ),
+                _ => (k, v),
+            };
+        }
         if self.layers.len() <= layer {
             self.layers.resize_with(layer + 1, || None);
         }
@@ -297,7 +315,9 @@ impl KvCache {
     }
 
     pub(crate) fn advance(&mut self, n: usize) {
-        self.len += n;
+        if !self.frozen {
+            self.len += n;
+        }
     }
 }
 
