@@ -10,7 +10,7 @@ use common::{random_model, tiny_configs, tiny_gemma3, tiny_llama};
 use ftedit::model::{
     CaptureKeys, ForwardExtras, GenerateOptions, Input, LogitsAt, Probe, Sampling, Site, generate,
 };
-use ftedit::train::{Example, Reduction, conditional_nll};
+use ftedit::train::{Example, Reduction, backward_in_slices, conditional_nll};
 use tch::{Kind, Tensor};
 
 fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -561,4 +561,35 @@ fn prefill_rejects_a_row_without_a_tail() {
         .err()
         .expect("row 1 has no tail");
     assert!(err.to_string().contains("row 1"), "{err}");
+}
+
+#[test]
+fn slices_give_the_whole_batch_loss_and_gradient() {
+    // Slices of at most 8 tokens (the third example, 9 tokens, gets one of its own):
+    // the summed value and accumulated gradient equal one pass over the whole batch.
+    let m = random_model(tiny_llama(false), Kind::Double);
+    let name = m.mlp_out_proj(1);
+    m.params.set_trainable(&name, true).unwrap();
+    let ex = |p: &[u32], t: &[u32]| Example {
+        prompt: p.to_vec(),
+        target: t.to_vec(),
+    };
+    let batch = vec![
+        ex(&[3, 17, 42, 5], &[9, 11]),
+        ex(&[7, 1], &[19, 20, 21]),
+        ex(&[50, 4, 4, 4, 21, 13, 2], &[8, 33]),
+        ex(&[60], &[2]),
+    ];
+    let w = m.params.get(&name).unwrap();
+    let whole = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap() * 0.7;
+    whole.backward();
+    let want = w.grad().copy();
+    let _ = w.grad().zero_();
+    let value = backward_in_slices(&m, &batch, 8, 0.7).unwrap();
+    assert!(
+        (value - whole.double_value(&[])).abs() < 1e-12,
+        "loss {value}"
+    );
+    let diff = max_diff(&w.grad(), &want) / want.abs().max().double_value(&[]);
+    assert!(diff < 1e-12, "gradient differs by {diff}");
 }

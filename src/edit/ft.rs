@@ -15,7 +15,7 @@ use crate::data::{EditRecord, Selection};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::{AdamW, AdamWConfig, Example, Reduction, conditional_nll};
+use crate::train::{AdamW, AdamWConfig, Example, Reduction, backward_in_slices, conditional_nll};
 
 /// What a training run did, for the run report.
 #[derive(Debug, Clone, Serialize)]
@@ -353,13 +353,13 @@ impl FtEditor {
             let batch = batches[step % batches.len()];
             opt.set_lr(r.lr_at(step, total))?;
             opt.zero_grad()?;
-            let mut loss = conditional_nll(model, batch, Reduction::TokenMean)?;
+            let mut value = backward_in_slices(model, batch, SLICE_TOKENS, 1.0 - gamma)?;
             if gamma > 0.0 {
                 let lm = self.lm_batch(&mut lm_rng, (batch.len() / 8).max(1), r.augment.lm_block);
-                loss = loss * (1.0 - gamma)
-                    + conditional_nll(model, &lm, Reduction::TokenMean)? * gamma;
+                let loss = conditional_nll(model, &lm, Reduction::TokenMean)? * gamma;
+                value += loss.double_value(&[]);
+                loss.backward();
             }
-            let value = loss.double_value(&[]);
             if !value.is_finite() {
                 pb.finish_and_clear();
                 return Err(Error::Input(format!(
@@ -369,7 +369,6 @@ impl FtEditor {
             if value < r.optim.stop_loss {
                 break;
             }
-            loss.backward();
             if r.optim.clip > 0.0 {
                 clip_grad_norm(opt.params(), r.optim.clip);
             }
@@ -423,6 +422,10 @@ struct Run {
     seen: usize,
     tokens: usize,
 }
+
+/// Tokens a training slice holds at most ([`backward_in_slices`]): bounds the memory of
+/// full-batch recipes (FT-L, FT-M) whatever the number of edits.
+const SLICE_TOKENS: usize = 2048;
 
 /// Parses `train.layers`: `A..B`, `all`, one layer, or a depth fraction `p/q`.
 pub(crate) fn layer_range(spec: &str, num_layers: usize) -> Result<(usize, usize)> {

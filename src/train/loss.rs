@@ -110,6 +110,41 @@ pub fn conditional_nll(model: &Model, batch: &[Example], reduction: Reduction) -
     })
 }
 
+/// Back-propagates `weight` × the batch's token-mean conditional NLL and returns its
+/// value. A full batch can hold thousands of sequences, so it runs in consecutive
+/// slices of at most `max_tokens` tokens (a longer example gets a slice of its own),
+/// each slice's loss weighted by its share of the target tokens: the gradient is the
+/// whole batch's, the memory one slice's.
+pub fn backward_in_slices(
+    model: &Model,
+    batch: &[Example],
+    max_tokens: usize,
+    weight: f64,
+) -> Result<f64> {
+    let targets: usize = batch.iter().map(|x| x.target.len()).sum();
+    let mut value = 0.0;
+    let mut slice = |part: &[Example]| -> Result<()> {
+        let share = part.iter().map(|x| x.target.len()).sum::<usize>() as f64 / targets as f64;
+        let loss = conditional_nll(model, part, Reduction::TokenMean)? * (share * weight);
+        value += loss.double_value(&[]);
+        loss.backward();
+        Ok(())
+    };
+    let (mut start, mut used) = (0, 0);
+    for (i, x) in batch.iter().enumerate() {
+        let n = x.prompt.len() + x.target.len();
+        if i > start && used + n > max_tokens {
+            slice(&batch[start..i])?;
+            (start, used) = (i, 0);
+        }
+        used += n;
+    }
+    if start < batch.len() {
+        slice(&batch[start..])?;
+    }
+    Ok(value)
+}
+
 /// The NLL of every target token, per example (no autograd).
 pub fn target_token_nlls(model: &Model, batch: &[Example]) -> Result<Vec<Vec<f64>>> {
     let _g = tch::no_grad_guard();
