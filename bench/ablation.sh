@@ -63,6 +63,8 @@ done
 python3 - "$OUT" <<'PY'
 import glob, json, os, sys
 out = sys.argv[1]
+# Finished runs only (OUT may hold logs and unfinished runs too).
+done = sorted(os.path.dirname(p) for p in glob.glob(f"{out}/*/summary.json"))
 def row(path):
     s = json.load(open(os.path.join(path, "summary.json")))
     t = os.path.join(path, "train_report.json")
@@ -74,15 +76,15 @@ label = lambda p: (os.path.basename(p).split("-", 2)[2].replace("@steps", " (E+P
                    .replace("@single", ", single protocol"))
 print("\n| CounterFact | S | ES | PS | NS | GE (50) | EM_exact | train s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
-for p in sorted(glob.glob(f"{out}/counterfact-*")):
+for p in [p for p in done if os.path.basename(p).startswith("counterfact-")]:
     m, secs = row(p)
     print(f"| {label(p)} | {f(m['S'])} | {f(m['ES'])} | {f(m['PS'])} | {f(m['NS'])} | {f(m['GE'])} | {f(m['EM_exact'])} | {secs:.0f} |")
 print("\n| zsRE | Score | Efficacy | Paraphrase | Specificity | efficacy_exact | train s |")
 print("|---|---:|---:|---:|---:|---:|---:|")
-for p in sorted(glob.glob(f"{out}/zsre-*")):
+for p in [p for p in done if os.path.basename(p).startswith("zsre-")]:
     m, secs = row(p)
     print(f"| {label(p)} | {f(m['score'])} | {f(m['efficacy'])} | {f(m['paraphrase'])} | {f(m['specificity'])} | {f(m['efficacy_exact'])} | {secs:.0f} |")
-base = [p for p in sorted(glob.glob(f"{out}/*")) if os.path.basename(p).split("-", 2)[2].split("@")[0] in ("FT-L", "FT-M", "ROME", "MEMIT")]
+base = [p for p in done if os.path.basename(p).split("-", 2)[-1].split("@")[0] in ("FT-L", "FT-M", "ROME", "MEMIT")]
 if base:
     print("\n| baseline | data | key statistics s | seconds per edit |")
     print("|---|---|---:|---:|")
