@@ -15,7 +15,7 @@ use crate::data::{EditRecord, Selection};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::{AdamW, AdamWConfig, Example, Reduction, backward_in_slices, conditional_nll};
+use crate::train::{AdamW, AdamWConfig, Example, backward_in_slices};
 
 /// What a training run did, for the run report.
 #[derive(Debug, Clone, Serialize)]
@@ -356,9 +356,7 @@ impl FtEditor {
             let mut value = backward_in_slices(model, batch, SLICE_TOKENS, 1.0 - gamma)?;
             if gamma > 0.0 {
                 let lm = self.lm_batch(&mut lm_rng, (batch.len() / 8).max(1), r.augment.lm_block);
-                let loss = conditional_nll(model, &lm, Reduction::TokenMean)? * gamma;
-                value += loss.double_value(&[]);
-                loss.backward();
+                value += backward_in_slices(model, &lm, SLICE_TOKENS, gamma)?;
             }
             if !value.is_finite() {
                 pb.finish_and_clear();

@@ -354,11 +354,9 @@ impl Input {
 /// it depends on that vector, so each step needs only the tails.
 pub struct Prefilled {
     cache: Option<KvCache>,
-    /// The tails, right-padded, with their positions and a key mask over head + tail.
+    /// The tails, right-padded, with their positions and a key mask over head + tail:
+    /// position `p` of row `r` is tail position `p - split[r]`.
     pub tails: Input,
-    /// Where each row's tail starts in its sequence: position `p` of row `r` is tail
-    /// position `p - split[r]`.
-    pub split: Vec<usize>,
 }
 
 impl Prefilled {
@@ -696,11 +694,7 @@ impl Model {
             positions: Some(tensor(pos, t).to_device(device)),
             segments: None,
         };
-        Ok(Prefilled {
-            cache,
-            tails,
-            split: split.to_vec(),
-        })
+        Ok(Prefilled { cache, tails })
     }
 
     /// Log-probabilities (f64, `[vocab]`) of the token after `ids`, computed from the
