@@ -12,7 +12,8 @@
 # Environment: FTEDIT (a built binary; default: build ./target/release/ftedit), DEVICE
 # (cpu | cuda, default cpu), THREADS (default 2), OUT_DIR (default runs/ablation-MODEL),
 # FTEDIT_DATA (the data folder, default ../shared/data), DATASETS (default "counterfact
-# zsre"), ONLY (a regular expression: run only the rungs it matches, e.g. 'ROME|MEMIT').
+# zsre"), ONLY (a regular expression: run only the rungs it matches, e.g. 'ROME|MEMIT'),
+# RESULTS (a file: one JSON line per finished run is written there, for bench/results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-smollm2}"
@@ -60,9 +61,9 @@ for rung in $(printf '%s\n' "${!RUNG[@]}" | sort); do
       --out "$dir" > /dev/null
   done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT" "${RESULTS:-}" "${DEVICE:-cpu}, ${THREADS:-2} threads" <<'PY'
 import glob, json, os, sys
-out = sys.argv[1]
+out, results, device = sys.argv[1:4]
 # Finished runs only (OUT may hold logs and unfinished runs too).
 done = sorted(os.path.dirname(p) for p in glob.glob(f"{out}/*/summary.json"))
 def row(path):
@@ -94,4 +95,18 @@ if base:
         stats = sum(r.get("stats_seconds", 0) for r in runs)
         secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
         print(f"| {label(p)} | {os.path.basename(p).split('-')[0]} | {stats:.1f} | {secs / edits:.2f} |")
+if results:
+    with open(results, "w") as f:
+        for p in done:
+            s = json.load(open(os.path.join(p, "summary.json")))
+            t = os.path.join(p, "train_report.json")
+            runs = json.load(open(t))["runs"] if os.path.exists(t) else []
+            edits = sum(r.get("edits", 0) for r in runs)
+            secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
+            f.write(json.dumps({
+                "run": os.path.basename(p), "device": device, "n": s["n"], "metrics": s["metrics"],
+                "edit_seconds": secs, "stats_seconds": sum(r.get("stats_seconds", 0) for r in runs),
+                "seconds_per_edit": secs / edits if edits else None,
+                "layers": runs[0].get("layers", runs[0].get("trained_params")) if runs else None,
+            }) + "\n")
 PY
