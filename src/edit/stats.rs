@@ -123,7 +123,8 @@ pub fn second_moments(
             if let Some((dir, print)) = cache {
                 std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 let path = cache_path(dir, print, *l, opts.samples);
-                let tmp = path.with_extension("tmp");
+                // A per-process name: runs sharing the cache (`--shard`) may write at once.
+                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
                 Tensor::write_safetensors(&[("mom2", c.to_device(tch::Device::Cpu))], &tmp)?;
                 std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
             }
