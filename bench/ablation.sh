@@ -66,47 +66,46 @@ import glob, json, os, sys
 out, results, device = sys.argv[1:4]
 # Finished runs only (OUT may hold logs and unfinished runs too).
 done = sorted(os.path.dirname(p) for p in glob.glob(f"{out}/*/summary.json"))
-def row(path):
+def load(path):
+    """A finished run's summary and its edit totals (from train_report.json, if any)."""
     s = json.load(open(os.path.join(path, "summary.json")))
     t = os.path.join(path, "train_report.json")
     runs = json.load(open(t))["runs"] if os.path.exists(t) else []
-    secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
-    return s["metrics"], secs
+    return {
+        "metrics": s["metrics"], "n": s["n"],
+        "edits": sum(r.get("edits", 0) for r in runs),
+        "seconds": sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs),
+        "stats_seconds": sum(r.get("stats_seconds", 0) for r in runs),
+        "layers": runs[0].get("layers", runs[0].get("trained_params")) if runs else None,
+    }
 f = lambda v: "—" if v is None else f"{v:.1f}"
 label = lambda p: (os.path.basename(p).split("-", 2)[2].replace("@steps", " (E+P+R's steps)")
                    .replace("@single", ", single protocol"))
 print("\n| CounterFact | S | ES | PS | NS | GE (50) | EM_exact | train s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 for p in [p for p in done if os.path.basename(p).startswith("counterfact-")]:
-    m, secs = row(p)
-    print(f"| {label(p)} | {f(m['S'])} | {f(m['ES'])} | {f(m['PS'])} | {f(m['NS'])} | {f(m['GE'])} | {f(m['EM_exact'])} | {secs:.0f} |")
+    r = load(p); m = r["metrics"]
+    print(f"| {label(p)} | {f(m['S'])} | {f(m['ES'])} | {f(m['PS'])} | {f(m['NS'])} | {f(m['GE'])} | {f(m['EM_exact'])} | {r['seconds']:.0f} |")
 print("\n| zsRE | Score | Efficacy | Paraphrase | Specificity | efficacy_exact | train s |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for p in [p for p in done if os.path.basename(p).startswith("zsre-")]:
-    m, secs = row(p)
-    print(f"| {label(p)} | {f(m['score'])} | {f(m['efficacy'])} | {f(m['paraphrase'])} | {f(m['specificity'])} | {f(m['efficacy_exact'])} | {secs:.0f} |")
+    r = load(p); m = r["metrics"]
+    print(f"| {label(p)} | {f(m['score'])} | {f(m['efficacy'])} | {f(m['paraphrase'])} | {f(m['specificity'])} | {f(m['efficacy_exact'])} | {r['seconds']:.0f} |")
 base = [p for p in done if os.path.basename(p).split("-", 2)[-1].split("@")[0] in ("FT-L", "FT-M", "ROME", "MEMIT")]
 if base:
     print("\n| baseline | data | key statistics s | seconds per edit |")
     print("|---|---|---:|---:|")
     for p in base:
-        runs = json.load(open(os.path.join(p, "train_report.json")))["runs"]
-        edits = sum(r["edits"] for r in runs)
-        stats = sum(r.get("stats_seconds", 0) for r in runs)
-        secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
-        print(f"| {label(p)} | {os.path.basename(p).split('-')[0]} | {stats:.1f} | {secs / edits:.2f} |")
+        r = load(p)
+        print(f"| {label(p)} | {os.path.basename(p).split('-')[0]} | {r['stats_seconds']:.1f} | {r['seconds'] / r['edits']:.2f} |")
 if results:
-    with open(results, "w") as f:
+    with open(results, "w") as out_file:
         for p in done:
-            s = json.load(open(os.path.join(p, "summary.json")))
-            t = os.path.join(p, "train_report.json")
-            runs = json.load(open(t))["runs"] if os.path.exists(t) else []
-            edits = sum(r.get("edits", 0) for r in runs)
-            secs = sum(r.get("seconds", r.get("edit_seconds", 0)) for r in runs)
-            f.write(json.dumps({
-                "run": os.path.basename(p), "device": device, "n": s["n"], "metrics": s["metrics"],
-                "edit_seconds": secs, "stats_seconds": sum(r.get("stats_seconds", 0) for r in runs),
-                "seconds_per_edit": secs / edits if edits else None,
-                "layers": runs[0].get("layers", runs[0].get("trained_params")) if runs else None,
+            r = load(p)
+            out_file.write(json.dumps({
+                "run": os.path.basename(p), "device": device, "n": r["n"], "metrics": r["metrics"],
+                "edit_seconds": r["seconds"], "stats_seconds": r["stats_seconds"],
+                "seconds_per_edit": r["seconds"] / r["edits"] if r["edits"] else None,
+                "layers": r["layers"],
             }) + "\n")
 PY
