@@ -605,7 +605,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
             "--format",
             "jsonl",
         ],
-        "no edits",
+        "no records selected",
     );
     let blank = dir.join("blank.jsonl");
     std::fs::write(

@@ -4,12 +4,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use ftedit::data::{self, Format, Selection};
 use ftedit::edit::Editor;
 use ftedit::model::save;
 
-use crate::ModelArgs;
 use crate::method::{self, MethodArgs};
+use crate::{ModelArgs, RecordArgs};
 
 #[derive(Args)]
 pub struct EditArgs {
@@ -18,15 +17,8 @@ pub struct EditArgs {
     /// The edits: CounterFact, zsRE or JSONL (`{"prompt": "... {} ...", "subject", "target_new"}`).
     #[arg(long)]
     edits: PathBuf,
-    /// The format of the edits file (detected when absent).
-    #[arg(long)]
-    format: Option<Format>,
-    /// Use only the first N edits.
-    #[arg(long, short)]
-    n: Option<usize>,
-    /// Use edits A..B (0-based, B excluded).
-    #[arg(long, value_parser = Selection::parse_range)]
-    range: Option<(usize, usize)>,
+    #[command(flatten)]
+    records: RecordArgs,
     #[command(flatten)]
     method: MethodArgs,
     /// Where to write the edited model: a `.gguf` file (GGUF input only: unchanged
@@ -49,15 +41,7 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         args.method.method = "ft".into();
     }
     let start = Instant::now();
-    let records = Selection {
-        first: args.n,
-        range: args.range,
-        shard: None,
-    }
-    .apply(data::load(&args.edits, args.format)?);
-    if records.is_empty() {
-        anyhow::bail!("{}: no edits", args.edits.display());
-    }
+    let records = args.records.load(&args.edits, None)?;
     let gguf_out = args.out.extension().is_some_and(|e| e == "gguf");
     let source = ftedit::model::registry::resolve(&args.model.model)?;
     if gguf_out && !is_gguf(&source) {

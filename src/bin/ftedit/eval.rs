@@ -3,14 +3,14 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use ftedit::data::{self, Format, Selection};
+use ftedit::data::Selection;
 use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
 use ftedit::eval::protocol::{self, Protocol};
 use ftedit::eval::report::{OutputDir, RunInfo};
 
-use crate::ModelArgs;
 use crate::method::{self, MethodArgs};
+use crate::{ModelArgs, RecordArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -19,15 +19,8 @@ pub struct EvalArgs {
     /// The data file: CounterFact (ROME or EasyEdit format), zsRE (MEND format) or JSONL.
     #[arg(long)]
     data: PathBuf,
-    /// The data format (detected when absent): counterfact, counterfact-mend, zsre, jsonl.
-    #[arg(long)]
-    format: Option<Format>,
-    /// Evaluate only the first N records.
-    #[arg(long, short)]
-    n: Option<usize>,
-    /// Evaluate records A..B (0-based, B excluded).
-    #[arg(long, value_parser = Selection::parse_range)]
-    range: Option<(usize, usize)>,
+    #[command(flatten)]
+    records: RecordArgs,
     /// Evaluate every N-th record starting at i (after --n/--range), as `i/N`.
     #[arg(long, value_parser = Selection::parse_shard)]
     shard: Option<(usize, usize)>,
@@ -82,16 +75,7 @@ fn protocol(args: &EvalArgs) -> anyhow::Result<Protocol> {
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let protocol = protocol(&args)?;
-    let records = data::load(&args.data, args.format)?;
-    let selection = Selection {
-        first: args.n,
-        range: args.range,
-        shard: args.shard,
-    };
-    let records = selection.apply(records);
-    if records.is_empty() {
-        anyhow::bail!("no records selected from {}", args.data.display());
-    }
+    let records = args.records.load(&args.data, args.shard)?;
     let attributes = args
         .attributes
         .as_deref()
@@ -118,7 +102,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         method: editor.name().to_owned(),
         protocol: protocol.name().to_owned(),
         settings: serde_json::json!({
-            "n": args.n, "range": args.range, "shard": args.shard,
+            "n": args.records.n, "range": args.records.range, "shard": args.shard,
             "batch_size": args.batch_size, "eval_every": args.eval_every,
             "generation": !args.no_generation, "generation_n": args.generation_n, "exact_match": !args.no_exact_match,
             "seed": args.seed, "dtype": args.model.dtype,

@@ -9,7 +9,10 @@ mod report;
 
 use std::process::ExitCode;
 
+use std::path::Path;
+
 use clap::{Args, Parser, Subcommand};
+use ftedit::data::{self, EditRecord, Format, Selection};
 use ftedit::model::registry;
 use ftedit::{LoadOptions, Model, Tokenizer, runtime};
 
@@ -64,6 +67,36 @@ impl ModelArgs {
         };
         let path = registry::resolve(&self.model)?;
         Ok(ftedit::load(&path, &opts)?)
+    }
+}
+
+/// Which records of a data file to use (`edit` and `eval` share these flags).
+#[derive(Args, Clone)]
+struct RecordArgs {
+    /// The data format (detected when absent): counterfact, counterfact-mend, zsre, jsonl.
+    #[arg(long)]
+    format: Option<Format>,
+    /// Use only the first N records.
+    #[arg(long, short)]
+    n: Option<usize>,
+    /// Use records A..B (0-based, B excluded).
+    #[arg(long, value_parser = Selection::parse_range)]
+    range: Option<(usize, usize)>,
+}
+
+impl RecordArgs {
+    /// The selected records of `path`, in file order; `shard` (`i`, `N`) keeps every N-th.
+    fn load(&self, path: &Path, shard: Option<(usize, usize)>) -> anyhow::Result<Vec<EditRecord>> {
+        let selection = Selection {
+            first: self.n,
+            range: self.range,
+            shard,
+        };
+        let records = selection.apply(data::load(path, self.format)?);
+        if records.is_empty() {
+            anyhow::bail!("no records selected from {}", path.display());
+        }
+        Ok(records)
     }
 }
 
