@@ -7,9 +7,8 @@ mod method;
 mod predict;
 mod report;
 
-use std::process::ExitCode;
-
 use std::path::Path;
+use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ftedit::data::{self, EditRecord, Format, Selection};
