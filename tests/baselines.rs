@@ -1,6 +1,6 @@
 //! The baselines: ROME's and MEMIT's closed forms on random matrices, the key
-//! statistics against a direct computation, FT-L's L∞ box, and every method flipping a
-//! simple fact of SmolLM2.
+//! statistics against a direct computation, FT-L's L∞ box, MEMIT through Gemma 3's
+//! post-MLP norm, and every method flipping a simple fact of SmolLM2.
 
 mod common;
 
@@ -8,10 +8,11 @@ use common::{cf_edit, load, shared_dir};
 use ftedit::data::EditRecord;
 use ftedit::edit::Editor;
 use ftedit::edit::ft::FtEditor;
-use ftedit::edit::memit::{MemitEditor, memit_value_config};
+use ftedit::edit::memit::{MemitEditor, memit_value_config, through_norm};
 use ftedit::edit::recipe::Recipe;
 use ftedit::edit::rome::{RomeEditor, StatsConfig, ValueConfig, memit_delta, rome_delta};
 use ftedit::edit::stats::{StatsOptions, second_moments};
+use ftedit::model::nn::RmsNorm;
 use ftedit::model::{CaptureKeys, Input};
 use tch::{Kind, Tensor};
 
@@ -220,5 +221,82 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
             editor.name()
         );
     }
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
+fn memit_carries_a_residual_change_through_a_post_mlp_norm() {
+    tch::manual_seed(3);
+    // Gemma-like gains: stored as gain − 1, one of them zero (a dead component).
+    let w = randn(&[8]) * 0.5;
+    let _ = w.get(2).fill_(-1.0);
+    let norm = RmsNorm {
+        weight: w,
+        eps: 1e-14,
+        plus_one: true,
+    };
+    let rms = |t: &Tensor| t.square().mean_dim(-1, false, Kind::Double).sqrt();
+    let dist = |a: &Tensor, b: &Tensor| rms(&(a - b));
+    let m = randn(&[3, 8]) * 4.0;
+    // A reachable target (another input's output) is hit exactly, at m's RMS.
+    let reachable = norm.forward(&randn(&[3, 8]));
+    let delta = through_norm(&norm, &m, &(&reachable - norm.forward(&m)));
+    assert!(max_abs(&(norm.forward(&(&m + &delta)) - &reachable)) < 1e-9);
+    assert!(max_abs(&(rms(&(&m + &delta)) - rms(&m))) < 1e-9);
+    // No change asked, none made.
+    assert!(max_abs(&through_norm(&norm, &m, &(&m * 0.0))) < 1e-9);
+    // An unreachable one is approached closer than by writing resid in directly (what
+    // MEMIT does without a norm) or by any other input of m's RMS tried.
+    let resid = randn(&[3, 8]) * 2.0;
+    let want = norm.forward(&m) + &resid;
+    let got = dist(
+        &norm.forward(&(&m + through_norm(&norm, &m, &resid))),
+        &want,
+    );
+    let naive = dist(&norm.forward(&(&m + &resid)), &want);
+    assert!(
+        Vec::<f64>::try_from(&got - &naive)
+            .unwrap()
+            .iter()
+            .all(|&x| x < 0.0)
+    );
+    for _ in 0..200 {
+        let other = dist(&norm.forward(&randn(&[3, 8])), &want);
+        let worse = Vec::<f64>::try_from(&got - &other).unwrap();
+        assert!(worse.iter().all(|&x| x <= 1e-9), "{worse:?}");
+    }
+}
+
+#[test]
+fn memit_on_gemma3_moves_the_edit_and_leaves_another_fact_alone() {
+    let cache = temp_dir("memit-gemma3");
+    let stats = StatsConfig {
+        text: wikitext(),
+        samples: 10_000,
+        cache_dir: Some(cache.clone()),
+    };
+    let rec = eiffel();
+    let other = "The capital of Japan is the city of";
+    let (mut m, tok) = load("gemma3");
+    let rome = tok.encode(" Rome", false).unwrap()[0] as i64;
+    let logprob = |m: &ftedit::Model, prompt: &str, id: i64| {
+        let lp = m
+            .next_token_logprobs(&tok.encode(prompt, true).unwrap())
+            .unwrap();
+        lp.double_value(&[id])
+    };
+    let before = logprob(&m, &rec.rewrite_prompt(), rome);
+    let other_top = top(&m, &tok, other);
+    let other_before = logprob(&m, other, other_top as i64);
+    let mut memit = MemitEditor::new(None, memit_value_config(), stats);
+    memit
+        .edit(&mut m, &tok, std::slice::from_ref(&rec))
+        .unwrap();
+    let after = logprob(&m, &rec.rewrite_prompt(), rome);
+    let other_after = logprob(&m, other, other_top as i64);
+    eprintln!("log p(Rome) {before} -> {after}; other {other_before} -> {other_after}");
+    // Written in without the norm carried through, this edit wrecked the model.
+    assert_eq!(top(&m, &tok, other), other_top);
+    assert!(after > before + 3.0, "log p(Rome) {before} -> {after}");
     let _ = std::fs::remove_dir_all(&cache);
 }

@@ -6,6 +6,11 @@
 //! from the lowest layer up, each layer takes its share of what is still missing,
 //! R = (z − current) / (layers left), and solves ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ with K the
 //! edits' keys at that layer ([`super::rome::memit_delta`]).
+//!
+//! Where the MLP output passes through a norm before it joins the residual stream
+//! (Gemma 3), R is not what the output projection must add: R is carried through the
+//! norm first ([`through_norm`]). Written in directly, R is rescaled by the norm and
+//! breaks the model.
 
 use std::time::Instant;
 
@@ -18,6 +23,7 @@ use super::rome::{
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
+use crate::model::nn::RmsNorm;
 use crate::model::{Input, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
@@ -58,12 +64,13 @@ impl MemitEditor {
     }
 }
 
-/// The residual stream after `layer` at each record's subject (bare prompt), `[n, hidden]`.
-fn residuals(
+/// What `site` of `layer` holds at each record's subject (bare prompt), `[n, hidden]`.
+fn read_at(
     model: &Model,
     tok: &Tokenizer,
     records: &[EditRecord],
     layer: usize,
+    site: Site,
 ) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
     let located = records
@@ -75,7 +82,7 @@ fn residuals(
     let t = input.seq_len();
     let mut probe = Probe {
         layer,
-        site: Site::BlockOutput,
+        site,
         positions: located
             .iter()
             .enumerate()
@@ -86,6 +93,57 @@ fn residuals(
     };
     model.run_hooks(&input, &mut probe)?;
     Ok(probe.seen.expect("probe ran").to_kind(Kind::Double))
+}
+
+/// The change Δ of the MLP outputs `m` (`[n, hidden]`) that brings `norm(m + Δ)` closest
+/// to `norm(m) + resid`, row by row.
+///
+/// An RMS norm's outputs are `g ⊙ v` with `rms(v) = 1` (g its gain; ε aside), so the
+/// target is projected onto that ellipsoid: `v = g ⊙ t / (g² + λ)` with λ found by
+/// bisection so that `rms(v) = 1` (the least-squares point; components whose gain is
+/// zero cannot move). `m + Δ = rms(m) · v` keeps `m`'s RMS, so the norm divides by what it
+/// divided before. Where the target is reachable it is hit exactly; where it is not, the
+/// next layers make up the rest.
+pub fn through_norm(norm: &RmsNorm, m: &Tensor, resid: &Tensor) -> Tensor {
+    let m = m.to_kind(Kind::Double);
+    let w = norm.weight.to_kind(Kind::Double);
+    let g = if norm.plus_one { w + 1.0 } else { w };
+    let d = m.size()[1] as f64;
+    let t = norm.forward(&m) + resid;
+    let (g2, gt) = (g.square(), &t * &g);
+    // Σ (g t / (g² + λ))² falls from +∞ (λ → −min g² over live components) to 0 (λ → ∞);
+    // rms(v) = 1 where it crosses d.
+    let live = g2.gt(0.0);
+    let min_g2 = g2.masked_fill(&live.logical_not(), f64::INFINITY).min();
+    let hi_start = (gt.square().sum_dim_intlist(-1, true, Kind::Double) / d).sqrt();
+    let mut lo = (-&min_g2).expand_as(&hi_start).copy();
+    let mut hi = hi_start.copy();
+    for _ in 0..200 {
+        let mid = (&lo + &hi) / 2.0;
+        let sum = (&gt / (&g2 + &mid))
+            .square()
+            .sum_dim_intlist(-1, true, Kind::Double);
+        let above = sum.gt(d);
+        lo = lo.where_self(&above.logical_not(), &mid);
+        hi = mid.where_self(&above.logical_not(), &hi);
+    }
+    let dead = live.logical_not();
+    let mut v = (&gt / (&g2 + &hi)).masked_fill(&dead, 0.0);
+    // With dead components the crossing may need λ < 0, but λ = 0 is then better: the live
+    // components take t / g exactly and the dead ones, free, take up the rest of rms 1
+    // (along m's own dead part, the smallest change).
+    let exact = (&t / g.masked_fill(&dead, 1.0)).masked_fill(&dead, 0.0);
+    let spare = (d - exact.square().sum_dim_intlist(-1, true, Kind::Double)).clamp_min(0.0);
+    let m_dead = m.masked_fill(&live, 0.0);
+    let m_dead_norm = m_dead
+        .square()
+        .sum_dim_intlist(-1, true, Kind::Double)
+        .sqrt();
+    let fill = m_dead / m_dead_norm.clamp_min(f64::MIN_POSITIVE) * spare.sqrt();
+    let use_exact = hi.lt(0.0).logical_and(&dead.any());
+    v = (exact + fill).where_self(&use_exact, &v);
+    let rms = m.square().mean_dim(-1, true, Kind::Double).sqrt();
+    v * rms - m
 }
 
 impl Editor for MemitEditor {
@@ -113,8 +171,12 @@ impl Editor for MemitEditor {
         let zs = Tensor::stack(&zs, 0);
         for (i, &layer) in layers.iter().enumerate() {
             let keys = mean_keys(model, tok, records, layer, ctx)?;
-            let current = residuals(model, tok, records, hi)?;
-            let resid = (&zs - current) / (layers.len() - i) as f64;
+            let current = read_at(model, tok, records, hi, Site::BlockOutput)?;
+            let mut resid = (&zs - current) / (layers.len() - i) as f64;
+            if let Some(norm) = model.mlp_out_norm(layer)? {
+                let m = read_at(model, tok, records, layer, Site::MlpOutput)?;
+                resid = through_norm(&norm, &m, &resid);
+            }
             let delta = memit_delta(
                 &mom2[i],
                 &keys.transpose(0, 1),

@@ -171,6 +171,21 @@ impl ArchConfig {
         }
     }
 
+    /// The RMS norm between layer `layer`'s MLP output projection and the residual
+    /// stream, if the architecture has one (Gemma 3's `post_feedforward_layernorm`):
+    /// its weight name, ε and whether the weight is stored as `gain − 1`. MEMIT writes
+    /// residual changes through it.
+    pub fn mlp_out_norm(&self, layer: usize) -> Option<(String, f64, bool)> {
+        match self {
+            ArchConfig::Gemma3(c) => Some((
+                format!("model.layers.{layer}.post_feedforward_layernorm.weight"),
+                c.rms_norm_eps,
+                true,
+            )),
+            ArchConfig::Llama(_) | ArchConfig::Gpt2(_) => None,
+        }
+    }
+
     /// Whether the MLP output-projection weight is stored `[in, out]` (GPT-2's Conv1D)
     /// rather than `[out, in]`.
     pub fn mlp_out_proj_transposed(&self) -> bool {
@@ -491,6 +506,19 @@ impl Model {
     /// Name of layer `layer`'s MLP output-projection weight.
     pub fn mlp_out_proj(&self, layer: usize) -> String {
         self.config.mlp_out_proj(layer)
+    }
+
+    /// The norm applied to layer `layer`'s MLP output before the residual stream, if any
+    /// ([`ArchConfig::mlp_out_norm`]).
+    pub fn mlp_out_norm(&self, layer: usize) -> Result<Option<nn::RmsNorm>> {
+        let Some((name, eps, plus_one)) = self.config.mlp_out_norm(layer) else {
+            return Ok(None);
+        };
+        Ok(Some(nn::RmsNorm {
+            weight: self.params.get(&name)?,
+            eps,
+            plus_one,
+        }))
     }
 
     /// The layer a parameter belongs to (`None` for embeddings, final norm, head).
