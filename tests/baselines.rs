@@ -143,11 +143,27 @@ fn eiffel() -> EditRecord {
     )
 }
 
+/// Key statistics from 10,000 WikiText positions, cached in a fresh temporary folder
+/// (returned too, for removal).
+fn small_stats(tag: &str) -> (std::path::PathBuf, StatsConfig) {
+    let cache = temp_dir(tag);
+    let stats = StatsConfig {
+        text: wikitext(),
+        samples: 10_000,
+        cache_dir: Some(cache.clone()),
+    };
+    (cache, stats)
+}
+
+fn next_logprobs(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> Tensor {
+    m.next_token_logprobs(&tok.encode(prompt, true).unwrap())
+        .unwrap()
+}
+
 fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
-    let lp = m
-        .next_token_logprobs(&tok.encode(prompt, true).unwrap())
-        .unwrap();
-    lp.argmax(-1, false).int64_value(&[]) as u32
+    next_logprobs(m, tok, prompt)
+        .argmax(-1, false)
+        .int64_value(&[]) as u32
 }
 
 fn ft_editor(recipe: &str, tok: &ftedit::Tokenizer) -> FtEditor {
@@ -188,12 +204,7 @@ fn ft_l_moves_no_weight_more_than_epsilon() {
 
 #[test]
 fn every_baseline_flips_a_simple_fact_of_smollm2() {
-    let cache = temp_dir("baselines");
-    let stats = StatsConfig {
-        text: wikitext(),
-        samples: 10_000,
-        cache_dir: Some(cache.clone()),
-    };
+    let (cache, stats) = small_stats("baselines");
     let rec = eiffel();
     let (m0, tok) = load("smollm2");
     let rome_first = tok.encode(" Rome", false).unwrap()[0];
@@ -269,21 +280,13 @@ fn memit_carries_a_residual_change_through_a_post_mlp_norm() {
 
 #[test]
 fn memit_on_gemma3_moves_the_edit_and_leaves_another_fact_alone() {
-    let cache = temp_dir("memit-gemma3");
-    let stats = StatsConfig {
-        text: wikitext(),
-        samples: 10_000,
-        cache_dir: Some(cache.clone()),
-    };
+    let (cache, stats) = small_stats("memit-gemma3");
     let rec = eiffel();
     let other = "The capital of Japan is the city of";
     let (mut m, tok) = load("gemma3");
     let rome = tok.encode(" Rome", false).unwrap()[0] as i64;
     let logprob = |m: &ftedit::Model, prompt: &str, id: i64| {
-        let lp = m
-            .next_token_logprobs(&tok.encode(prompt, true).unwrap())
-            .unwrap();
-        lp.double_value(&[id])
+        next_logprobs(m, &tok, prompt).double_value(&[id])
     };
     let before = logprob(&m, &rec.rewrite_prompt(), rome);
     let other_top = top(&m, &tok, other);

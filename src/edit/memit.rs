@@ -114,7 +114,8 @@ pub fn through_norm(norm: &RmsNorm, m: &Tensor, resid: &Tensor) -> Tensor {
     // Σ (g t / (g² + λ))² falls from +∞ (λ → −min g² over live components) to 0 (λ → ∞);
     // rms(v) = 1 where it crosses d.
     let live = g2.gt(0.0);
-    let min_g2 = g2.masked_fill(&live.logical_not(), f64::INFINITY).min();
+    let dead = live.logical_not();
+    let min_g2 = g2.masked_fill(&dead, f64::INFINITY).min();
     let hi_start = (gt.square().sum_dim_intlist(-1, true, Kind::Double) / d).sqrt();
     let mut lo = (-&min_g2).expand_as(&hi_start).copy();
     let mut hi = hi_start.copy();
@@ -127,7 +128,6 @@ pub fn through_norm(norm: &RmsNorm, m: &Tensor, resid: &Tensor) -> Tensor {
         lo = lo.where_self(&above.logical_not(), &mid);
         hi = mid.where_self(&above.logical_not(), &hi);
     }
-    let dead = live.logical_not();
     let mut v = (&gt / (&g2 + &hi)).masked_fill(&dead, 0.0);
     // With dead components the crossing may need λ < 0, but λ = 0 is then better: the live
     // components take t / g exactly and the dead ones, free, take up the rest of rms 1
