@@ -215,6 +215,94 @@ impl Editor for Scramble {
     }
 }
 
+/// An editor that reports each record it edited and fails at one id, as a run killed
+/// mid-way would stop.
+struct Logger {
+    edited: Vec<String>,
+    fail_at: Option<&'static str>,
+}
+
+impl Editor for Logger {
+    fn name(&self) -> &str {
+        "logger"
+    }
+    fn edit(&mut self, _: &mut Model, _: &Tokenizer, records: &[EditRecord]) -> ftedit::Result<()> {
+        if records.iter().any(|r| Some(r.id.as_str()) == self.fail_at) {
+            return Err(ftedit::Error::Input("stopped".into()));
+        }
+        self.edited.extend(records.iter().map(|r| r.id.clone()));
+        Ok(())
+    }
+    fn report(&self) -> Option<serde_json::Value> {
+        let runs: Vec<_> = self
+            .edited
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        Some(serde_json::json!({ "method": "logger", "runs": runs }))
+    }
+}
+
+fn reported_ids(out: &OutputDir) -> Vec<String> {
+    out.train_runs()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_resumed_single_run_keeps_the_edit_reports_of_the_run_it_resumes() {
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..4).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        ..EvalOptions::default()
+    };
+    let out = OutputDir::open(temp_dir("proto-report"), None).unwrap();
+    let mut run = |editor: &mut Logger, protocol| {
+        protocol::run(&mut m, &tok, &recs, editor, protocol, &opts, &out)
+    };
+    // Stopped at the third record: the first two are in both files.
+    let mut first = Logger {
+        edited: vec![],
+        fail_at: Some("2"),
+    };
+    assert!(run(&mut first, Protocol::Single).is_err());
+    assert_eq!(out.records().unwrap().len(), 2);
+    assert_eq!(reported_ids(&out), ["0", "1"]);
+    // The resumed run edits only the rest, and the report holds all four.
+    let mut second = Logger {
+        edited: vec![],
+        fail_at: None,
+    };
+    run(&mut second, Protocol::Single).unwrap();
+    assert_eq!(second.edited, ["2", "3"]);
+    assert_eq!(reported_ids(&out), ["0", "1", "2", "3"]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path.join("train_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["method"], "logger");
+    // A batch run writes its report once, at the end.
+    let out = OutputDir::open(temp_dir("proto-report-batch"), None).unwrap();
+    let mut batch = Logger {
+        edited: vec![],
+        fail_at: None,
+    };
+    protocol::run(
+        &mut m,
+        &tok,
+        &recs,
+        &mut batch,
+        Protocol::Batch,
+        &opts,
+        &out,
+    )
+    .unwrap();
+    assert_eq!(reported_ids(&out), ["0", "1", "2", "3"]);
+}
+
 fn tiny() -> (Model, Tokenizer, std::path::PathBuf) {
     let dir = temp_dir("proto-model");
     let path = dir.join("tiny.gguf");

@@ -51,8 +51,9 @@ fn progress(n: usize, what: &str) -> ProgressBar {
     pb
 }
 
-/// Runs `editor` over `records` under `protocol`, writing results to `out`. Records
-/// already in `out` are not evaluated again (resume); sequential runs start over.
+/// Runs `editor` over `records` under `protocol`, writing results and the editor's
+/// report to `out`. Records already in `out` are not evaluated again (resume);
+/// sequential runs start over.
 pub fn run(
     model: &mut Model,
     tok: &Tokenizer,
@@ -93,6 +94,13 @@ pub fn run(
         }
         Protocol::Single => {
             let snapshot = editor.changes_weights().then(|| model.params.snapshot());
+            // A resumed run keeps the reports of the edits before it, and each edit's
+            // report is written with its record, so a killed run loses neither.
+            let earlier = if done.is_empty() {
+                Vec::new()
+            } else {
+                out.train_runs()?
+            };
             for r in &todo {
                 editor.edit(model, tok, std::slice::from_ref(r))?;
                 let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
@@ -100,6 +108,9 @@ pub fn run(
                     model.params.restore(s)?;
                 }
                 result?;
+                if let Some(report) = editor.report() {
+                    out.write_train_report(report, &earlier)?;
+                }
             }
         }
         Protocol::Sequential {
@@ -135,6 +146,11 @@ pub fn run(
             }
             evaluate(model, tok, records, opts, &mut write)?;
         }
+    }
+    if protocol != Protocol::Single
+        && let Some(report) = editor.report()
+    {
+        out.write_train_report(report, &[])?;
     }
     pb.finish_and_clear();
     Ok(start.elapsed().as_secs_f64())

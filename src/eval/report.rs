@@ -1,5 +1,6 @@
 //! The output folder of an evaluation: `records.jsonl` (every prompt's numbers, one
-//! record per line, appended as records finish), `summary.json` and `summary.md`.
+//! record per line, appended as records finish), `train_report.json` (what the editor
+//! did), `summary.json` and `summary.md`.
 //! A run pointed at a folder that already has records resumes after them; `merge`
 //! combines the folders of shards into one report.
 
@@ -132,6 +133,41 @@ impl OutputDir {
             .map_err(|e| Error::io(&p, e))?;
         writeln!(f, "{}", serde_json::to_string(r).expect("serialisable"))
             .map_err(|e| Error::io(&p, e))
+    }
+
+    fn train_report_path(&self) -> PathBuf {
+        self.path.join("train_report.json")
+    }
+
+    /// The editor's per-edit reports (`runs`) already in `train_report.json`, for a
+    /// resumed run to keep.
+    pub fn train_runs(&self) -> Result<Vec<serde_json::Value>> {
+        let p = self.train_report_path();
+        if !p.exists() {
+            return Ok(Vec::new());
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+        let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: p.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(report["runs"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Writes the editor's `report` as `train_report.json`, its `runs` preceded by
+    /// `earlier` (those of the run this one resumes).
+    pub fn write_train_report(
+        &self,
+        mut report: serde_json::Value,
+        earlier: &[serde_json::Value],
+    ) -> Result<()> {
+        if let Some(runs) = report.get_mut("runs").and_then(|r| r.as_array_mut()) {
+            runs.splice(0..0, earlier.iter().cloned());
+        }
+        write_atomic(
+            &self.train_report_path(),
+            &serde_json::to_string_pretty(&report).expect("serialisable"),
+        )
     }
 
     /// Writes `summary.json` and `summary.md` from every record in the folder.

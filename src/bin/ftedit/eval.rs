@@ -130,10 +130,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &dir,
     )?;
-    if let Some(report) = editor.report() {
-        let path = dir.path.join("train_report.json");
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-    }
     let file = dir.write_summary(Some(run), Some(seconds))?;
     println!("{}", file.summary.markdown());
     println!(
