@@ -116,9 +116,8 @@ pub fn through_norm(norm: &RmsNorm, m: &Tensor, resid: &Tensor) -> Tensor {
     let live = g2.gt(0.0);
     let dead = live.logical_not();
     let min_g2 = g2.masked_fill(&dead, f64::INFINITY).min();
-    let hi_start = (gt.square().sum_dim_intlist(-1, true, Kind::Double) / d).sqrt();
-    let mut lo = (-&min_g2).expand_as(&hi_start).copy();
-    let mut hi = hi_start.copy();
+    let mut hi = (gt.square().sum_dim_intlist(-1, true, Kind::Double) / d).sqrt();
+    let mut lo = (-&min_g2).expand_as(&hi).copy();
     for _ in 0..200 {
         let mid = (&lo + &hi) / 2.0;
         let sum = (&gt / (&g2 + &mid))

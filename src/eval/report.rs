@@ -45,6 +45,15 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Reads and parses a JSON file, naming it in the error.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
 impl OutputDir {
     /// Opens (creating) the folder. With `run` given, a folder from a different run is
     /// refused rather than mixed.
@@ -55,11 +64,7 @@ impl OutputDir {
         let info = dir.path.join("run.json");
         if let Some(run) = run {
             if info.exists() {
-                let text = std::fs::read_to_string(&info).map_err(|e| Error::io(&info, e))?;
-                let old: RunInfo = serde_json::from_str(&text).map_err(|e| Error::Format {
-                    path: info.clone(),
-                    reason: e.to_string(),
-                })?;
+                let old: RunInfo = read_json(&info)?;
                 if &old != run && !dir.records()?.is_empty() {
                     return Err(Error::Input(format!(
                         "{} holds results of a different run ({} on {}, {} / {}); use another --out",
@@ -146,11 +151,7 @@ impl OutputDir {
         if !p.exists() {
             return Ok(Vec::new());
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let report: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: p.clone(),
-            reason: e.to_string(),
-        })?;
+        let report: serde_json::Value = read_json(&p)?;
         Ok(report["runs"].as_array().cloned().unwrap_or_default())
     }
 

@@ -172,17 +172,19 @@ impl ArchConfig {
     }
 
     /// The RMS norm between layer `layer`'s MLP output projection and the residual
-    /// stream, if the architecture has one (Gemma 3's `post_feedforward_layernorm`):
-    /// its weight name, ε and whether the weight is stored as `gain − 1`. MEMIT writes
-    /// residual changes through it.
-    pub fn mlp_out_norm(&self, layer: usize) -> Option<(String, f64, bool)> {
+    /// stream, if the architecture has one (Gemma 3's `post_feedforward_layernorm`),
+    /// loaded from `params`. MEMIT writes residual changes through it.
+    pub fn mlp_out_norm(&self, params: &ParamStore, layer: usize) -> Result<Option<nn::RmsNorm>> {
         match self {
-            ArchConfig::Gemma3(c) => Some((
-                format!("model.layers.{layer}.post_feedforward_layernorm.weight"),
+            ArchConfig::Gemma3(c) => nn::RmsNorm::load(
+                params,
+                &format!("model.layers.{layer}.post_feedforward_layernorm.weight"),
+                c.hidden_size,
                 c.rms_norm_eps,
                 true,
-            )),
-            ArchConfig::Llama(_) | ArchConfig::Gpt2(_) => None,
+            )
+            .map(Some),
+            ArchConfig::Llama(_) | ArchConfig::Gpt2(_) => Ok(None),
         }
     }
 
@@ -511,14 +513,7 @@ impl Model {
     /// The norm applied to layer `layer`'s MLP output before the residual stream, if any
     /// ([`ArchConfig::mlp_out_norm`]).
     pub fn mlp_out_norm(&self, layer: usize) -> Result<Option<nn::RmsNorm>> {
-        let Some((name, eps, plus_one)) = self.config.mlp_out_norm(layer) else {
-            return Ok(None);
-        };
-        Ok(Some(nn::RmsNorm {
-            weight: self.params.get(&name)?,
-            eps,
-            plus_one,
-        }))
+        self.config.mlp_out_norm(&self.params, layer)
     }
 
     /// The layer a parameter belongs to (`None` for embeddings, final norm, head).
