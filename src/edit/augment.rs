@@ -7,9 +7,8 @@ use std::path::Path;
 
 use crate::data::{self, EditRecord, Format, Suite};
 use crate::error::{Error, Result};
-use crate::eval::generation::clean;
 use crate::model::{GenerateOptions, Model, Sampling, generate};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, clean};
 
 /// An unedited fact: a prompt and its true answer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]

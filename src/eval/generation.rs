@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
 
 use super::metrics::{Tfidf, fluency, mean};
 use crate::error::{Error, Result};
 use crate::model::{GenerateOptions, Model, Sampling, generate};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{Tokenizer, clean};
 
 /// MEMIT generates until 100 tokens including the prompt.
 pub const GEN_LENGTH: usize = 100;
@@ -46,11 +45,6 @@ pub struct ExactScores {
     pub efficacy: Option<f64>,
     /// Fraction of paraphrase prompts continued with the target.
     pub paraphrase_rate: Option<f64>,
-}
-
-/// MEMIT's clean-up of generated text: NFKD, paragraph breaks as spaces.
-pub fn clean(text: &str) -> String {
-    text.nfkd().collect::<String>().replace("\n\n", " ")
 }
 
 /// Tokens that are never text (BOS, EOS): left out of decoded generations, as MEMIT
@@ -270,11 +264,6 @@ mod tests {
         assert!(!starts_with_target(" the city of Paris", "Paris"));
         assert!(!starts_with_target(" Par", "Paris"));
         assert!(!starts_with_target(" anything", " "));
-    }
-
-    #[test]
-    fn clean_normalises_like_memit() {
-        assert_eq!(clean("Caf\u{e9}\n\nBar"), "Cafe\u{301} Bar");
     }
 
     #[test]

@@ -318,3 +318,18 @@ fn byte_level_bpe(
     tok.with_decoder(Some(ByteLevelDecoder::default()));
     Ok(tok)
 }
+
+/// MEMIT's clean-up of generated text: NFKD, paragraph breaks as spaces (for generated
+/// prefixes and for scoring generations alike).
+pub fn clean(text: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    text.nfkd().collect::<String>().replace("\n\n", " ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clean_normalises_like_memit() {
+        assert_eq!(super::clean("Caf\u{e9}\n\nBar"), "Cafe\u{301} Bar");
+    }
+}
