@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Foundation benchmark on CPU: ftedit (benches/foundation.rs) and PyTorch + transformers
+# Foundation benchmark on CPU: ftedit (bench/foundation.rs) and PyTorch + transformers
 # (bench/foundation_torch.py) on the same machine, same model files, same batch, one
 # after the other. Needs ./setup.sh --bench. Prints JSON lines and markdown tables, and
 # keeps the batches in bench/out/ for bench/device.sh.

@@ -1,5 +1,5 @@
 """The foundation benchmark in PyTorch + transformers, for comparison with
-benches/foundation.rs: load the same GGUF file (transformers dequantizes it), time a
+bench/foundation.rs: load the same GGUF file (transformers dequantizes it), time a
 16-token forward pass and the same training step (AdamW on the MLPs of layers 3-5, the
 batch that the Rust benchmark wrote, loss on the target tokens via -100 labels).
 With --config, random weights of that shape instead (GPU runs, where model files cannot
