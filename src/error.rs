@@ -54,6 +54,9 @@ pub enum Error {
     #[error("input of {len} tokens is longer than the model's context of {max} tokens")]
     ContextOverflow { len: usize, max: usize },
 
+    #[error("--set {key}: {reason}")]
+    Setting { key: String, reason: String },
+
     #[error("invalid input: {0}")]
     Input(String),
 

@@ -9,9 +9,12 @@
 //!   MLP hooks), generation.
 //! - [`train`]: the conditional-likelihood loss and the optimiser.
 //! - [`data`]: edit data sets (CounterFact, zsRE, JSONL) as one record type.
-//! - [`edit`]: editing methods (fine-tuning with its recipes) behind one trait.
-//! - [`eval`]: the literature's metrics, protocols and reports.
-//! - [`runtime`]: devices and the libtorch runtime.
+//! - [`edit`]: editing methods behind one trait, each configured by a recipe (TOML) and
+//!   built by one registry.
+//! - [`eval`]: the literature's metrics and the reports they are written to.
+//! - [`protocols`]: an editor and then the evaluator (single, batch, sequential), and
+//!   sweeps over settings; the only layer that uses both `edit` and `eval`.
+//! - [`runtime`], [`progress`]: devices and the libtorch runtime; progress bars.
 //!
 //! ```
 //! use ftedit::model::{ArchConfig, Model};
@@ -43,6 +46,8 @@ pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod model;
+pub mod progress;
+pub mod protocols;
 pub mod runtime;
 pub mod tokenizer;
 pub mod train;

@@ -4,14 +4,13 @@
 
 mod common;
 
-use common::{cf_edit, load, shared_dir};
+use common::{cf_edit, load, recipe, shared_dir};
 use ftedit::data::EditRecord;
-use ftedit::edit::Editor;
 use ftedit::edit::ft::FtEditor;
-use ftedit::edit::memit::{MemitEditor, memit_value_config, through_norm};
-use ftedit::edit::recipe::Recipe;
-use ftedit::edit::rome::{RomeEditor, StatsConfig, ValueConfig, memit_delta, rome_delta};
+use ftedit::edit::memit::{MemitConfig, MemitEditor, through_norm};
+use ftedit::edit::rome::{RomeConfig, RomeEditor, StatsConfig, memit_delta, rome_delta};
 use ftedit::edit::stats::{StatsOptions, second_moments};
+use ftedit::edit::{Editor, MethodConfig};
 use ftedit::model::nn::RmsNorm;
 use ftedit::model::{CaptureKeys, Input};
 use tch::{Kind, Tensor};
@@ -148,11 +147,34 @@ fn eiffel() -> EditRecord {
 fn small_stats(tag: &str) -> (std::path::PathBuf, StatsConfig) {
     let cache = temp_dir(tag);
     let stats = StatsConfig {
-        text: wikitext(),
+        text: wikitext().display().to_string(),
         samples: 10_000,
-        cache_dir: Some(cache.clone()),
+        cache: true,
+        cache_dir: cache.display().to_string(),
     };
     (cache, stats)
+}
+
+/// ROME with its built-in settings and `stats`.
+fn rome(stats: &StatsConfig) -> RomeEditor {
+    match MethodConfig::load("rome", None, &[]).unwrap() {
+        MethodConfig::Rome(c) => RomeEditor::new(RomeConfig {
+            stats: stats.clone(),
+            ..c
+        }),
+        other => panic!("{}", other.method()),
+    }
+}
+
+/// MEMIT with its built-in settings and `stats`.
+fn memit(stats: &StatsConfig) -> MemitEditor {
+    match MethodConfig::load("memit", None, &[]).unwrap() {
+        MethodConfig::Memit(c) => MemitEditor::new(MemitConfig {
+            stats: stats.clone(),
+            ..c
+        }),
+        other => panic!("{}", other.method()),
+    }
 }
 
 fn next_logprobs(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> Tensor {
@@ -166,15 +188,8 @@ fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
         .int64_value(&[]) as u32
 }
 
-fn ft_editor(recipe: &str, tok: &ftedit::Tokenizer) -> FtEditor {
-    FtEditor::new(
-        recipe,
-        Recipe::load(recipe, &[]).unwrap(),
-        vec![],
-        None,
-        tok,
-    )
-    .unwrap()
+fn ft_editor(name: &str, tok: &ftedit::Tokenizer) -> FtEditor {
+    FtEditor::new(name, recipe(name, &[]), vec![], None, tok).unwrap()
 }
 
 #[test]
@@ -217,8 +232,8 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
     let editors: Vec<Box<dyn Editor>> = vec![
         Box::new(ft_l),
         Box::new(ft_editor("ft-m", &tok)),
-        Box::new(RomeEditor::new(None, ValueConfig::default(), stats.clone())),
-        Box::new(MemitEditor::new(None, memit_value_config(), stats)),
+        Box::new(rome(&stats)),
+        Box::new(memit(&stats)),
     ];
     for mut editor in editors {
         let (mut m, _) = load("smollm2");
@@ -291,8 +306,7 @@ fn memit_on_gemma3_moves_the_edit_and_leaves_another_fact_alone() {
     let before = logprob(&m, &rec.rewrite_prompt(), rome);
     let other_top = top(&m, &tok, other);
     let other_before = logprob(&m, other, other_top as i64);
-    let mut memit = MemitEditor::new(None, memit_value_config(), stats);
-    memit
+    memit(&stats)
         .edit(&mut m, &tok, std::slice::from_ref(&rec))
         .unwrap();
     let after = logprob(&m, &rec.rewrite_prompt(), rome);

@@ -661,10 +661,10 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
     .unwrap();
     let cache = dir.join("cache");
     for (method, layers, changed) in [
-        ("rome", "1", vec!["blk.1.ffn_down.weight"]),
+        ("rome", "layer=1", vec!["blk.1.ffn_down.weight"]),
         (
             "memit",
-            "1..2",
+            "layers=1..2",
             vec!["blk.1.ffn_down.weight", "blk.2.ffn_down.weight"],
         ),
     ] {
@@ -679,15 +679,15 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
             "--method",
             method,
             "--set",
-            &set(format!("layers={layers}")),
+            layers,
             "--set",
-            "samples=300",
+            "stats.samples=300",
             "--set",
-            "steps=5",
+            "value.steps=5",
             "--set",
-            &set(format!("text={}", text.display())),
+            &set(format!("stats.text={}", text.display())),
             "--set",
-            &set(format!("cache={}", cache.display())),
+            &set(format!("stats.cache_dir={}", cache.display())),
             "--out",
             out.to_str().unwrap(),
             "--quiet",
@@ -729,6 +729,131 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
             "--out",
             dir.join("x.gguf").to_str().unwrap(),
         ],
-        "rome takes layers",
+        "rome has no section 'optim' (settings: description, layer, value.*, stats.*)",
     );
+}
+
+#[test]
+fn sweep_runs_every_combination_once_and_resumes() {
+    let dir = temp_dir("cli-sweep");
+    let model = tiny_model_file(&dir, 64);
+    let data = dir.join("edits.jsonl");
+    let line = |i: usize| {
+        format!(
+            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}]}}\n"
+        )
+    };
+    std::fs::write(&data, (0..3).map(line).collect::<String>()).unwrap();
+    let out = dir.join("sweep");
+    let args = [
+        "sweep",
+        "--model",
+        model.as_str(),
+        "--data",
+        data.to_str().unwrap(),
+        "--method",
+        "ft-l",
+        "--grid",
+        "optim.clamp=1e-3,1e-1",
+        "--grid",
+        "optim.epochs=1,3",
+        "--no-generation",
+        "--no-exact-match",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    let (code, stdout, err) = ftedit(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("4 combinations (4 run now, 0 already done)"),
+        "{stdout}"
+    );
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("sweep.json")).unwrap()).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert_eq!(table["key_metric"], "S");
+    assert_eq!(rows.iter().filter(|r| r["best"] == true).count(), 1);
+    let best_s = rows
+        .iter()
+        .find(|r| r["best"] == true)
+        .map(|r| r["metrics"]["S"].as_f64().unwrap())
+        .unwrap();
+    for r in rows {
+        assert!(r["metrics"]["S"].as_f64().unwrap() <= best_s);
+        assert!(r["seconds_per_edit"].as_f64().unwrap() > 0.0);
+        assert_eq!(r["n"], 3);
+    }
+    assert_eq!(rows[1]["settings"][0], "optim.clamp=1e-3");
+    assert_eq!(rows[1]["settings"][1], "optim.epochs=3");
+    // Each combination's folder holds its effective recipe, and that file repeats the run.
+    let combo = out.join(rows[3]["dir"].as_str().unwrap());
+    let recipe = std::fs::read_to_string(combo.join("recipe.toml")).unwrap();
+    assert!(recipe.contains("method = \"ft-l\""), "{recipe}");
+    assert!(
+        recipe.contains("clamp = 0.1") && recipe.contains("epochs = 3"),
+        "{recipe}"
+    );
+    let records = std::fs::read_to_string(combo.join("records.jsonl")).unwrap();
+    let md = std::fs::read_to_string(out.join("sweep.md")).unwrap();
+    assert!(md.contains("| optim.clamp | optim.epochs | S |"), "{md}");
+
+    // Rerun: nothing runs again, nothing is rewritten.
+    let (code, stdout, err) = ftedit(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        stdout.contains("4 combinations (0 run now, 4 already done)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(combo.join("records.jsonl")).unwrap(),
+        records
+    );
+
+    // The recipe a run wrote reproduces its config exactly.
+    let again = dir.join("again");
+    let (code, _, err) = ftedit(&[
+        "eval",
+        "--model",
+        model.as_str(),
+        "--data",
+        data.to_str().unwrap(),
+        "--recipe",
+        combo.join("recipe.toml").to_str().unwrap(),
+        "--no-generation",
+        "--no-exact-match",
+        "--out",
+        again.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let config = |d: &Path| -> serde_json::Value {
+        let run: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(d.join("run.json")).unwrap()).unwrap();
+        run["settings"]["config"].clone()
+    };
+    assert_eq!(config(&again), config(&combo));
+    assert_eq!(config(&again)["optim"]["clamp"], 0.1);
+
+    // A key the method does not have stops the sweep before any run.
+    let bad = dir.join("bad");
+    let mut bad_args = args.to_vec();
+    bad_args[8] = "optim.nope=1,2";
+    bad_args[14] = bad.to_str().unwrap();
+    expect_failure(
+        &bad_args,
+        "--set optim.nope: ft-l has no setting 'optim.nope' (settings in optim: lr,",
+    );
+    assert!(!bad.exists());
+
+    let (code, stdout, _) = ftedit(&["methods"]);
+    assert_eq!(code, 0);
+    for m in ["none", "ft", "ft-naive", "ft-l", "ft-m", "rome", "memit"] {
+        assert!(
+            stdout.contains(&format!("\n{m}: ")) || stdout.starts_with(&format!("{m}: ")),
+            "{m}"
+        );
+    }
+    assert!(stdout.contains("--recipe paper-mass"), "{stdout}");
 }

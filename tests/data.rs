@@ -5,9 +5,9 @@ mod common;
 
 use common::{random_model, shared_dir, temp_dir, tiny_llama};
 use ftedit::data::{self, EditRecord, Format, Selection, Suite};
-use ftedit::eval::protocol::{self, Editor, NoEdit, Protocol};
 use ftedit::eval::report::{self, OutputDir};
 use ftedit::eval::{EvalOptions, Scores};
+use ftedit::protocols::{self, Editor, NoEdit, Protocol};
 use ftedit::{Model, Tokenizer};
 use tch::Kind;
 
@@ -262,7 +262,7 @@ fn a_resumed_single_run_keeps_the_edit_reports_of_the_run_it_resumes() {
     };
     let out = OutputDir::open(temp_dir("proto-report"), None).unwrap();
     let mut run = |editor: &mut Logger, protocol| {
-        protocol::run(&mut m, &tok, &recs, editor, protocol, &opts, &out)
+        protocols::run(&mut m, &tok, &recs, editor, protocol, &opts, &out)
     };
     // Stopped at the third record: the first two are in both files.
     let mut first = Logger {
@@ -290,7 +290,7 @@ fn a_resumed_single_run_keeps_the_edit_reports_of_the_run_it_resumes() {
         edited: vec![],
         fail_at: None,
     };
-    protocol::run(
+    protocols::run(
         &mut m,
         &tok,
         &recs,
@@ -321,7 +321,7 @@ fn single_protocol_restores_the_weights_bit_for_bit() {
         generation: false,
         ..EvalOptions::default()
     };
-    protocol::run(
+    protocols::run(
         &mut m,
         &tok,
         &recs,
@@ -337,7 +337,7 @@ fn single_protocol_restores_the_weights_bit_for_bit() {
     assert_eq!(out.records().unwrap().len(), 3);
     // Batch editing does change the model.
     let out = OutputDir::open(temp_dir("proto-batch"), None).unwrap();
-    protocol::run(
+    protocols::run(
         &mut m,
         &tok,
         &recs,
@@ -357,7 +357,7 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
     let opts = EvalOptions::default();
     let mut run = |dir: &str, recs: &[EditRecord], p: Protocol| {
         let out = OutputDir::open(temp_dir(dir), None).unwrap();
-        protocol::run(&mut m, &tok, recs, &mut NoEdit, p, &opts, &out).unwrap();
+        protocols::run(&mut m, &tok, recs, &mut NoEdit, p, &opts, &out).unwrap();
         out
     };
     let whole = run("proto-whole", &recs, Protocol::Batch)
@@ -424,7 +424,7 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
     let mut text = std::fs::read_to_string(out.path.join("records.jsonl")).unwrap();
     text.push_str("{\"id\":\"2\",\"sui");
     std::fs::write(out.path.join("records.jsonl"), text).unwrap();
-    protocol::run(
+    protocols::run(
         &mut m,
         &tok,
         &recs,
@@ -446,18 +446,16 @@ fn unedited_results_agree_across_protocols_shards_and_resumes() {
 fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
     use ftedit::edit::augment::Fact;
     use ftedit::edit::ft::FtEditor;
-    use ftedit::edit::recipe::Recipe;
     let (mut m, tok, _) = tiny();
     let before: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
-    let recipe = Recipe::load(
+    let recipe = common::recipe(
         "layers",
         &[
-            "train.layers=1..1".into(),
-            "augment.prefix_lengths=[[2, 3]]".into(),
-            "optim.min_steps=3".into(),
+            "train.layers=1..1",
+            "augment.prefix_lengths=[[2, 3]]",
+            "optim.min_steps=3",
         ],
-    )
-    .unwrap();
+    );
     let pool = ["the ten is in", "a hat is on", "the tea is"]
         .map(|p| Fact {
             prompt: p.into(),
@@ -471,7 +469,7 @@ fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
         generation: false,
         ..EvalOptions::default()
     };
-    protocol::run(&mut m, &tok, &recs, &mut ft, Protocol::Single, &opts, &out).unwrap();
+    protocols::run(&mut m, &tok, &recs, &mut ft, Protocol::Single, &opts, &out).unwrap();
     assert_eq!(ft.reports.len(), 3, "one training run per record");
     for r in &ft.reports {
         assert_eq!(r.examples, [1, 2, 3]);

@@ -3,10 +3,9 @@
 
 mod common;
 
-use common::{cf_edit as edit, load, shared_dir};
+use common::{cf_edit as edit, load, recipe, shared_dir};
 use ftedit::edit::augment;
 use ftedit::edit::ft::FtEditor;
-use ftedit::edit::recipe::Recipe;
 
 fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
     let lp = m
@@ -55,7 +54,7 @@ fn a_three_fact_edit_of_smollm2_sticks_and_leaves_unrelated_facts() {
         );
     }
 
-    let recipe = Recipe::load("layers", &[]).unwrap();
+    let recipe = recipe("layers", &[]);
     let pool_file =
         shared_dir().join("data/counterfact/easyedit_mend_format/counterfact-train.json");
     let pool = augment::fact_pool(&pool_file, None, &edits).unwrap();

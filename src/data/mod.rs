@@ -460,3 +460,20 @@ pub fn data_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
+
+/// The plain text used when a method needs some and none is named (γ·LM, ROME/MEMIT key
+/// statistics): the WikiText sample in the data folder.
+pub fn default_text() -> PathBuf {
+    data_dir().join("aux/wikitext-2-raw/wiki.test.raw")
+}
+
+/// The default pool of unedited facts for edits of `suite`: its train split in the data
+/// folder.
+pub fn default_fact_pool(suite: Suite) -> PathBuf {
+    match suite {
+        Suite::Zsre => data_dir().join("zsre/zsre_mend_train-1k.json"),
+        Suite::CounterFact => {
+            data_dir().join("counterfact/easyedit_mend_format/counterfact-train.json")
+        }
+    }
+}

@@ -4,14 +4,14 @@
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::Editor;
 use super::augment::{self, Fact, Rng};
+use super::config::layer_range;
 use super::recipe::{FactMode, LossKind, Recipe};
-use crate::data::{EditRecord, Selection};
+use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -327,16 +327,7 @@ impl FtEditor {
                 ..AdamWConfig::default()
             },
         )?;
-        let pb = if self.progress {
-            ProgressBar::new(total as u64)
-        } else {
-            ProgressBar::hidden()
-        };
-        pb.set_style(
-            ProgressStyle::with_template("train [{bar:30}] {pos}/{len} ETA {eta} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
+        let pb = crate::progress::bar(self.progress, total, "train");
         // FT-L's box: the trained weights as they were before the first step.
         let originals: Vec<Tensor> = if r.optim.clamp > 0.0 {
             opt.params().iter().map(|p| p.detach().copy()).collect()
@@ -425,30 +416,6 @@ struct Run {
 /// full-batch recipes (FT-L, FT-M) whatever the number of edits.
 const SLICE_TOKENS: usize = 2048;
 
-/// Parses `train.layers`: `A..B`, `all`, one layer, or a depth fraction `p/q`.
-pub(crate) fn layer_range(spec: &str, num_layers: usize) -> Result<(usize, usize)> {
-    if spec == "all" {
-        return Ok((0, num_layers - 1));
-    }
-    if let Some((p, q)) = spec.split_once('/') {
-        let (p, q) = (p.trim().parse::<usize>(), q.trim().parse::<usize>());
-        if let (Ok(p), Ok(q)) = (p, q)
-            && q > 0
-            && p <= q
-        {
-            let l = (num_layers * p / q).min(num_layers - 1);
-            return Ok((l, l));
-        }
-    } else if let Ok(r) = Selection::parse_range(spec) {
-        return Ok(r);
-    } else if let Ok(l) = spec.parse::<usize>() {
-        return Ok((l, l));
-    }
-    Err(Error::Input(format!(
-        "bad train.layers '{spec}' (A..B, all, N or a fraction p/q)"
-    )))
-}
-
 /// Scales gradients so their global L2 norm is at most `max`.
 fn clip_grad_norm(params: &[tch::Tensor], max: f64) {
     let _g = tch::no_grad_guard();
@@ -486,25 +453,5 @@ impl Editor for FtEditor {
 
     fn report(&self) -> Option<serde_json::Value> {
         serde_json::to_value(serde_json::json!({"recipe": self.recipe, "runs": self.reports})).ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::layer_range;
-
-    #[test]
-    fn layer_specs() {
-        assert_eq!(layer_range("3..5", 30).unwrap(), (3, 5));
-        assert_eq!(layer_range("7", 30).unwrap(), (7, 7));
-        assert_eq!(layer_range("all", 30).unwrap(), (0, 29));
-        // Two thirds up: SmolLM2 20 of 30, Gemma 3 12 of 18, a 7B model 21 of 32.
-        assert_eq!(layer_range("2/3", 30).unwrap(), (20, 20));
-        assert_eq!(layer_range("2/3", 18).unwrap(), (12, 12));
-        assert_eq!(layer_range("2/3", 32).unwrap(), (21, 21));
-        assert_eq!(layer_range("1/1", 12).unwrap(), (11, 11));
-        for bad in ["", "x", "5..3", "3/2", "1/0", "-1"] {
-            assert!(layer_range(bad, 30).is_err(), "{bad:?}");
-        }
     }
 }

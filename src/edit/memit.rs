@@ -14,12 +14,15 @@
 
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use tch::{Kind, Tensor};
 
 use super::Editor;
+use super::config::layer_range;
 use super::rome::{
-    LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, check_layers,
-    default_layers, locate, mean_keys, memit_delta, optimize_value,
+    LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
+    memit_delta, optimize_value,
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
@@ -27,36 +30,46 @@ use crate::model::nn::RmsNorm;
 use crate::model::{Input, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
-/// MEMIT's value settings for GPT-J (25 steps, ‖δ‖ ≤ 0.75‖z‖, 5 contexts of 10 tokens).
-pub fn memit_value_config() -> ValueConfig {
-    ValueConfig {
-        steps: 25,
-        clamp_norm_factor: 0.75,
-        contexts: vec![[5, 10]],
-        ..ValueConfig::default()
+/// MEMIT's settings (`recipes/memit.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemitConfig {
+    #[serde(default)]
+    pub description: String,
+    /// The edited layers, inclusive: `A..B` or depth fractions (`1/9..2/7`).
+    pub layers: String,
+    /// λ, the weight of the key statistics against the new keys (GPT-J: 15,000).
+    pub lambda: f64,
+    pub value: ValueConfig,
+    pub stats: StatsConfig,
+}
+
+impl MemitConfig {
+    pub(crate) fn check(&self) -> Result<()> {
+        layer_range(&self.layers, 1 << 20)?;
+        if self.lambda.is_nan() || self.lambda < 0.0 {
+            return Err(Error::Input(format!(
+                "recipe: lambda must not be negative, not {}",
+                self.lambda
+            )));
+        }
+        self.value.check()?;
+        self.stats.check()
     }
 }
 
 /// MEMIT over a layer range.
 pub struct MemitEditor {
-    /// Inclusive layer range; `None`: [`default_layers`].
-    pub layers: Option<(usize, usize)>,
-    /// λ, the weight of the key statistics against the new keys (GPT-J: 15,000).
-    pub lambda: f64,
-    pub value: ValueConfig,
-    pub stats: StatsConfig,
+    pub config: MemitConfig,
     pub progress: bool,
     prepared: Prepared,
     reports: Vec<LocateReport>,
 }
 
 impl MemitEditor {
-    pub fn new(layers: Option<(usize, usize)>, value: ValueConfig, stats: StatsConfig) -> Self {
+    pub fn new(config: MemitConfig) -> Self {
         MemitEditor {
-            layers,
-            lambda: 15_000.0,
-            value,
-            stats,
+            config,
             progress: false,
             prepared: Prepared::default(),
             reports: Vec::new(),
@@ -154,19 +167,24 @@ impl Editor for MemitEditor {
         if records.is_empty() {
             return Err(Error::Input("no edits to make".into()));
         }
-        let (lo, hi) = self.layers.unwrap_or(default_layers(model.num_layers()).1);
-        check_layers("MEMIT", model, lo, hi)?;
+        let cfg = &self.config;
+        let (lo, hi) = layer_range(&cfg.layers, model.num_layers())?;
         let layers: Vec<usize> = (lo..=hi).collect();
         let stats_seconds =
             self.prepared
-                .ensure(model, tok, &layers, &self.value, &self.stats, self.progress)?;
+                .ensure(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)?;
         let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
+        let pb = crate::progress::bar(self.progress, records.len(), "memit z");
         let zs = records
             .iter()
-            .map(|r| optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, &self.value))
-            .map(|v| v.map(|(_, z)| z))
+            .map(|r| {
+                let z = optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, &cfg.value);
+                pb.inc(1);
+                z.map(|(_, z)| z)
+            })
             .collect::<Result<Vec<_>>>()?;
+        pb.finish_and_clear();
         let zs = Tensor::stack(&zs, 0);
         for (i, &layer) in layers.iter().enumerate() {
             let keys = mean_keys(model, tok, records, layer, ctx)?;
@@ -180,7 +198,7 @@ impl Editor for MemitEditor {
                 &mom2[i],
                 &keys.transpose(0, 1),
                 &resid.transpose(0, 1),
-                self.lambda,
+                cfg.lambda,
             );
             add_to_out_proj(model, layer, &delta)?;
         }
@@ -190,7 +208,7 @@ impl Editor for MemitEditor {
             records.len(),
             stats_seconds,
             t1.elapsed().as_secs_f64(),
-            &self.value,
+            &cfg.value,
             ctx,
         );
         self.reports.push(report);
@@ -198,7 +216,9 @@ impl Editor for MemitEditor {
     }
 
     fn report(&self) -> Option<serde_json::Value> {
-        serde_json::to_value(serde_json::json!({ "runs": self.reports, "lambda": self.lambda }))
-            .ok()
+        serde_json::to_value(
+            serde_json::json!({ "runs": self.reports, "lambda": self.config.lambda }),
+        )
+        .ok()
     }
 }

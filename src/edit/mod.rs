@@ -1,17 +1,24 @@
 //! Editing methods: what changes a model's weights so that it states new facts.
 //!
+//! Every method is configured by a recipe ([`config::MethodConfig`], a TOML file with a
+//! `method` field) and built by the [`registry`]:
 //! - [`NoEdit`]: the unedited model (the baseline every table starts from).
 //! - [`ft::FtEditor`]: fine-tuning, the paper's recipe and its ablations, configured by a
-//!   [`recipe::Recipe`]; the FT-L and FT-M baselines are recipes of it.
+//!   [`recipe::Recipe`]; naive fine-tuning, FT-L and FT-M are recipes of it.
 //! - [`rome::RomeEditor`], [`memit::MemitEditor`]: the locate-then-edit baselines, with
 //!   their key statistics from [`stats`].
 
 pub mod augment;
+pub mod config;
 pub mod ft;
 pub mod memit;
 pub mod recipe;
+pub mod registry;
 pub mod rome;
 pub mod stats;
+
+pub use config::MethodConfig;
+pub use registry::{BuildOptions, METHODS, build};
 
 use crate::data::EditRecord;
 use crate::error::Result;

@@ -1,5 +1,5 @@
-//! Recipes: every choice of the fine-tuning editor in one TOML file. Named recipes ship
-//! in `recipes/` (copy one and change it); `--set section.key=value` overrides a field.
+//! The fine-tuning editor's settings: every choice of the paper's recipe, its ablations
+//! and the FT-L / FT-M baselines, loaded from a recipe file ([`super::config`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -123,81 +123,8 @@ pub struct Recipe {
     pub optim: OptimConfig,
 }
 
-/// The recipes that ship with ftedit.
-pub const BUILTIN: &[(&str, &str)] = &[
-    ("layers", include_str!("../../recipes/layers.toml")),
-    ("full", include_str!("../../recipes/full.toml")),
-    ("paper-mass", include_str!("../../recipes/paper-mass.toml")),
-    ("single", include_str!("../../recipes/single.toml")),
-    ("ft-l", include_str!("../../recipes/ft-l.toml")),
-    ("ft-m", include_str!("../../recipes/ft-m.toml")),
-];
-
-/// Sets `a.b.c = value` in a TOML table; the value is parsed as TOML, or taken as a
-/// string when it does not parse.
-fn set_path(root: &mut toml::Table, key: &str, value: &str) -> Result<()> {
-    let parsed: toml::Value = match format!("v = {value}").parse::<toml::Table>() {
-        Ok(mut t) => t.remove("v").expect("parsed key"),
-        Err(_) => toml::Value::String(value.to_owned()),
-    };
-    let mut parts: Vec<&str> = key.split('.').collect();
-    let last = parts
-        .pop()
-        .filter(|s| !s.is_empty())
-        .ok_or_else(|| Error::Input(format!("bad --set key '{key}'")))?;
-    let mut table = root;
-    for p in parts {
-        table = table
-            .get_mut(p)
-            .and_then(toml::Value::as_table_mut)
-            .ok_or_else(|| Error::Input(format!("--set {key}: no section '{p}' in the recipe")))?;
-    }
-    if !table.contains_key(last) {
-        return Err(Error::Input(format!(
-            "--set {key}: the recipe has no field '{last}'"
-        )));
-    }
-    table.insert(last.to_owned(), parsed);
-    Ok(())
-}
-
 impl Recipe {
-    /// A built-in recipe by name, or a TOML file, with `key=value` overrides.
-    pub fn load(name_or_path: &str, overrides: &[String]) -> Result<Self> {
-        let text = match BUILTIN.iter().find(|(n, _)| *n == name_or_path) {
-            Some((_, t)) => t.to_string(),
-            None => {
-                let p = std::path::Path::new(name_or_path);
-                if !p.exists() {
-                    return Err(Error::Input(format!(
-                        "recipe '{name_or_path}' is neither a file nor a built-in recipe ({})",
-                        BUILTIN
-                            .iter()
-                            .map(|(n, _)| *n)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-                std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?
-            }
-        };
-        let mut table: toml::Table = text
-            .parse()
-            .map_err(|e| Error::Input(format!("recipe {name_or_path}: {e}")))?;
-        for o in overrides {
-            let (k, v) = o
-                .split_once('=')
-                .ok_or_else(|| Error::Input(format!("--set '{o}': expected key=value")))?;
-            set_path(&mut table, k.trim(), v.trim())?;
-        }
-        let recipe: Recipe = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e| Error::Input(format!("recipe {name_or_path}: {e}")))?;
-        recipe.check()?;
-        Ok(recipe)
-    }
-
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
         if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return bad(format!("optim.lr must be positive, not {}", self.optim.lr));
@@ -251,41 +178,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_recipes_parse_and_overrides_apply() {
-        for (name, _) in BUILTIN {
-            Recipe::load(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-        }
-        let r = Recipe::load(
-            "layers",
-            &[
-                "optim.lr=1e-3".into(),
-                "augment.facts=nearest".into(),
-                "train.layers=2..4".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(r.optim.lr, 1e-3);
-        assert_eq!(r.augment.facts, FactMode::Nearest);
-        assert_eq!(r.train.layers, "2..4");
-        let err = Recipe::load("layers", &["optim.learning_rate=1".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("no field 'learning_rate'"), "{err}");
-        let err = Recipe::load("layers", &["optim.lr=-1".into()])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("optim.lr"), "{err}");
-        assert!(
-            Recipe::load("nope", &[])
-                .unwrap_err()
-                .to_string()
-                .contains("built-in")
-        );
-    }
-
-    #[test]
     fn schedules() {
-        let mut r = Recipe::load("layers", &[]).unwrap();
+        let mut r = crate::edit::MethodConfig::load("layers", None, &[])
+            .unwrap()
+            .recipe()
+            .unwrap()
+            .clone();
         r.optim.lr = 1.0;
         assert!((r.lr_at(0, 10) - 1.0).abs() < 1e-12);
         assert!((r.lr_at(5, 10) - 0.5).abs() < 1e-12);

@@ -15,35 +15,23 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tch::{COptimizer, Kind, Tensor};
 
 use super::Editor;
 use super::augment;
+use super::config::layer_range;
 use super::stats::{StatsOptions, second_moments};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::{Input, LogitsAt, Model, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
-/// Default edited layers by depth, after the papers' choices for GPT-J (28 layers: ROME
-/// 5, MEMIT 3–8) and GPT-2 XL (48: ROME 17): ROME edits the layer a fifth of the way
-/// up, MEMIT the layers from a ninth to two sevenths. SmolLM2 (30 layers): ROME 6,
-/// MEMIT 3–8; Gemma 3 270M (18): ROME 3, MEMIT 2–5; Qwen2.5 0.5B (24): ROME 4, MEMIT
-/// 2–6; GPT-2 (12): ROME 2, MEMIT 1–3.
-pub fn default_layers(num_layers: usize) -> (usize, (usize, usize)) {
-    let n = num_layers;
-    let rome = n / 5;
-    let lo = (n / 9).max(1).min(n - 1);
-    let hi = (2 * n / 7).clamp(lo, n - 1);
-    (rome, (lo, hi))
-}
-
-/// How v* (ROME) or z (MEMIT) is optimised; defaults are ROME's GPT-2 XL settings
-/// (20 Adam steps at lr 0.5, KL 0.0625, decay 0.5, ‖δ‖ ≤ 4‖v‖, 10 contexts of 5 tokens
-/// and 10 of 10).
-#[derive(Debug, Clone, Serialize)]
+/// How v* (ROME) or z (MEMIT) is optimised (`[value]` in their recipes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ValueConfig {
+    /// Adam steps.
     pub steps: usize,
     pub lr: f64,
     /// Weight of KL(p_edited ‖ p_unedited) on "{subject} is a".
@@ -59,35 +47,94 @@ pub struct ValueConfig {
     pub seed: u64,
 }
 
-impl Default for ValueConfig {
-    fn default() -> Self {
-        ValueConfig {
-            steps: 20,
-            lr: 0.5,
-            kl_factor: 0.0625,
-            weight_decay: 0.5,
-            clamp_norm_factor: 4.0,
-            stop_nll: 5e-2,
-            contexts: vec![[10, 5], [10, 10]],
-            seed: 0,
+impl ValueConfig {
+    pub(crate) fn check(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
+        if self.lr.is_nan() || self.lr <= 0.0 {
+            return bad(format!("value.lr must be positive, not {}", self.lr));
         }
+        if self.clamp_norm_factor.is_nan() || self.clamp_norm_factor <= 0.0 {
+            return bad(format!(
+                "value.clamp_norm_factor must be positive, not {}",
+                self.clamp_norm_factor
+            ));
+        }
+        if self.kl_factor < 0.0 || self.weight_decay < 0.0 {
+            return bad("value.kl_factor and value.weight_decay must not be negative".into());
+        }
+        Ok(())
     }
 }
 
-/// Key statistics: text, sample count, cache.
-#[derive(Debug, Clone)]
+/// Where the key statistics C = E[k kᵀ] come from (`[stats]` in ROME's and MEMIT's
+/// recipes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StatsConfig {
-    pub text: PathBuf,
+    /// Plain text file the keys are read from; empty: the WikiText sample in the data
+    /// folder ([`crate::data::default_text`]).
+    pub text: String,
+    /// Token positions sampled.
     pub samples: usize,
-    pub cache_dir: Option<PathBuf>,
+    /// Cache the statistics (by the model's weights hash, layer and sample count).
+    pub cache: bool,
+    /// The cache folder; empty: `$FTEDIT_CACHE`, else `~/.cache/ftedit`.
+    pub cache_dir: String,
 }
 
 impl StatsConfig {
     pub(crate) fn options(&self, progress: bool) -> StatsOptions {
-        let mut o = StatsOptions::new(&self.text, self.samples);
-        o.cache_dir = self.cache_dir.clone();
+        let text = if self.text.is_empty() {
+            crate::data::default_text()
+        } else {
+            PathBuf::from(&self.text)
+        };
+        let mut o = StatsOptions::new(text, self.samples);
+        o.cache_dir = self.cache.then(|| {
+            if self.cache_dir.is_empty() {
+                super::stats::default_cache_dir()
+            } else {
+                PathBuf::from(&self.cache_dir)
+            }
+        });
         o.progress = progress;
         o
+    }
+
+    pub(crate) fn check(&self) -> Result<()> {
+        if self.samples == 0 {
+            return Err(Error::Input(
+                "recipe: stats.samples must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// ROME's settings (`recipes/rome.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RomeConfig {
+    #[serde(default)]
+    pub description: String,
+    /// The edited layer: a number or a depth fraction (`1/5`: a fifth of the way up).
+    pub layer: String,
+    pub value: ValueConfig,
+    pub stats: StatsConfig,
+}
+
+impl RomeConfig {
+    pub(crate) fn check(&self) -> Result<()> {
+        // Any depth will do to check the spec's form.
+        let (lo, hi) = layer_range(&self.layer, 1 << 20)?;
+        if lo != hi {
+            return Err(Error::Input(format!(
+                "recipe: ROME edits one layer, not '{}'",
+                self.layer
+            )));
+        }
+        self.value.check()?;
+        self.stats.check()
     }
 }
 
@@ -447,34 +494,18 @@ impl Prepared {
     }
 }
 
-/// Fails unless layers `lo..=hi` exist.
-pub(crate) fn check_layers(method: &str, model: &Model, lo: usize, hi: usize) -> Result<()> {
-    if lo > hi || hi >= model.num_layers() {
-        return Err(Error::Input(format!(
-            "{method} layers {lo}..{hi} are outside the model's {} layers",
-            model.num_layers()
-        )));
-    }
-    Ok(())
-}
-
 /// ROME, applied to the records one after another.
 pub struct RomeEditor {
-    /// `None`: [`default_layers`].
-    pub layer: Option<usize>,
-    pub value: ValueConfig,
-    pub stats: StatsConfig,
+    pub config: RomeConfig,
     pub progress: bool,
     prepared: Prepared,
     reports: Vec<LocateReport>,
 }
 
 impl RomeEditor {
-    pub fn new(layer: Option<usize>, value: ValueConfig, stats: StatsConfig) -> Self {
+    pub fn new(config: RomeConfig) -> Self {
         RomeEditor {
-            layer,
-            value,
-            stats,
+            config,
             progress: false,
             prepared: Prepared::default(),
             reports: Vec::new(),
@@ -491,31 +522,29 @@ impl Editor for RomeEditor {
         if records.is_empty() {
             return Err(Error::Input("no edits to make".into()));
         }
-        let layer = self.layer.unwrap_or(default_layers(model.num_layers()).0);
-        check_layers("ROME", model, layer, layer)?;
-        let stats_seconds = self.prepared.ensure(
-            model,
-            tok,
-            &[layer],
-            &self.value,
-            &self.stats,
-            self.progress,
-        )?;
+        let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
+        let cfg = &self.config;
+        let stats_seconds =
+            self.prepared
+                .ensure(model, tok, &[layer], &cfg.value, &cfg.stats, self.progress)?;
         let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
+        let pb = crate::progress::bar(self.progress && records.len() > 1, records.len(), "rome");
         for rec in records {
             let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
-            let (_, v) = optimize_value(model, tok, rec, layer, Site::MlpOutput, ctx, &self.value)?;
+            let (_, v) = optimize_value(model, tok, rec, layer, Site::MlpOutput, ctx, &cfg.value)?;
             let w = out_proj(model, layer)?;
             add_to_out_proj(model, layer, &rome_delta(&w, &mom2[0], &k, &v))?;
+            pb.inc(1);
         }
+        pb.finish_and_clear();
         let report = LocateReport::new(
             "rome",
             vec![layer],
             records.len(),
             stats_seconds,
             t1.elapsed().as_secs_f64(),
-            &self.value,
+            &cfg.value,
             ctx,
         );
         self.reports.push(report);

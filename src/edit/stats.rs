@@ -8,7 +8,6 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
@@ -169,16 +168,7 @@ fn compute(
             opts.samples
         )));
     }
-    let pb = if opts.progress {
-        ProgressBar::new(opts.samples as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("key statistics [{bar:30}] {pos}/{len} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let pb = crate::progress::bar(opts.progress, opts.samples, "key statistics");
     let mut sums: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
     let mut count = 0usize;
     for batch in blocks.chunks(16) {

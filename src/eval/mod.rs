@@ -10,7 +10,6 @@
 pub mod counterfact;
 pub mod generation;
 pub mod metrics;
-pub mod protocol;
 pub mod report;
 pub mod scorer;
 pub mod zsre;

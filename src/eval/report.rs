@@ -24,6 +24,15 @@ pub struct RunInfo {
     pub settings: serde_json::Value,
 }
 
+/// How long a run took.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    /// The whole run, evaluation included.
+    pub seconds: f64,
+    /// In the editor alone (all its calls).
+    pub edit_seconds: f64,
+}
+
 /// `summary.json`: the run, its aggregates and its speed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SummaryFile {
@@ -31,6 +40,9 @@ pub struct SummaryFile {
     pub summary: Summary,
     pub run: Option<RunInfo>,
     pub seconds: Option<f64>,
+    /// Seconds spent editing (not evaluating).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edit_seconds: Option<f64>,
 }
 
 /// An evaluation's output folder.
@@ -171,12 +183,31 @@ impl OutputDir {
         )
     }
 
+    /// Writes `name` in the folder (whole or not at all).
+    pub fn write_file(&self, name: &str, text: &str) -> Result<()> {
+        write_atomic(&self.path.join(name), text)
+    }
+
+    /// The folder's `summary.json`, if a finished run wrote one.
+    pub fn summary(&self) -> Result<Option<SummaryFile>> {
+        let p = self.path.join("summary.json");
+        if !p.exists() {
+            return Ok(None);
+        }
+        read_json(&p).map(Some)
+    }
+
     /// Writes `summary.json` and `summary.md` from every record in the folder.
-    pub fn write_summary(&self, run: Option<RunInfo>, seconds: Option<f64>) -> Result<SummaryFile> {
+    pub fn write_summary(
+        &self,
+        run: Option<RunInfo>,
+        timing: Option<Timing>,
+    ) -> Result<SummaryFile> {
         let file = SummaryFile {
             summary: Summary::new(&self.records()?),
             run,
-            seconds,
+            seconds: timing.map(|t| t.seconds),
+            edit_seconds: timing.map(|t| t.edit_seconds),
         };
         write_atomic(
             &self.path.join("summary.json"),

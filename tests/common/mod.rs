@@ -337,3 +337,13 @@ pub fn cf_edit(subject: &str, prompt: &str, new: &str, truth: &str) -> EditRecor
         target_new_id: None,
     }
 }
+
+/// A built-in fine-tuning recipe with `sets` applied.
+pub fn recipe(name: &str, sets: &[&str]) -> ftedit::edit::recipe::Recipe {
+    let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+    ftedit::edit::MethodConfig::load(name, None, &sets)
+        .unwrap()
+        .recipe()
+        .unwrap_or_else(|| panic!("{name} is not a fine-tuning recipe"))
+        .clone()
+}

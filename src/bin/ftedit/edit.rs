@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use ftedit::edit::Editor;
+use ftedit::edit::{self, Editor, registry};
 use ftedit::model::save;
 
-use crate::method::{self, MethodArgs};
+use crate::method::MethodArgs;
 use crate::{ModelArgs, RecordArgs};
 
 #[derive(Args)]
@@ -36,10 +36,7 @@ pub struct EditArgs {
     dump_examples: Option<PathBuf>,
 }
 
-pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
-    if args.method.method == "none" {
-        args.method.method = "ft".into();
-    }
+pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let records = args.records.load(&args.edits, None)?;
     let gguf_out = args.out.extension().is_some_and(|e| e == "gguf");
@@ -47,18 +44,21 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
     if gguf_out && !is_gguf(&source) {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
+    let (mut model, tok) = args.model.load()?;
+    let config = args.method.config("ft", &model)?;
+    if config.method() == "none" {
+        anyhow::bail!("--method none does not edit; pick a method (ftedit methods)");
+    }
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
-    let (mut model, tok) = args.model.load()?;
-    let mut editor: Box<dyn Editor> = match method::locate_editor(&args.method, !args.quiet)? {
-        Some(e) => e,
-        None => {
-            let mut ft = method::ft_editor(&args.method, &tok, &records, !args.quiet)?
-                .expect("edit uses a method");
-            ft.dump_examples = args.dump_examples.clone();
-            Box::new(ft)
-        }
+    let build = args.method.build_options(&records, !args.quiet);
+    let mut editor: Box<dyn Editor> = if config.recipe().is_some() {
+        let mut ft = registry::build_ft(&config, &tok, &build)?;
+        ft.dump_examples = args.dump_examples.clone();
+        Box::new(ft)
+    } else {
+        edit::build(&config, &tok, &build)?
     };
     editor.edit(&mut model, &tok, &records)?;
     let saved = if gguf_out {
@@ -71,18 +71,27 @@ pub fn run(mut args: EditArgs) -> anyhow::Result<()> {
         "model": source.display().to_string(),
         "edits": args.edits.display().to_string(),
         "n_edits": records.len(),
-        "method": args.method.method,
+        "method": config.method(),
+        "config": serde_json::to_value(&config)?,
         "training": editor.report(),
         "saved": saved,
         "seconds": start.elapsed().as_secs_f64(),
         "peak_rss_mb": peak_rss_mb(),
     });
-    let report_path = if gguf_out {
-        PathBuf::from(format!("{}.report.json", args.out.display()))
+    let (report_path, recipe_path) = if gguf_out {
+        (
+            PathBuf::from(format!("{}.report.json", args.out.display())),
+            PathBuf::from(format!("{}.recipe.toml", args.out.display())),
+        )
     } else {
-        args.out.join("ftedit_report.json")
+        (
+            args.out.join("ftedit_report.json"),
+            args.out.join("ftedit_recipe.toml"),
+        )
     };
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    // The effective recipe: `--recipe` with this file repeats the edit.
+    std::fs::write(&recipe_path, config.to_toml())?;
     println!(
         "edited {} facts in {:.1} s; model in {}, report in {}",
         records.len(),

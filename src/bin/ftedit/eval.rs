@@ -1,15 +1,16 @@
 //! `ftedit eval`: score a model's knowledge of edit records, after editing them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
-use ftedit::data::Selection;
+use ftedit::data::{EditRecord, Selection};
+use ftedit::edit;
 use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
-use ftedit::eval::protocol::{self, Protocol};
 use ftedit::eval::report::{OutputDir, RunInfo};
+use ftedit::protocols::{self, Protocol};
 
-use crate::method::{self, MethodArgs};
+use crate::method::MethodArgs;
 use crate::{ModelArgs, RecordArgs};
 
 #[derive(Args)]
@@ -26,6 +27,17 @@ pub struct EvalArgs {
     shard: Option<(usize, usize)>,
     #[command(flatten)]
     method: MethodArgs,
+    #[command(flatten)]
+    eval: EvalFlags,
+    /// Output folder (records.jsonl, summary.json, summary.md, recipe.toml); resumes if
+    /// it has records.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// How edits are applied and scored (`eval` and `sweep` share these flags).
+#[derive(Args, Clone)]
+pub struct EvalFlags {
     /// single (edit, evaluate, restore), batch (edit all, then evaluate) or sequential.
     #[arg(long, default_value = "batch")]
     protocol: String,
@@ -35,9 +47,6 @@ pub struct EvalArgs {
     /// Sequential protocol: also evaluate everything edited so far every K steps.
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Output folder (records.jsonl, summary.json, summary.md); resumes if it has records.
-    #[arg(long)]
-    out: Option<PathBuf>,
     /// Skip CounterFact fluency (GE), which samples 10 texts of 100 tokens per record.
     #[arg(long)]
     no_generation: bool,
@@ -58,70 +67,94 @@ pub struct EvalArgs {
     chunk: usize,
     /// No progress bar.
     #[arg(long)]
-    quiet: bool,
+    pub quiet: bool,
 }
 
-fn protocol(args: &EvalArgs) -> anyhow::Result<Protocol> {
-    Ok(match args.protocol.as_str() {
-        "single" => Protocol::Single,
-        "batch" => Protocol::Batch,
-        "sequential" => Protocol::Sequential {
-            batch_size: args.batch_size.max(1),
-            eval_every: args.eval_every,
-        },
-        other => anyhow::bail!("unknown protocol '{other}' (single, batch, sequential)"),
-    })
+impl EvalFlags {
+    pub fn protocol(&self) -> anyhow::Result<Protocol> {
+        Ok(Protocol::parse(
+            &self.protocol,
+            self.batch_size,
+            self.eval_every,
+        )?)
+    }
+
+    pub fn options(&self, records: &[EditRecord]) -> anyhow::Result<EvalOptions> {
+        Ok(EvalOptions {
+            exact_match: !self.no_exact_match,
+            generation: !self.no_generation,
+            generation_ids: self
+                .generation_n
+                .map(|n| records.iter().take(n).map(|r| r.id.clone()).collect()),
+            seed: self.seed,
+            attributes: self
+                .attributes
+                .as_deref()
+                .map(Attributes::load)
+                .transpose()?,
+            chunk: self.chunk,
+            progress: !self.quiet,
+        })
+    }
+
+    /// The run's description without its method config, which callers add.
+    pub fn run_info(
+        &self,
+        model: &ModelArgs,
+        data: &Path,
+        records: &RecordArgs,
+        shard: Option<(usize, usize)>,
+    ) -> RunInfo {
+        RunInfo {
+            model: model.model.clone(),
+            data: data.display().to_string(),
+            method: String::new(),
+            protocol: self.protocol.clone(),
+            settings: serde_json::json!({
+                "n": records.n, "range": records.range, "shard": shard,
+                "batch_size": self.batch_size, "eval_every": self.eval_every,
+                "generation": !self.no_generation, "generation_n": self.generation_n,
+                "exact_match": !self.no_exact_match, "seed": self.seed, "dtype": model.dtype,
+            }),
+        }
+    }
+}
+
+/// A file's stem, for default output names.
+pub fn stem(p: &Path) -> String {
+    p.file_stem()
+        .map_or("data".into(), |s| s.to_string_lossy().into_owned())
 }
 
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let protocol = protocol(&args)?;
+    let protocol = args.eval.protocol()?;
     let records = args.records.load(&args.data, args.shard)?;
-    let attributes = args
-        .attributes
-        .as_deref()
-        .map(Attributes::load)
-        .transpose()?;
+    let opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
-    let mut editor = method::editor(&args.method, &tok, &records, !args.quiet)?;
-    let stem = |p: &std::path::Path| {
-        p.file_stem()
-            .map_or("data".into(), |s| s.to_string_lossy().into_owned())
-    };
-    let model_name = stem(std::path::Path::new(&args.model.model));
+    let config = args.method.config("none", &model)?;
+    let mut editor = edit::build(
+        &config,
+        &tok,
+        &args.method.build_options(&records, !args.eval.quiet),
+    )?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
-            "eval-{model_name}-{}-{}-{}",
+            "eval-{}-{}-{}-{}",
+            stem(Path::new(&args.model.model)),
             stem(&args.data),
-            args.method.method,
+            config.method(),
             protocol.name()
         ))
     });
-    let run = RunInfo {
-        model: args.model.model.clone(),
-        data: args.data.display().to_string(),
-        method: editor.name().to_owned(),
-        protocol: protocol.name().to_owned(),
-        settings: serde_json::json!({
-            "n": args.records.n, "range": args.records.range, "shard": args.shard,
-            "batch_size": args.batch_size, "eval_every": args.eval_every,
-            "generation": !args.no_generation, "generation_n": args.generation_n, "exact_match": !args.no_exact_match,
-            "seed": args.seed, "dtype": args.model.dtype,
-            "recipe": (args.method.method.starts_with("ft")).then(|| method::recipe(&args.method)).transpose()?,
-        }),
-    };
+    let mut run = args
+        .eval
+        .run_info(&args.model, &args.data, &args.records, args.shard);
+    run.method = editor.name().to_owned();
+    run.protocol = protocol.name().to_owned();
+    run.settings["config"] = serde_json::to_value(&config)?;
     let dir = OutputDir::open(&out, Some(&run))?;
-    let opts = EvalOptions {
-        exact_match: !args.no_exact_match,
-        generation: !args.no_generation,
-        generation_ids: args
-            .generation_n
-            .map(|n| records.iter().take(n).map(|r| r.id.clone()).collect()),
-        seed: args.seed,
-        attributes,
-        chunk: args.chunk,
-        progress: !args.quiet,
-    };
-    let seconds = protocol::run(
+    dir.write_file("recipe.toml", &config.to_toml())?;
+    let timing = protocols::run(
         &mut model,
         &tok,
         &records,
@@ -130,11 +163,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &dir,
     )?;
-    let file = dir.write_summary(Some(run), Some(seconds))?;
+    let file = dir.write_summary(Some(run), Some(timing))?;
     println!("{}", file.summary.markdown());
     println!(
-        "{} records in {seconds:.1} s; results in {}",
+        "{} records in {:.1} s; results in {}",
         records.len(),
+        timing.seconds,
         dir.path.display()
     );
     Ok(())

@@ -4,8 +4,10 @@ mod edit;
 mod eval;
 mod generate;
 mod method;
+mod methods;
 mod predict;
 mod report;
+mod sweep;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -34,6 +36,10 @@ enum Command {
     Edit(Box<edit::EditArgs>),
     /// Evaluate edits on CounterFact, zsRE or your own records.
     Eval(Box<eval::EvalArgs>),
+    /// Tune a method: run a grid of settings and tabulate the results.
+    Sweep(Box<sweep::SweepArgs>),
+    /// List the editing methods and their built-in recipes.
+    Methods(methods::MethodsArgs),
     /// Merge evaluation reports.
     Report(report::ReportArgs),
 }
@@ -106,6 +112,8 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate::run(args),
         Command::Edit(args) => edit::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Sweep(args) => sweep::run(*args),
+        Command::Methods(args) => methods::run(args),
         Command::Report(args) => report::run(args),
     };
     match result {

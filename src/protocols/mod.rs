@@ -1,19 +1,23 @@
-//! Editing protocols: how edits and evaluation interleave.
+//! Protocols: an editor run over records and then the evaluator, so this layer sits
+//! above both [`crate::edit`] and [`crate::eval`].
 //!
 //! - `single`: edit one record, evaluate it, restore the original weights exactly.
 //! - `batch`: apply all edits jointly, then evaluate every record (mass editing).
 //! - `sequential`: apply batches of edits one after another without restoring;
 //!   evaluate at the end, and optionally after every K batches.
+//!
+//! [`sweep`] runs a protocol once per combination of settings, to tune a method.
+
+pub mod sweep;
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
-use super::report::OutputDir;
-use super::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::data::EditRecord;
 pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
+use crate::eval::report::OutputDir;
+pub use crate::eval::report::Timing;
+use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -31,6 +35,24 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol called `name` (`single`, `batch`, `sequential`; the last with its
+    /// batch size and checkpoint interval).
+    pub fn parse(name: &str, batch_size: usize, eval_every: Option<usize>) -> Result<Self> {
+        Ok(match name {
+            "single" => Protocol::Single,
+            "batch" => Protocol::Batch,
+            "sequential" => Protocol::Sequential {
+                batch_size: batch_size.max(1),
+                eval_every,
+            },
+            other => {
+                return Err(Error::Input(format!(
+                    "unknown protocol '{other}' (single, batch, sequential)"
+                )));
+            }
+        })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Protocol::Single => "single",
@@ -38,17 +60,6 @@ impl Protocol {
             Protocol::Sequential { .. } => "sequential",
         }
     }
-}
-
-fn progress(n: usize, what: &str) -> ProgressBar {
-    let pb = ProgressBar::new(n as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_prefix(what.to_owned());
-    pb
 }
 
 /// Runs `editor` over `records` under `protocol`, writing results and the editor's
@@ -62,19 +73,22 @@ pub fn run(
     protocol: Protocol,
     opts: &EvalOptions,
     out: &OutputDir,
-) -> Result<f64> {
+) -> Result<Timing> {
     let start = Instant::now();
+    let mut edit_seconds = 0.0;
+    let mut timed_edit = |editor: &mut dyn Editor, model: &mut Model, batch: &[EditRecord]| {
+        let t = Instant::now();
+        let r = editor.edit(model, tok, batch);
+        edit_seconds += t.elapsed().as_secs_f64();
+        r
+    };
     let done = out.done_ids()?;
     let todo: Vec<EditRecord> = records
         .iter()
         .filter(|r| !done.contains(&r.id))
         .cloned()
         .collect();
-    let pb = if opts.progress {
-        progress(records.len(), "eval")
-    } else {
-        ProgressBar::hidden()
-    };
+    let pb = crate::progress::bar(opts.progress, records.len(), "eval");
     pb.set_position((records.len() - todo.len()) as u64);
     // Drop a cut-off last line before appending.
     out.reset_records(&out.records()?)?;
@@ -87,7 +101,7 @@ pub fn run(
         Protocol::Batch => {
             if editor.changes_weights() {
                 pb.set_message("editing");
-                editor.edit(model, tok, records)?;
+                timed_edit(editor, model, records)?;
                 pb.set_message("");
             }
             evaluate(model, tok, &todo, opts, &mut write)?;
@@ -102,7 +116,7 @@ pub fn run(
                 out.train_runs()?
             };
             for r in &todo {
-                editor.edit(model, tok, std::slice::from_ref(r))?;
+                timed_edit(editor, model, std::slice::from_ref(r))?;
                 let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
                 if let Some(s) = &snapshot {
                     model.params.restore(s)?;
@@ -125,7 +139,7 @@ pub fn run(
             }
             let batches: Vec<&[EditRecord]> = records.chunks(batch_size.max(1)).collect();
             for (step, batch) in batches.iter().enumerate() {
-                editor.edit(model, tok, batch)?;
+                timed_edit(editor, model, batch)?;
                 let step = step + 1;
                 if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
                     let so_far = &records[..(step * batch_size).min(records.len())];
@@ -153,5 +167,8 @@ pub fn run(
         out.write_train_report(report, &[])?;
     }
     pb.finish_and_clear();
-    Ok(start.elapsed().as_secs_f64())
+    Ok(Timing {
+        seconds: start.elapsed().as_secs_f64(),
+        edit_seconds,
+    })
 }
