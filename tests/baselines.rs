@@ -7,8 +7,8 @@ mod common;
 use common::{cf_edit, load, recipe, shared_dir};
 use ftedit::data::EditRecord;
 use ftedit::edit::ft::FtEditor;
-use ftedit::edit::memit::{MemitConfig, MemitEditor, through_norm};
-use ftedit::edit::rome::{RomeConfig, RomeEditor, StatsConfig, memit_delta, rome_delta};
+use ftedit::edit::memit::through_norm;
+use ftedit::edit::rome::{memit_delta, rome_delta};
 use ftedit::edit::stats::{StatsOptions, second_moments};
 use ftedit::edit::{Editor, MethodConfig};
 use ftedit::model::nn::RmsNorm;
@@ -143,38 +143,21 @@ fn eiffel() -> EditRecord {
 }
 
 /// Key statistics from 10,000 WikiText positions, cached in a fresh temporary folder
-/// (returned too, for removal).
-fn small_stats(tag: &str) -> (std::path::PathBuf, StatsConfig) {
+/// (returned too, for removal), as `--set` overrides.
+fn small_stats(tag: &str) -> (std::path::PathBuf, Vec<String>) {
     let cache = temp_dir(tag);
-    let stats = StatsConfig {
-        text: wikitext().display().to_string(),
-        samples: 10_000,
-        cache: true,
-        cache_dir: cache.display().to_string(),
-    };
-    (cache, stats)
+    let sets = vec![
+        format!("stats.text={}", wikitext().display()),
+        "stats.samples=10000".into(),
+        format!("stats.cache_dir={}", cache.display()),
+    ];
+    (cache, sets)
 }
 
-/// ROME with its built-in settings and `stats`.
-fn rome(stats: &StatsConfig) -> RomeEditor {
-    match MethodConfig::load("rome", None, &[]).unwrap() {
-        MethodConfig::Rome(c) => RomeEditor::new(RomeConfig {
-            stats: stats.clone(),
-            ..c
-        }),
-        other => panic!("{}", other.method()),
-    }
-}
-
-/// MEMIT with its built-in settings and `stats`.
-fn memit(stats: &StatsConfig) -> MemitEditor {
-    match MethodConfig::load("memit", None, &[]).unwrap() {
-        MethodConfig::Memit(c) => MemitEditor::new(MemitConfig {
-            stats: stats.clone(),
-            ..c
-        }),
-        other => panic!("{}", other.method()),
-    }
+/// A built-in method's editor with `sets` applied, through the registry.
+fn editor(method: &str, sets: &[String], tok: &ftedit::Tokenizer) -> Box<dyn Editor> {
+    let config = MethodConfig::load(method, None, sets).unwrap();
+    ftedit::edit::build(&config, tok, &Default::default()).unwrap()
 }
 
 fn next_logprobs(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> Tensor {
@@ -232,8 +215,8 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
     let editors: Vec<Box<dyn Editor>> = vec![
         Box::new(ft_l),
         Box::new(ft_editor("ft-m", &tok)),
-        Box::new(rome(&stats)),
-        Box::new(memit(&stats)),
+        editor("rome", &stats, &tok),
+        editor("memit", &stats, &tok),
     ];
     for mut editor in editors {
         let (mut m, _) = load("smollm2");
@@ -306,7 +289,7 @@ fn memit_on_gemma3_moves_the_edit_and_leaves_another_fact_alone() {
     let before = logprob(&m, &rec.rewrite_prompt(), rome);
     let other_top = top(&m, &tok, other);
     let other_before = logprob(&m, other, other_top as i64);
-    memit(&stats)
+    editor("memit", &stats, &tok)
         .edit(&mut m, &tok, std::slice::from_ref(&rec))
         .unwrap();
     let after = logprob(&m, &rec.rewrite_prompt(), rome);

@@ -377,17 +377,23 @@ fn hugging_face_folders_load_with_their_names_and_layouts() {
     }
 }
 
-#[test]
-fn eval_writes_reports_and_shards_merge() {
-    let dir = temp_dir("cli-eval");
-    let model = tiny_model_file(&dir, 64);
+/// `n` CounterFact-style JSONL records in the tiny model's vocabulary.
+fn counterfact_jsonl(dir: &Path, n: usize) -> std::path::PathBuf {
     let data = dir.join("edits.jsonl");
     let line = |i: usize| {
         format!(
             "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}], \"generation_prompts\": [\"the {i}\"]}}\n"
         )
     };
-    std::fs::write(&data, (0..4).map(line).collect::<String>()).unwrap();
+    std::fs::write(&data, (0..n).map(line).collect::<String>()).unwrap();
+    data
+}
+
+#[test]
+fn eval_writes_reports_and_shards_merge() {
+    let dir = temp_dir("cli-eval");
+    let model = tiny_model_file(&dir, 64);
+    let data = counterfact_jsonl(&dir, 4);
     let (d, m) = (data.to_str().unwrap(), model.as_str());
     let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let (code, stdout, err) = ftedit(&[
@@ -737,13 +743,7 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
 fn sweep_runs_every_combination_once_and_resumes() {
     let dir = temp_dir("cli-sweep");
     let model = tiny_model_file(&dir, 64);
-    let data = dir.join("edits.jsonl");
-    let line = |i: usize| {
-        format!(
-            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}]}}\n"
-        )
-    };
-    std::fs::write(&data, (0..3).map(line).collect::<String>()).unwrap();
+    let data = counterfact_jsonl(&dir, 3);
     let out = dir.join("sweep");
     let args = [
         "sweep",
