@@ -266,9 +266,54 @@ fn from_table(name: &str, table: toml::Table) -> Result<MethodConfig> {
             super::registry::names().join(", ")
         )));
     }
-    toml::Value::Table(table)
+    toml::Value::Table(table.clone())
         .try_into()
-        .map_err(|e: toml::de::Error| Error::Input(format!("recipe {name}: {}", e.message())))
+        .map_err(|e: toml::de::Error| {
+            // serde's message for a tagged enum has lost the key: find it by comparing
+            // types with the method's default recipe (built-ins are tested, so skip them).
+            let builtin = BUILTIN.iter().any(|(n, _)| *n == name);
+            let why = (!builtin)
+                .then(|| mistyped_key(&table))
+                .flatten()
+                .unwrap_or_else(|| e.message().to_owned());
+            Error::Input(format!("recipe {name}: {why}"))
+        })
+}
+
+/// The first field of `table` whose value has another type than the method's default
+/// recipe gives it, as a message.
+fn mistyped_key(table: &toml::Table) -> Option<String> {
+    let method = table.get("method")?.as_str()?;
+    let recipe = super::registry::info(method).ok()?.default_recipe;
+    let default = MethodConfig::load(recipe, None, &[]).ok()?.to_table();
+    fn walk(prefix: &str, t: &toml::Table, default: &toml::Table) -> Option<String> {
+        for (k, v) in t {
+            let Some(d) = default.get(k) else { continue };
+            let key = format!("{prefix}{k}");
+            match (d, v) {
+                (toml::Value::Table(d), toml::Value::Table(v)) => {
+                    if let Some(m) = walk(&format!("{key}."), v, d) {
+                        return Some(m);
+                    }
+                }
+                (toml::Value::Float(_), toml::Value::Integer(_)) => {}
+                (d, v) if d.type_str() != v.type_str() => {
+                    let a = |t: &str| match t.as_bytes()[0] {
+                        b'a' | b'i' => format!("an {t}"),
+                        _ => format!("a {t}"),
+                    };
+                    return Some(format!(
+                        "`{key}` is {}, expected {} (like {d})",
+                        a(v.type_str()),
+                        a(d.type_str())
+                    ));
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+    walk("", table, &default)
 }
 
 fn flatten(prefix: &str, table: &toml::Table, out: &mut Vec<(String, String)>) {
@@ -518,6 +563,25 @@ mod tests {
         assert_eq!(plain.value.lr, builtin.value.lr);
         assert_eq!(plain.layers, builtin.layers);
         let g = memit(MethodConfig::load(path, Some("gemma3"), &["value.steps=4".into()]).unwrap());
+        // A mistyped field in a file names its key.
+        let bad = dir.join("bad.toml");
+        let bad_path = bad.to_str().unwrap();
+        std::fs::write(&bad, "base = \"memit\"\n[value]\nsteps = \"x\"\n").unwrap();
+        let e = MethodConfig::load(bad_path, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`value.steps` is a string, expected an integer (like 25)"),
+            "{e}"
+        );
+        std::fs::write(&bad, "method = \"memit\"\nbase = \"memit\"\nlamda = 1\n").unwrap();
+        let e = MethodConfig::load(bad_path, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `lamda`") && e.contains("`lambda`"),
+            "{e}"
+        );
         assert_eq!(
             (g.layers.as_str(), g.value.lr, g.value.steps),
             ("1..2", 0.1, 4)
