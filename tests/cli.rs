@@ -718,9 +718,64 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
         .unwrap();
         assert_eq!(report["method"], method);
         assert_eq!(report["training"]["runs"][0]["edits"], 2);
+        if method == "memit" {
+            assert_eq!(report["training"]["runs"][0]["values_from_cache"], 0);
+        }
     }
-    // ROME's layer 1 statistics were cached and reused by MEMIT; MEMIT added layer 2's.
-    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 2);
+    // ROME's layer 1 statistics were cached and reused by MEMIT; MEMIT added layer 2's,
+    // and its targets z.
+    let cached = |prefix: &str| {
+        std::fs::read_dir(&cache)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(prefix)
+            })
+            .count()
+    };
+    assert_eq!((cached("mom2-"), cached("memit-z-")), (2, 1));
+    // Another λ reuses the cached z (no new file) and still changes the update; the same
+    // λ again, from the cached z, writes the same bytes.
+    let memit = |lambda: &str, out: &Path| {
+        let (code, _, err) = ftedit(&[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            edits.to_str().unwrap(),
+            "--method",
+            "memit",
+            "--set",
+            "layers=1..2",
+            "--set",
+            lambda,
+            "--set",
+            "stats.samples=300",
+            "--set",
+            "value.steps=5",
+            "--set",
+            &format!("stats.text={}", text.display()),
+            "--set",
+            &format!("stats.cache_dir={}", cache.display()),
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.report.json", out.display())).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(report["training"]["runs"][0]["values_from_cache"], 2);
+        std::fs::read(out).unwrap()
+    };
+    let first = std::fs::read(dir.join("memit.gguf")).unwrap();
+    assert_eq!(memit("lambda=15000", &dir.join("memit-again.gguf")), first);
+    assert_ne!(memit("lambda=10", &dir.join("memit-l10.gguf")), first);
+    assert_eq!((cached("mom2-"), cached("memit-z-")), (2, 1));
     expect_failure(
         &[
             "edit",

@@ -12,6 +12,9 @@
 //! norm first ([`through_norm`]). Written in directly, R is rescaled by the norm and
 //! breaks the model.
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +27,7 @@ use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
     memit_delta, optimize_value,
 };
+use super::stats::weights_fingerprint;
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::nn::RmsNorm;
@@ -40,6 +44,10 @@ pub struct MemitConfig {
     pub layers: String,
     /// λ, the weight of the key statistics against the new keys (GPT-J: 15,000).
     pub lambda: f64,
+    /// Cache each edit's target z beside the key statistics (by the weights, the value
+    /// settings, the last layer and the record), so runs that differ only in λ or the
+    /// range's lower end optimise each z once.
+    pub cache_z: bool,
     pub value: ValueConfig,
     pub stats: StatsConfig,
 }
@@ -158,6 +166,89 @@ pub fn through_norm(norm: &RmsNorm, m: &Tensor, resid: &Tensor) -> Tensor {
     v * rms - m
 }
 
+/// MEMIT's targets z on disk, one file per weights and value settings, one tensor per
+/// record.
+struct ZCache {
+    path: PathBuf,
+    entries: HashMap<String, Tensor>,
+    unsaved: usize,
+    device: tch::Device,
+}
+
+impl ZCache {
+    fn open(
+        dir: &Path,
+        model: &Model,
+        value: &ValueConfig,
+        contexts: &[String],
+        layer: usize,
+    ) -> Result<Self> {
+        let print = weights_fingerprint(model)?;
+        let mut h = DefaultHasher::new();
+        serde_json::to_string(value)
+            .expect("serialisable")
+            .hash(&mut h);
+        contexts.hash(&mut h);
+        layer.hash(&mut h);
+        let path = dir.join(format!(
+            "memit-z-{print:016x}-{:016x}.safetensors",
+            h.finish()
+        ));
+        let entries = if path.exists() {
+            Tensor::read_safetensors(&path)?.into_iter().collect()
+        } else {
+            HashMap::new()
+        };
+        Ok(ZCache {
+            path,
+            entries,
+            unsaved: 0,
+            device: model.device(),
+        })
+    }
+
+    fn key(r: &EditRecord) -> String {
+        let mut h = DefaultHasher::new();
+        (&r.prompt, &r.subject, &r.target_new).hash(&mut h);
+        format!("r{:016x}", h.finish())
+    }
+
+    fn get(&self, r: &EditRecord) -> Option<Tensor> {
+        self.entries
+            .get(&Self::key(r))
+            .map(|z| z.to_device(self.device))
+    }
+
+    /// Adds `z`, saving every 16 new entries so a killed run keeps most of its work.
+    fn insert(&mut self, r: &EditRecord, z: &Tensor) -> Result<()> {
+        self.entries
+            .insert(Self::key(r), z.to_device(tch::Device::Cpu));
+        self.unsaved += 1;
+        if self.unsaved >= 16 {
+            self.save()?;
+        }
+        Ok(())
+    }
+
+    fn save(&mut self) -> Result<()> {
+        if self.unsaved == 0 {
+            return Ok(());
+        }
+        let dir = self.path.parent().expect("a file in a folder");
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        // A per-process name: runs sharing the cache may write at once.
+        let tmp = self
+            .path
+            .with_extension(format!("tmp{}", std::process::id()));
+        let named: Vec<(&str, &Tensor)> =
+            self.entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        Tensor::write_safetensors(&named, &tmp)?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.unsaved = 0;
+        Ok(())
+    }
+}
+
 impl Editor for MemitEditor {
     fn name(&self) -> &str {
         "memit"
@@ -175,15 +266,34 @@ impl Editor for MemitEditor {
                 .ensure(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)?;
         let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
+        let mut cache = match (cfg.cache_z, cfg.stats.cache_dir()) {
+            (true, Some(dir)) => Some(ZCache::open(&dir, model, &cfg.value, ctx, hi)?),
+            _ => None,
+        };
         let pb = crate::progress::bar(self.progress, records.len(), "memit z");
-        let zs = records
-            .iter()
-            .map(|r| {
-                let z = optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, &cfg.value);
-                pb.inc(1);
-                z.map(|(_, z)| z)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let mut zs = Vec::with_capacity(records.len());
+        let mut from_cache = 0;
+        for r in records {
+            let z = match cache.as_ref().and_then(|c| c.get(r)) {
+                Some(z) => {
+                    from_cache += 1;
+                    z
+                }
+                None => {
+                    let (_, z) =
+                        optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, &cfg.value)?;
+                    if let Some(c) = &mut cache {
+                        c.insert(r, &z)?;
+                    }
+                    z
+                }
+            };
+            zs.push(z);
+            pb.inc(1);
+        }
+        if let Some(c) = &mut cache {
+            c.save()?;
+        }
         pb.finish_and_clear();
         let zs = Tensor::stack(&zs, 0);
         for (i, &layer) in layers.iter().enumerate() {
@@ -202,7 +312,7 @@ impl Editor for MemitEditor {
             );
             add_to_out_proj(model, layer, &delta)?;
         }
-        let report = LocateReport::new(
+        let mut report = LocateReport::new(
             "memit",
             layers,
             records.len(),
@@ -211,6 +321,7 @@ impl Editor for MemitEditor {
             &cfg.value,
             ctx,
         );
+        report.values_from_cache = from_cache;
         self.reports.push(report);
         Ok(())
     }

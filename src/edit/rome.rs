@@ -90,15 +90,20 @@ impl StatsConfig {
             PathBuf::from(&self.text)
         };
         let mut o = StatsOptions::new(text, self.samples);
-        o.cache_dir = self.cache.then(|| {
+        o.cache_dir = self.cache_dir();
+        o.progress = progress;
+        o
+    }
+
+    /// The cache folder, when caching.
+    pub(crate) fn cache_dir(&self) -> Option<PathBuf> {
+        self.cache.then(|| {
             if self.cache_dir.is_empty() {
                 super::stats::default_cache_dir()
             } else {
                 PathBuf::from(&self.cache_dir)
             }
-        });
-        o.progress = progress;
-        o
+        })
     }
 
     pub(crate) fn check(&self) -> Result<()> {
@@ -423,6 +428,9 @@ pub struct LocateReport {
     pub stats_seconds: f64,
     pub edit_seconds: f64,
     pub seconds_per_edit: f64,
+    /// Values read from the cache instead of optimised (MEMIT's `cache_z`).
+    #[serde(default)]
+    pub values_from_cache: usize,
     pub value: ValueConfig,
     pub contexts: Vec<String>,
 }
@@ -444,6 +452,7 @@ impl LocateReport {
             stats_seconds,
             edit_seconds,
             seconds_per_edit: edit_seconds / edits as f64,
+            values_from_cache: 0,
             value: value.clone(),
             contexts: contexts.to_vec(),
         }

@@ -78,6 +78,11 @@ fn fingerprint(model: &Model, text: &str) -> Result<u64> {
     Ok(h.finish())
 }
 
+/// A fingerprint of the weights alone, for caches of what the weights determine.
+pub(crate) fn weights_fingerprint(model: &Model) -> Result<u64> {
+    fingerprint(model, "")
+}
+
 fn cache_path(dir: &Path, print: u64, layer: usize, samples: usize) -> PathBuf {
     dir.join(format!(
         "mom2-{print:016x}-layer{layer}-n{samples}.safetensors"
