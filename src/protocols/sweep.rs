@@ -175,10 +175,12 @@ impl Table {
         };
         let key_metric = if has("S") { "S" } else { "score" }.to_owned();
         let key = |r: &Row| r.metrics.get(&key_metric).copied().flatten();
+        // Reversed, so that a tie goes to the combination listed first.
         let best = rows
             .iter()
             .enumerate()
             .filter_map(|(i, r)| key(r).map(|v| (i, v)))
+            .rev()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(i, _)| i);
         for (i, r) in rows.iter_mut().enumerate() {
@@ -399,11 +401,17 @@ mod tests {
         };
         let t = Table::new(
             vec!["lambda".into()],
-            vec![row("1", Some(40.0)), row("2", Some(60.0)), row("3", None)],
-            3,
+            vec![
+                row("1", Some(40.0)),
+                row("2", Some(60.0)),
+                row("3", None),
+                row("4", Some(60.0)),
+            ],
+            4,
             0,
         );
         assert_eq!(t.key_metric, "S");
+        // The tie of "2" and "4" goes to the first.
         assert_eq!(t.best().unwrap().settings, vec!["lambda=2"]);
         let md = t.markdown();
         assert!(
