@@ -78,13 +78,7 @@ impl MethodConfig {
     /// of architecture `arch` (`None`: the `[arch.*]` tables are ignored), with
     /// `key=value` overrides.
     pub fn load(name_or_path: &str, arch: Option<&str>, overrides: &[String]) -> Result<Self> {
-        let mut table = raw_table(name_or_path, 0)?;
-        let arch_tables = table.remove("arch");
-        if let (Some(arch), Some(toml::Value::Table(mut tables))) = (arch, arch_tables)
-            && let Some(toml::Value::Table(t)) = tables.remove(arch)
-        {
-            merge(&mut table, t);
-        }
+        let table = resolved_table(name_or_path, arch, 0)?;
         let mut config = from_table(name_or_path, table)?;
         if !overrides.is_empty() {
             let mut table = config.to_table();
@@ -205,9 +199,10 @@ impl MethodConfig {
     }
 }
 
-/// The recipe's table after `base` chains are laid over each other; `arch` tables merged
-/// the same way, not yet applied.
-fn raw_table(name_or_path: &str, depth: usize) -> Result<toml::Table> {
+/// The recipe's table for `arch`: its `base` resolved first, the file laid over it, then
+/// the file's own `[arch.<arch>]` table, so that a file's settings beat its base's
+/// architecture tables and its own architecture table beats both.
+fn resolved_table(name_or_path: &str, arch: Option<&str>, depth: usize) -> Result<toml::Table> {
     if depth > MAX_BASES {
         return Err(Error::Input(format!(
             "recipe {name_or_path}: more than {MAX_BASES} nested `base` recipes (a cycle?)"
@@ -233,18 +228,36 @@ fn raw_table(name_or_path: &str, depth: usize) -> Result<toml::Table> {
     let mut table: toml::Table = text
         .parse()
         .map_err(|e| Error::Input(format!("recipe {name_or_path}: {e}")))?;
-    match table.remove("base") {
-        None => Ok(table),
+    let arch_tables = table.remove("arch");
+    let mut table = match table.remove("base") {
+        None => table,
         Some(toml::Value::String(base)) => {
-            let mut under = raw_table(&base, depth + 1)?;
+            let mut under = resolved_table(&base, arch, depth + 1)?;
             under.remove("description");
             merge(&mut under, table);
-            Ok(under)
+            under
         }
-        Some(other) => Err(Error::Input(format!(
-            "recipe {name_or_path}: `base` names a recipe, not {other}"
-        ))),
+        Some(other) => {
+            return Err(Error::Input(format!(
+                "recipe {name_or_path}: `base` names a recipe, not {other}"
+            )));
+        }
+    };
+    match (arch, arch_tables) {
+        (_, None) => {}
+        (Some(arch), Some(toml::Value::Table(mut tables))) => {
+            if let Some(toml::Value::Table(t)) = tables.remove(arch) {
+                merge(&mut table, t);
+            }
+        }
+        (None, Some(toml::Value::Table(_))) => {}
+        (_, Some(other)) => {
+            return Err(Error::Input(format!(
+                "recipe {name_or_path}: `arch` holds one table per architecture, not {other}"
+            )));
+        }
     }
+    Ok(table)
 }
 
 /// Lays `top` over `under`: tables merge key by key, anything else replaces.
@@ -557,8 +570,11 @@ mod tests {
             other => panic!("{}", other.method()),
         };
         let builtin = memit(MethodConfig::load("memit", None, &[]).unwrap());
+        // The file's λ beats the base's [arch.llama] λ.
         let plain = memit(MethodConfig::load(path, Some("llama"), &[]).unwrap());
         assert_eq!(plain.lambda, 100.0);
+        let llama = memit(MethodConfig::load("memit", Some("llama"), &[]).unwrap());
+        assert_ne!(llama.lambda, builtin.lambda, "memit.toml tunes λ for llama");
         assert_eq!(plain.value.steps, 3);
         assert_eq!(plain.value.lr, builtin.value.lr);
         assert_eq!(plain.layers, builtin.layers);
