@@ -666,6 +666,42 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
     )
     .unwrap();
     let cache = dir.join("cache");
+    // One small ROME/MEMIT edit (tiny statistics, 5 value steps); returns its report.
+    let edit = |method: &str, sets: &[&str], out: &Path| -> serde_json::Value {
+        let (stats_text, stats_cache) = (
+            format!("stats.text={}", text.display()),
+            format!("stats.cache_dir={}", cache.display()),
+        );
+        let mut args = vec![
+            "edit",
+            "--model",
+            model.as_str(),
+            "--edits",
+            edits.to_str().unwrap(),
+            "--method",
+            method,
+            "--out",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        for kv in [
+            "stats.samples=300",
+            "value.steps=5",
+            stats_text.as_str(),
+            stats_cache.as_str(),
+        ]
+        .iter()
+        .chain(sets)
+        {
+            args.extend(["--set", kv]);
+        }
+        let (code, _, err) = ftedit(&args);
+        assert_eq!(code, 0, "{method} {sets:?}: {err}");
+        serde_json::from_str(
+            &std::fs::read_to_string(format!("{}.report.json", out.display())).unwrap(),
+        )
+        .unwrap()
+    };
     for (method, layers, changed) in [
         ("rome", "layer=1", vec!["blk.1.ffn_down.weight"]),
         (
@@ -675,30 +711,7 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
         ),
     ] {
         let out = dir.join(format!("{method}.gguf"));
-        let set = |kv: String| kv;
-        let (code, _, err) = ftedit(&[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--edits",
-            edits.to_str().unwrap(),
-            "--method",
-            method,
-            "--set",
-            layers,
-            "--set",
-            "stats.samples=300",
-            "--set",
-            "value.steps=5",
-            "--set",
-            &set(format!("stats.text={}", text.display())),
-            "--set",
-            &set(format!("stats.cache_dir={}", cache.display())),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]);
-        assert_eq!(code, 0, "{method}: {err}");
+        let report = edit(method, &[layers], &out);
         let (src, dst) = (
             GgufFile::open(&model).unwrap(),
             GgufFile::open(&out).unwrap(),
@@ -712,10 +725,6 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
                 a.name
             );
         }
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("{method}.gguf.report.json"))).unwrap(),
-        )
-        .unwrap();
         assert_eq!(report["method"], method);
         assert_eq!(report["training"]["runs"][0]["edits"], 2);
         if method == "memit" {
@@ -740,35 +749,7 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
     // Later runs read every z from the cache (no new file): the same λ twice writes the
     // same bytes, another λ still changes the update.
     let memit = |lambda: &str, out: &Path| {
-        let (code, _, err) = ftedit(&[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--edits",
-            edits.to_str().unwrap(),
-            "--method",
-            "memit",
-            "--set",
-            "layers=1..2",
-            "--set",
-            lambda,
-            "--set",
-            "stats.samples=300",
-            "--set",
-            "value.steps=5",
-            "--set",
-            &format!("stats.text={}", text.display()),
-            "--set",
-            &format!("stats.cache_dir={}", cache.display()),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ]);
-        assert_eq!(code, 0, "{err}");
-        let report: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(format!("{}.report.json", out.display())).unwrap(),
-        )
-        .unwrap();
+        let report = edit("memit", &["layers=1..2", lambda], out);
         assert_eq!(report["training"]["runs"][0]["values_from_cache"], 2);
         std::fs::read(out).unwrap()
     };
