@@ -79,7 +79,7 @@ impl MethodConfig {
     /// `key=value` overrides.
     pub fn load(name_or_path: &str, arch: Option<&str>, overrides: &[String]) -> Result<Self> {
         let table = resolved_table(name_or_path, arch, 0)?;
-        let mut config = from_table(name_or_path, table)?;
+        let mut config = from_table(name_or_path, &table)?;
         if !overrides.is_empty() {
             let mut table = config.to_table();
             for o in overrides {
@@ -96,7 +96,7 @@ impl MethodConfig {
                 }
                 set_key(&mut table, k, v, config.method())?;
                 // Deserialising after each override names the one that broke it.
-                config = from_table(name_or_path, table.clone()).map_err(|e| Error::Setting {
+                config = from_table(name_or_path, &table).map_err(|e| Error::Setting {
                     key: format!("{k}={v}"),
                     reason: e.to_string(),
                 })?;
@@ -272,7 +272,7 @@ fn merge(under: &mut toml::Table, top: toml::Table) {
     }
 }
 
-fn from_table(name: &str, table: toml::Table) -> Result<MethodConfig> {
+fn from_table(name: &str, table: &toml::Table) -> Result<MethodConfig> {
     if !table.contains_key("method") {
         return Err(Error::Input(format!(
             "recipe {name}: no `method` field (one of {})",
@@ -286,7 +286,7 @@ fn from_table(name: &str, table: toml::Table) -> Result<MethodConfig> {
             // types with the method's default recipe (built-ins are tested, so skip them).
             let builtin = BUILTIN.iter().any(|(n, _)| *n == name);
             let why = (!builtin)
-                .then(|| mistyped_key(&table))
+                .then(|| mistyped_key(table))
                 .flatten()
                 .unwrap_or_else(|| e.message().to_owned());
             Error::Input(format!("recipe {name}: {why}"))

@@ -27,7 +27,7 @@ use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
     memit_delta, optimize_value,
 };
-use super::stats::weights_fingerprint;
+use super::stats::{weights_fingerprint, write_cache_file};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::nn::RmsNorm;
@@ -234,16 +234,9 @@ impl ZCache {
         if self.unsaved == 0 {
             return Ok(());
         }
-        let dir = self.path.parent().expect("a file in a folder");
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        // A per-process name: runs sharing the cache may write at once.
-        let tmp = self
-            .path
-            .with_extension(format!("tmp{}", std::process::id()));
         let named: Vec<(&str, &Tensor)> =
             self.entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        Tensor::write_safetensors(&named, &tmp)?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        write_cache_file(&self.path, &named)?;
         self.unsaved = 0;
         Ok(())
     }

@@ -83,6 +83,16 @@ pub(crate) fn weights_fingerprint(model: &Model) -> Result<u64> {
     fingerprint(model, "")
 }
 
+/// Writes `tensors` to the cache file `path` (creating its folder) whole or not at all.
+pub(crate) fn write_cache_file(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let dir = path.parent().expect("a file in a folder");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    // A per-process name: runs sharing the cache (`--shard`, sweeps) may write at once.
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    Tensor::write_safetensors(tensors, &tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
 fn cache_path(dir: &Path, print: u64, layer: usize, samples: usize) -> PathBuf {
     dir.join(format!(
         "mom2-{print:016x}-layer{layer}-n{samples}.safetensors"
@@ -125,12 +135,8 @@ pub fn second_moments(
         let computed = compute(model, tok, &text, &missing, opts)?;
         for (l, c) in missing.iter().zip(computed) {
             if let Some((dir, print)) = cache {
-                std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
                 let path = cache_path(dir, print, *l, opts.samples);
-                // A per-process name: runs sharing the cache (`--shard`) may write at once.
-                let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-                Tensor::write_safetensors(&[("mom2", c.to_device(tch::Device::Cpu))], &tmp)?;
-                std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+                write_cache_file(&path, &[("mom2", &c.to_device(tch::Device::Cpu))])?;
             }
             let i = layers
                 .iter()

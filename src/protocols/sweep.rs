@@ -6,7 +6,7 @@
 //! again, and one that was cut short resumes as [`super::run`] does.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,7 +118,8 @@ pub struct Sweep<'a> {
     pub overrides: &'a [String],
     pub grid: &'a Grid,
     pub protocol: Protocol,
-    /// The run description each combination's folder records; its settings gain the
+    /// The run description each combination's folder records; its method and protocol
+    /// are set from the combination's config and `protocol`, its settings gain the
     /// combination's `config`.
     pub run: RunInfo,
     /// Show the sweep's bar (and the runs' own).
@@ -286,7 +287,7 @@ pub fn sweep(
             Ok((combo, config))
         })
         .collect::<Result<_>>()?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let top = OutputDir::open(out, None)?;
     let axes: Vec<String> = sweep.grid.axes.iter().map(|(k, _)| k.clone()).collect();
     let pb = crate::progress::bar(sweep.progress, combos.len(), "sweep");
     let (mut rows, mut ran, mut skipped) = (Vec::new(), 0, 0);
@@ -339,17 +340,14 @@ pub fn sweep(
             best: false,
         });
         let table = Table::new(axes.clone(), rows.clone(), ran, skipped);
-        write_table(out, &table)?;
+        write_table(&top, &table)?;
         pb.inc(1);
     }
     pb.finish_and_clear();
     Ok(Table::new(axes, rows, ran, skipped))
 }
 
-fn write_table(out: &Path, table: &Table) -> Result<()> {
-    let dir = OutputDir {
-        path: PathBuf::from(out),
-    };
+fn write_table(dir: &OutputDir, table: &Table) -> Result<()> {
     dir.write_file(
         "sweep.json",
         &serde_json::to_string_pretty(table).expect("serialisable"),

@@ -97,19 +97,22 @@ impl EvalFlags {
         })
     }
 
-    /// The run's description without its method config, which callers add.
+    /// The run's description for `method` under `protocol`, without the method's
+    /// config, which callers add.
     pub fn run_info(
         &self,
         model: &ModelArgs,
         data: &Path,
         records: &RecordArgs,
         shard: Option<(usize, usize)>,
+        method: &str,
+        protocol: Protocol,
     ) -> RunInfo {
         RunInfo {
             model: model.model.clone(),
             data: data.display().to_string(),
-            method: String::new(),
-            protocol: self.protocol.clone(),
+            method: method.to_owned(),
+            protocol: protocol.name().to_owned(),
             settings: serde_json::json!({
                 "n": records.n, "range": records.range, "shard": shard,
                 "batch_size": self.batch_size, "eval_every": self.eval_every,
@@ -146,11 +149,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             protocol.name()
         ))
     });
-    let mut run = args
-        .eval
-        .run_info(&args.model, &args.data, &args.records, args.shard);
-    run.method = editor.name().to_owned();
-    run.protocol = protocol.name().to_owned();
+    let mut run = args.eval.run_info(
+        &args.model,
+        &args.data,
+        &args.records,
+        args.shard,
+        editor.name(),
+        protocol,
+    );
     run.settings["config"] = serde_json::to_value(&config)?;
     let dir = OutputDir::open(&out, Some(&run))?;
     dir.write_file("recipe.toml", &config.to_toml())?;

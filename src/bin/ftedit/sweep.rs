@@ -57,9 +57,14 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         overrides: &args.method.set,
         grid: &grid,
         protocol,
-        run: args
-            .eval
-            .run_info(&args.model, &args.data, &args.records, None),
+        run: args.eval.run_info(
+            &args.model,
+            &args.data,
+            &args.records,
+            None,
+            &name,
+            protocol,
+        ),
         progress: !args.eval.quiet,
     };
     let table = sweep::sweep(
