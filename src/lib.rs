@@ -14,7 +14,8 @@
 //! - [`eval`]: the literature's metrics and the reports they are written to.
 //! - [`protocols`]: an editor and then the evaluator (single, batch, sequential), and
 //!   sweeps over settings; the only layer that uses both `edit` and `eval`.
-//! - [`runtime`], [`progress`]: devices and the libtorch runtime; progress bars.
+//! - [`runtime`], [`progress`], [`cache`]: devices and the libtorch runtime; progress
+//!   bars; the on-disk cache.
 //!
 //! ```
 //! use ftedit::model::{ArchConfig, Model};
@@ -40,6 +41,7 @@
 //! # Ok::<(), ftedit::Error>(())
 //! ```
 
+pub mod cache;
 pub mod data;
 pub mod edit;
 pub mod error;

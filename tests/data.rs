@@ -1,10 +1,11 @@
 //! Data loaders on the shipped data sets and on damaged input, and the protocols'
-//! bookkeeping (exact restore, resume, shards).
+//! bookkeeping (exact restore, resume, shards, the sequential curve, the health check).
 
 mod common;
 
 use common::{random_model, shared_dir, temp_dir, tiny_llama};
 use ftedit::data::{self, EditRecord, Format, Selection, Suite};
+use ftedit::eval::health::{HealthOptions, Probe};
 use ftedit::eval::report::{self, OutputDir};
 use ftedit::eval::{EvalOptions, Scores};
 use ftedit::protocols::{self, Editor, NoEdit, Protocol};
@@ -483,4 +484,167 @@ fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
         assert!(t.equal(b), "{name} was not restored exactly");
         assert!(!t.requires_grad(), "{name} left trainable");
     }
+}
+
+/// A health probe on the tiny model: 48 tokens of plain text, two facts.
+fn health_probe(tok: &Tokenizer, m: &Model, tokens: usize) -> ftedit::Result<Probe> {
+    let dir = temp_dir("health-files");
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the sea is in the city and the tea is on the hat\n".repeat(10),
+    )
+    .unwrap();
+    let facts = dir.join("facts.json");
+    let known = serde_json::json!([
+        {"subject": "Ann", "prompt": "Ann works in", "attribute": "the sea"},
+        {"subject": "Bob", "prompt": "Bob works in", "attribute": "the city"},
+    ]);
+    std::fs::write(&facts, known.to_string()).unwrap();
+    let options = HealthOptions {
+        text,
+        tokens,
+        window: 16,
+        known: Some(facts),
+        known_n: 10,
+        collapse_factor: 1.5,
+        cache_dir: None,
+    };
+    Probe::new(tok, options, m.max_positions())
+}
+
+fn curve(out: &OutputDir) -> Vec<protocols::sequential::CurvePoint> {
+    protocols::sequential::read_curve(&out.path).unwrap()
+}
+
+#[test]
+fn a_sequential_run_writes_its_curve_and_a_killed_one_keeps_it() {
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        health: Some(health_probe(&tok, &m, 48).unwrap()),
+        // Every third record: 0 and 3.
+        curve_sample: 2,
+        ..EvalOptions::default()
+    };
+    let seq = Protocol::Sequential {
+        batch_size: 2,
+        eval_every: Some(1),
+    };
+    let snapshot = m.params.snapshot();
+    let out = OutputDir::open(temp_dir("seq-curve"), None).unwrap();
+    let outcome = protocols::run(&mut m, &tok, &recs, &mut Scramble, seq, &opts, &out).unwrap();
+    m.params.restore(&snapshot).unwrap();
+    let points = curve(&out);
+    // Before the first edit, after steps 1 and 2, and the final evaluation.
+    let edits: Vec<usize> = points.iter().map(|p| p.edits).collect();
+    assert_eq!(edits, [0, 2, 4, 6]);
+    // Scored: the sample's edited records (then all), and always the first batch.
+    let evaluated: Vec<usize> = points.iter().map(|p| p.evaluated).collect();
+    assert_eq!(evaluated, [0, 1, 2, 6]);
+    assert!(points[0].metrics.is_empty());
+    assert!(points.iter().all(|p| p.first_batch["ES"].is_some()));
+    assert!(points[1..].iter().all(|p| p.metrics["ES"].is_some()));
+    // The health of each point; scrambled weights collapse the model at the first edit.
+    let h: Vec<_> = points.iter().map(|p| p.health.clone().unwrap()).collect();
+    assert_eq!(h[0].ratio(), 1.0);
+    assert!(!h[0].collapsed);
+    assert!(
+        h[1..]
+            .iter()
+            .all(|h| h.collapsed && h.collapsed_at == Some(2)),
+        "{h:?}"
+    );
+    assert!(points.windows(2).all(|w| w[0].seconds <= w[1].seconds));
+    assert_eq!(outcome.health.as_ref(), Some(&h[3]));
+    // The summary carries the health numbers.
+    let file = out
+        .write_summary(None, Some(outcome.timing), outcome.health)
+        .unwrap();
+    assert_eq!(file.summary.metrics["PPL"], Some(h[3].ppl));
+    assert!(
+        file.summary
+            .notes
+            .iter()
+            .any(|n| n.contains("after 2 edits"))
+    );
+
+    // Killed in the third step: the curve keeps the points before it.
+    let out = OutputDir::open(temp_dir("seq-curve-killed"), None).unwrap();
+    let mut logger = Logger {
+        edited: vec![],
+        fail_at: Some("4"),
+    };
+    assert!(protocols::run(&mut m, &tok, &recs, &mut logger, seq, &opts, &out).is_err());
+    assert_eq!(
+        curve(&out).iter().map(|p| p.edits).collect::<Vec<_>>(),
+        [0, 2, 4]
+    );
+}
+
+#[test]
+fn bad_sequential_settings_and_short_texts_fail_before_any_edit() {
+    let (mut m, tok, _) = tiny();
+    assert!(Protocol::parse("sequential", 0, None).is_err());
+    assert!(Protocol::parse("sequential", 2, Some(0)).is_err());
+    let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        ..EvalOptions::default()
+    };
+    let mut logger = Logger {
+        edited: vec![],
+        fail_at: None,
+    };
+    let out = OutputDir::open(temp_dir("seq-bad"), None).unwrap();
+    let seq = Protocol::parse("sequential", 2, Some(4)).unwrap();
+    let e = protocols::run(&mut m, &tok, &recs, &mut logger, seq, &opts, &out).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("--eval-every 4 is more than the run's 3 steps"),
+        "{e}"
+    );
+    assert!(logger.edited.is_empty());
+    let e = health_probe(&tok, &m, 100_000).err().unwrap();
+    assert!(e.to_string().contains("fewer than the 100000"), "{e}");
+}
+
+#[test]
+fn the_health_check_compares_the_edited_model_with_the_unedited_one() {
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..2).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        health: Some(health_probe(&tok, &m, 48).unwrap()),
+        ..EvalOptions::default()
+    };
+    let run = |m: &mut Model, editor: &mut dyn Editor, dir: &str| {
+        let out = OutputDir::open(temp_dir(dir), None).unwrap();
+        protocols::run(m, &tok, &recs, editor, Protocol::Batch, &opts, &out).unwrap()
+    };
+    let h = run(&mut m, &mut NoEdit, "health-none").health.unwrap();
+    assert!(h.ppl > 1.0 && h.ratio() == 1.0 && !h.collapsed);
+    let h = run(&mut m, &mut Scramble, "health-scramble")
+        .health
+        .unwrap();
+    assert!(
+        h.ratio() > 1.5 && h.collapsed && h.collapsed_at == Some(2),
+        "{h:?}"
+    );
+    // The single protocol undoes its edits: nothing to measure.
+    let out = OutputDir::open(temp_dir("health-single"), None).unwrap();
+    let single = protocols::run(
+        &mut m,
+        &tok,
+        &recs,
+        &mut Scramble,
+        Protocol::Single,
+        &opts,
+        &out,
+    );
+    assert!(single.unwrap().health.is_none());
 }

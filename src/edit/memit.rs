@@ -27,7 +27,6 @@ use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
     memit_delta, optimize_value,
 };
-use super::stats::{weights_fingerprint, write_cache_file};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::nn::RmsNorm;
@@ -183,7 +182,7 @@ impl ZCache {
         contexts: &[String],
         layer: usize,
     ) -> Result<Self> {
-        let print = weights_fingerprint(model)?;
+        let print = model.params.fingerprint("")?;
         let mut h = DefaultHasher::new();
         serde_json::to_string(value)
             .expect("serialisable")
@@ -236,7 +235,7 @@ impl ZCache {
         }
         let named: Vec<(&str, &Tensor)> =
             self.entries.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        write_cache_file(&self.path, &named)?;
+        crate::cache::write_tensors(&self.path, &named)?;
         self.unsaved = 0;
         Ok(())
     }

@@ -99,7 +99,7 @@ impl StatsConfig {
     pub(crate) fn cache_dir(&self) -> Option<PathBuf> {
         self.cache.then(|| {
             if self.cache_dir.is_empty() {
-                super::stats::default_cache_dir()
+                crate::cache::dir()
             } else {
                 PathBuf::from(&self.cache_dir)
             }

@@ -5,7 +5,6 @@
 //! serves (METHOD.md), so ftedit reads a local file (WikiText by default) and counts
 //! token positions: 100,000 keys of SmolLM2 take a few minutes on two CPU cores.
 
-use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
@@ -30,67 +29,16 @@ pub struct StatsOptions {
 }
 
 impl StatsOptions {
-    /// `samples` keys from `text`, cached in [`default_cache_dir`].
+    /// `samples` keys from `text`, cached in [`crate::cache::dir`].
     pub fn new(text: impl Into<PathBuf>, samples: usize) -> Self {
         StatsOptions {
             text: text.into(),
             samples,
             block: 128,
-            cache_dir: Some(default_cache_dir()),
+            cache_dir: Some(crate::cache::dir()),
             progress: false,
         }
     }
-}
-
-/// `$FTEDIT_CACHE`, else `$XDG_CACHE_HOME/ftedit`, else `~/.cache/ftedit`.
-pub fn default_cache_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("FTEDIT_CACHE") {
-        return PathBuf::from(d);
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("ftedit")
-}
-
-/// A fingerprint of everything a layer's keys depend on: the weights up to that layer
-/// (here: all weights, hashed once) and the text.
-fn fingerprint(model: &Model, text: &str) -> Result<u64> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut names: Vec<&str> = model.params.names().collect();
-    names.sort_unstable();
-    for name in names {
-        let t = model.params.get(name)?;
-        name.hash(&mut h);
-        t.size().hash(&mut h);
-        let flat = t
-            .detach()
-            .to_device(tch::Device::Cpu)
-            .to_kind(Kind::Float)
-            .flatten(0, -1);
-        let v = Vec::<f32>::try_from(&flat)?;
-        // SAFETY: any f32 slice is a valid byte slice of four times its length.
-        let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) };
-        h.write(bytes);
-    }
-    text.hash(&mut h);
-    Ok(h.finish())
-}
-
-/// A fingerprint of the weights alone, for caches of what the weights determine.
-pub(crate) fn weights_fingerprint(model: &Model) -> Result<u64> {
-    fingerprint(model, "")
-}
-
-/// Writes `tensors` to the cache file `path` (creating its folder) whole or not at all.
-pub(crate) fn write_cache_file(path: &Path, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let dir = path.parent().expect("a file in a folder");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    // A per-process name: runs sharing the cache (`--shard`, sweeps) may write at once.
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    Tensor::write_safetensors(tensors, &tmp)?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 fn cache_path(dir: &Path, print: u64, layer: usize, samples: usize) -> PathBuf {
@@ -109,7 +57,7 @@ pub fn second_moments(
     let text = std::fs::read_to_string(&opts.text).map_err(|e| Error::io(&opts.text, e))?;
     // Hashing every weight costs a pass over the model: only done when caching.
     let cache = match &opts.cache_dir {
-        Some(dir) => Some((dir, fingerprint(model, &text)?)),
+        Some(dir) => Some((dir, model.params.fingerprint(&text)?)),
         None => None,
     };
     let mut out: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
@@ -136,7 +84,7 @@ pub fn second_moments(
         for (l, c) in missing.iter().zip(computed) {
             if let Some((dir, print)) = cache {
                 let path = cache_path(dir, print, *l, opts.samples);
-                write_cache_file(&path, &[("mom2", &c.to_device(tch::Device::Cpu))])?;
+                crate::cache::write_tensors(&path, &[("mom2", &c.to_device(tch::Device::Cpu))])?;
             }
             let i = layers
                 .iter()

@@ -9,6 +9,7 @@
 
 pub mod counterfact;
 pub mod generation;
+pub mod health;
 pub mod metrics;
 pub mod report;
 pub mod scorer;
@@ -68,6 +69,11 @@ pub struct EvalOptions {
     pub chunk: usize,
     /// Show a progress bar with ETA on the terminal.
     pub progress: bool,
+    /// Measure the model's health (perplexity, known facts) before and after editing.
+    pub health: Option<health::Probe>,
+    /// Sequential runs: records a checkpoint of the curve scores at most (a fixed
+    /// sample of the run, plus the first batch).
+    pub curve_sample: usize,
 }
 
 impl Default for EvalOptions {
@@ -80,6 +86,8 @@ impl Default for EvalOptions {
             attributes: None,
             chunk: 16,
             progress: false,
+            health: None,
+            curve_sample: 200,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::health::Health;
 use super::{RecordResult, Summary};
 use crate::error::{Error, Result};
 
@@ -43,6 +44,10 @@ pub struct SummaryFile {
     /// Seconds spent editing (not evaluating).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit_seconds: Option<f64>,
+    /// The edited model's health against the unedited one (`health.rs`); its perplexity
+    /// and retention are also in `metrics` as `PPL_before`, `PPL`, `known_retained`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 /// An evaluation's output folder.
@@ -197,17 +202,38 @@ impl OutputDir {
         read_json(&p).map(Some)
     }
 
-    /// Writes `summary.json` and `summary.md` from every record in the folder.
+    /// Writes `summary.json` and `summary.md` from every record in the folder, with the
+    /// run's timing and the model's health.
     pub fn write_summary(
         &self,
         run: Option<RunInfo>,
         timing: Option<Timing>,
+        health: Option<Health>,
     ) -> Result<SummaryFile> {
+        let mut summary = Summary::new(&self.records()?);
+        if let Some(h) = &health {
+            let m = &mut summary.metrics;
+            m.insert("PPL_before".into(), Some(h.ppl_before));
+            m.insert("PPL".into(), Some(h.ppl));
+            m.insert("known_retained".into(), h.known_retained);
+            if h.known_retained.is_none() {
+                summary
+                    .notes
+                    .push("known_retained not computed: no facts the unedited model knew".into());
+            }
+            if let Some(at) = h.collapsed_at {
+                summary.notes.push(format!(
+                    "collapsed: perplexity ×{:.1} after {at} edits",
+                    h.ratio()
+                ));
+            }
+        }
         let file = SummaryFile {
-            summary: Summary::new(&self.records()?),
+            summary,
             run,
             seconds: timing.map(|t| t.seconds),
             edit_seconds: timing.map(|t| t.edit_seconds),
+            health,
         };
         write_atomic(
             &self.path.join("summary.json"),
@@ -252,6 +278,21 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
                 .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok());
         }
     }
+    // Each shard edited its own copy of the model: their health is one number only when
+    // the shards agree (an unedited baseline).
+    let healths: Vec<Option<Health>> = dirs
+        .iter()
+        .map(|d| {
+            OutputDir { path: d.clone() }
+                .summary()
+                .map(|f| f.and_then(|f| f.health))
+        })
+        .collect::<Result<_>>()?;
+    let health = healths
+        .first()
+        .cloned()
+        .flatten()
+        .filter(|h| healths.iter().all(|o| o.as_ref() == Some(h)));
     let dir = OutputDir::open(out, None)?;
     dir.reset_records(&all)?;
     if let Some(run) = &run {
@@ -260,5 +301,15 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
             &serde_json::to_string_pretty(run).expect("serialisable"),
         )?;
     }
-    dir.write_summary(run, None)
+    let mut file = dir.write_summary(run.clone(), None, health.clone())?;
+    if health.is_none() && healths.iter().any(Option::is_some) {
+        file.summary
+            .notes
+            .push("health differs between the shards (each edited its own model): see each shard's summary".into());
+        write_atomic(
+            &dir.path.join("summary.json"),
+            &serde_json::to_string_pretty(&file).expect("serialisable"),
+        )?;
+    }
+    Ok(file)
 }

@@ -149,6 +149,31 @@ impl ParamStore {
 pub struct Snapshot(Vec<Tensor>);
 
 impl ParamStore {
+    /// A fingerprint of every weight (names, shapes, f32 values) and of `salt` (what
+    /// else a cached result depends on), to name cache files by.
+    pub fn fingerprint(&self, salt: &str) -> Result<u64> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        let mut names: Vec<&str> = self.names().collect();
+        names.sort_unstable();
+        for name in names {
+            let t = self.get(name)?;
+            name.hash(&mut h);
+            t.size().hash(&mut h);
+            let flat = t
+                .detach()
+                .to_device(tch::Device::Cpu)
+                .to_kind(Kind::Float)
+                .flatten(0, -1);
+            let v = Vec::<f32>::try_from(&flat)?;
+            // SAFETY: any f32 slice is a valid byte slice of four times its length.
+            let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) };
+            h.write(bytes);
+        }
+        salt.hash(&mut h);
+        Ok(h.finish())
+    }
+
     /// Copies every parameter.
     pub fn snapshot(&self) -> Snapshot {
         let _g = tch::no_grad_guard();

@@ -4,20 +4,24 @@
 //! - `single`: edit one record, evaluate it, restore the original weights exactly.
 //! - `batch`: apply all edits jointly, then evaluate every record (mass editing).
 //! - `sequential`: apply batches of edits one after another without restoring;
-//!   evaluate at the end, and optionally after every K batches.
+//!   evaluate at the end, and optionally after every K batches, writing the curve of
+//!   the metrics and the model's health to `curve.jsonl` ([`sequential`]).
 //!
 //! [`sweep`] runs a protocol once per combination of settings, to tune a method.
 
+pub mod sequential;
 pub mod sweep;
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use crate::data::EditRecord;
 pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
+use crate::eval::health::{self, Health, Probe};
 use crate::eval::report::OutputDir;
 pub use crate::eval::report::Timing;
-use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
+use crate::eval::{EvalOptions, RecordResult, evaluate};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -41,10 +45,22 @@ impl Protocol {
         Ok(match name {
             "single" => Protocol::Single,
             "batch" => Protocol::Batch,
-            "sequential" => Protocol::Sequential {
-                batch_size: batch_size.max(1),
-                eval_every,
-            },
+            "sequential" => {
+                if batch_size == 0 {
+                    return Err(Error::Input(
+                        "--batch-size 0: a sequential step edits at least one record".into(),
+                    ));
+                }
+                if eval_every == Some(0) {
+                    return Err(Error::Input(
+                        "--eval-every 0: checkpoints come every K ≥ 1 steps".into(),
+                    ));
+                }
+                Protocol::Sequential {
+                    batch_size,
+                    eval_every,
+                }
+            }
             other => {
                 return Err(Error::Input(format!(
                     "unknown protocol '{other}' (single, batch, sequential)"
@@ -62,9 +78,20 @@ impl Protocol {
     }
 }
 
+/// What a run measured besides the records: its time and the model's health.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    pub timing: Timing,
+    /// The edited model against the unedited one; `None` when the health check is off
+    /// or the protocol undoes every edit (single).
+    pub health: Option<Health>,
+}
+
 /// Runs `editor` over `records` under `protocol`, writing results and the editor's
 /// report to `out`. Records already in `out` are not evaluated again (resume);
-/// sequential runs start over.
+/// sequential runs start over. With a health probe in `opts`, the model's health is
+/// measured before and after editing (and at every sequential checkpoint); a collapse
+/// is also said on stderr.
 pub fn run(
     model: &mut Model,
     tok: &Tokenizer,
@@ -73,15 +100,22 @@ pub fn run(
     protocol: Protocol,
     opts: &EvalOptions,
     out: &OutputDir,
-) -> Result<Timing> {
+) -> Result<Outcome> {
+    if let Protocol::Sequential {
+        batch_size,
+        eval_every: Some(k),
+    } = protocol
+    {
+        let steps = records.len().div_ceil(batch_size.max(1));
+        if k > steps {
+            return Err(Error::Input(format!(
+                "--eval-every {k} is more than the run's {steps} steps ({} records in batches of \
+                 {batch_size}): no checkpoint would be reached",
+                records.len()
+            )));
+        }
+    }
     let start = Instant::now();
-    let mut edit_seconds = 0.0;
-    let mut timed_edit = |editor: &mut dyn Editor, model: &mut Model, batch: &[EditRecord]| {
-        let t = Instant::now();
-        let r = editor.edit(model, tok, batch);
-        edit_seconds += t.elapsed().as_secs_f64();
-        r
-    };
     let done = out.done_ids()?;
     let todo: Vec<EditRecord> = records
         .iter()
@@ -97,17 +131,46 @@ pub fn run(
         pb.inc(1);
         Ok(())
     };
+    // The health baseline, before any edit (the single protocol undoes its edits, so
+    // the model it leaves is the unedited one).
+    let probe = opts
+        .health
+        .as_ref()
+        .filter(|_| protocol != Protocol::Single);
+    let baseline = match probe {
+        Some(p) => {
+            pb.set_message("health baseline");
+            let edited: HashSet<String> = records.iter().map(|r| r.subject.clone()).collect();
+            Some(p.baseline(model, &edited)?)
+        }
+        None => None,
+    };
+    let mut editing = Editing {
+        editor,
+        seconds: 0.0,
+    };
+    let mut health = None;
     match protocol {
         Protocol::Batch => {
-            if editor.changes_weights() {
+            if editing.editor.changes_weights() {
                 pb.set_message("editing");
-                timed_edit(editor, model, records)?;
+                editing.edit(model, tok, records)?;
                 pb.set_message("");
             }
             evaluate(model, tok, &todo, opts, &mut write)?;
+            if let (Some(p), Some(b)) = (probe, &baseline) {
+                health = Some(if editing.editor.changes_weights() {
+                    checked(p.measure(model, b)?, records.len(), p)
+                } else {
+                    p.unedited(b)
+                });
+            }
         }
         Protocol::Single => {
-            let snapshot = editor.changes_weights().then(|| model.params.snapshot());
+            let snapshot = editing
+                .editor
+                .changes_weights()
+                .then(|| model.params.snapshot());
             // A resumed run keeps the reports of the edits before it, and each edit's
             // report is written with its record, so a killed run loses neither.
             let earlier = if done.is_empty() {
@@ -116,13 +179,13 @@ pub fn run(
                 out.train_runs()?
             };
             for r in &todo {
-                timed_edit(editor, model, std::slice::from_ref(r))?;
+                editing.edit(model, tok, std::slice::from_ref(r))?;
                 let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
                 if let Some(s) = &snapshot {
                     model.params.restore(s)?;
                 }
                 result?;
-                if let Some(report) = editor.report() {
+                if let Some(report) = editing.editor.report() {
                     out.write_train_report(report, &earlier)?;
                 }
             }
@@ -137,38 +200,71 @@ pub fn run(
                     out.path.display()
                 )));
             }
-            let batches: Vec<&[EditRecord]> = records.chunks(batch_size.max(1)).collect();
+            let mut curve = sequential::Curve::new(
+                out,
+                records,
+                batch_size,
+                opts,
+                probe.zip(baseline.as_ref()),
+                start,
+            )?;
+            let batches: Vec<&[EditRecord]> = records.chunks(batch_size).collect();
+            curve.point(model, tok, 0, editing.seconds, None)?;
             for (step, batch) in batches.iter().enumerate() {
-                timed_edit(editor, model, batch)?;
+                editing.edit(model, tok, batch)?;
                 let step = step + 1;
-                if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
-                    let so_far = &records[..(step * batch_size).min(records.len())];
-                    let mut results = Vec::new();
-                    evaluate(model, tok, so_far, opts, &mut |r| {
-                        results.push(r);
-                        Ok(())
-                    })?;
-                    let summary = Summary::new(&results);
-                    let path = out.path.join(format!("step-{step:05}.json"));
-                    std::fs::write(
-                        &path,
-                        serde_json::to_string_pretty(&summary).expect("serialisable"),
-                    )
-                    .map_err(|e| Error::io(&path, e))?;
-                }
                 pb.set_message(format!("step {step}/{}", batches.len()));
+                if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
+                    pb.set_message(format!("step {step}/{}: checkpoint", batches.len()));
+                    curve.point(model, tok, step, editing.seconds, None)?;
+                }
             }
-            evaluate(model, tok, records, opts, &mut write)?;
+            let mut results = Vec::with_capacity(records.len());
+            evaluate(model, tok, records, opts, &mut |r| {
+                results.push(r.clone());
+                write(r)
+            })?;
+            health = curve.point(model, tok, batches.len(), editing.seconds, Some(&results))?;
         }
     }
     if protocol != Protocol::Single
-        && let Some(report) = editor.report()
+        && let Some(report) = editing.editor.report()
     {
         out.write_train_report(report, &[])?;
     }
     pb.finish_and_clear();
-    Ok(Timing {
-        seconds: start.elapsed().as_secs_f64(),
-        edit_seconds,
+    Ok(Outcome {
+        timing: Timing {
+            seconds: start.elapsed().as_secs_f64(),
+            edit_seconds: editing.seconds,
+        },
+        health,
     })
+}
+
+/// The editor with the time spent in it.
+struct Editing<'a> {
+    editor: &'a mut dyn Editor,
+    seconds: f64,
+}
+
+impl Editing<'_> {
+    fn edit(&mut self, model: &mut Model, tok: &Tokenizer, batch: &[EditRecord]) -> Result<()> {
+        let t = Instant::now();
+        let r = self.editor.edit(model, tok, batch);
+        self.seconds += t.elapsed().as_secs_f64();
+        r
+    }
+}
+
+/// `h` after `edits` edits, with a collapse marked and said on stderr.
+fn checked(mut h: Health, edits: usize, probe: &Probe) -> Health {
+    if h.collapsed {
+        h.collapsed_at = Some(edits);
+        eprintln!(
+            "{}",
+            health::collapse_warning(&h, edits, probe.options.collapse_factor)
+        );
+    }
+    h
 }

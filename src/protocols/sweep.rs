@@ -166,6 +166,8 @@ const COLUMNS: &[&str] = &[
     "paraphrase",
     "specificity",
     "efficacy_exact",
+    "PPL",
+    "known_retained",
 ];
 
 impl Table {
@@ -325,9 +327,9 @@ pub fn sweep(
                 if let Some(s) = &snapshot {
                     model.params.restore(s)?;
                 }
-                let timing = result?;
+                let outcome = result?;
                 ran += 1;
-                dir.write_summary(Some(info), Some(timing))?
+                dir.write_summary(Some(info), Some(outcome.timing), outcome.health)?
             }
         };
         let n = file.summary.n;

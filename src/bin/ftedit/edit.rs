@@ -5,8 +5,10 @@ use std::time::Instant;
 
 use clap::Args;
 use ftedit::edit::{self, Editor, registry};
+use ftedit::eval::health;
 use ftedit::model::save;
 
+use crate::health::HealthArgs;
 use crate::method::MethodArgs;
 use crate::{ModelArgs, RecordArgs};
 
@@ -34,6 +36,8 @@ pub struct EditArgs {
     /// Also write the shuffled training set (token ids) to this JSON file.
     #[arg(long)]
     dump_examples: Option<PathBuf>,
+    #[command(flatten)]
+    health: HealthArgs,
 }
 
 pub fn run(args: EditArgs) -> anyhow::Result<()> {
@@ -60,7 +64,30 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     } else {
         edit::build(&config, &tok, &build)?
     };
+    // The unedited model's health first, so that the edited one can be compared.
+    let probe = args.health.probe(&tok, model.max_positions())?;
+    let baseline = match &probe {
+        Some(p) => {
+            let edited = records.iter().map(|r| r.subject.clone()).collect();
+            Some(p.baseline(&model, &edited)?)
+        }
+        None => None,
+    };
     editor.edit(&mut model, &tok, &records)?;
+    let health = match (&probe, &baseline) {
+        (Some(p), Some(b)) => {
+            let mut h = p.measure(&model, b)?;
+            if h.collapsed {
+                h.collapsed_at = Some(records.len());
+                eprintln!(
+                    "{}",
+                    health::collapse_warning(&h, records.len(), p.options.collapse_factor)
+                );
+            }
+            Some(h)
+        }
+        _ => None,
+    };
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
     } else {
@@ -74,6 +101,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "method": config.method(),
         "config": serde_json::to_value(&config)?,
         "training": editor.report(),
+        "health": health,
         "saved": saved,
         "seconds": start.elapsed().as_secs_f64(),
         "peak_rss_mb": peak_rss_mb(),
@@ -99,6 +127,9 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         args.out.display(),
         report_path.display()
     );
+    if let Some(h) = &health {
+        println!("health: {}", h.line());
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use ftedit::eval::generation::Attributes;
 use ftedit::eval::report::{OutputDir, RunInfo};
 use ftedit::protocols::{self, Protocol};
 
+use crate::health::HealthArgs;
 use crate::method::MethodArgs;
 use crate::{ModelArgs, RecordArgs};
 
@@ -65,6 +66,12 @@ pub struct EvalFlags {
     /// Records scored together per round of forward passes.
     #[arg(long, default_value_t = 16)]
     chunk: usize,
+    /// Sequential protocol: records a checkpoint scores at most (a fixed sample of
+    /// the run, plus the first batch; the final evaluation scores all).
+    #[arg(long, default_value_t = 200)]
+    curve_sample: usize,
+    #[command(flatten)]
+    pub health: HealthArgs,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -94,6 +101,9 @@ impl EvalFlags {
                 .transpose()?,
             chunk: self.chunk,
             progress: !self.quiet,
+            // Set once the tokenizer is loaded.
+            health: None,
+            curve_sample: self.curve_sample,
         })
     }
 
@@ -118,6 +128,7 @@ impl EvalFlags {
                 "batch_size": self.batch_size, "eval_every": self.eval_every,
                 "generation": !self.no_generation, "generation_n": self.generation_n,
                 "exact_match": !self.no_exact_match, "seed": self.seed, "dtype": model.dtype,
+                "curve_sample": self.curve_sample,
             }),
         }
     }
@@ -132,8 +143,9 @@ pub fn stem(p: &Path) -> String {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let protocol = args.eval.protocol()?;
     let records = args.records.load(&args.data, args.shard)?;
-    let opts = args.eval.options(&records)?;
+    let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
+    opts.health = args.eval.health.probe(&tok, model.max_positions())?;
     let config = args.method.config("none", &model)?;
     let mut editor = edit::build(
         &config,
@@ -160,7 +172,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     run.settings["config"] = serde_json::to_value(&config)?;
     let dir = OutputDir::open(&out, Some(&run))?;
     dir.write_file("recipe.toml", &config.to_toml())?;
-    let timing = protocols::run(
+    let outcome = protocols::run(
         &mut model,
         &tok,
         &records,
@@ -169,12 +181,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &dir,
     )?;
-    let file = dir.write_summary(Some(run), Some(timing))?;
+    let file = dir.write_summary(Some(run), Some(outcome.timing), outcome.health.clone())?;
     println!("{}", file.summary.markdown());
+    if let Some(h) = &outcome.health {
+        println!("health: {}", h.line());
+    }
     println!(
         "{} records in {:.1} s; results in {}",
         records.len(),
-        timing.seconds,
+        outcome.timing.seconds,
         dir.path.display()
     );
     Ok(())

@@ -3,6 +3,7 @@
 mod edit;
 mod eval;
 mod generate;
+mod health;
 mod method;
 mod methods;
 mod predict;

@@ -36,8 +36,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let grid = Grid::parse(&args.grid)?;
     let protocol = args.eval.protocol()?;
     let records = args.records.load(&args.data, None)?;
-    let opts = args.eval.options(&records)?;
+    let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
+    opts.health = args.eval.health.probe(&tok, model.max_positions())?;
     let name = args
         .method
         .method

@@ -1,0 +1,231 @@
+//! The curve of a sequential run: `curve.jsonl` in its output folder, one line per
+//! checkpoint (before the first edit, every K steps, and after the last), each with
+//! the metrics over the edits so far, the same metrics on the first batch alone (what
+//! is forgotten), the model's health and the seconds so far.
+//!
+//! A run of thousands of edits cannot re-evaluate everything at every checkpoint, so a
+//! checkpoint scores a fixed sample of the run's records (every k-th, at most
+//! `EvalOptions::curve_sample`, those edited so far) plus the first batch, teacher-forced
+//! only (no exact match, no GE); the last point is the final evaluation of every record.
+//! Lines are appended as checkpoints finish, so a killed run keeps its curve.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::EditRecord;
+use crate::error::{Error, Result};
+use crate::eval::health::{Baseline, Health, Probe};
+use crate::eval::report::OutputDir;
+use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// One checkpoint of a sequential run: a line of `curve.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    /// Edits applied so far.
+    pub edits: usize,
+    /// Sequential steps (batches) so far.
+    pub steps: usize,
+    /// Records scored for `metrics` (a sample of those edited so far, or all at the end).
+    pub evaluated: usize,
+    /// The metrics over the scored records edited so far (empty before the first edit).
+    pub metrics: BTreeMap<String, Option<f64>>,
+    /// The same metrics over the first batch alone.
+    pub first_batch: BTreeMap<String, Option<f64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
+    /// Since the run started, and in the editor alone.
+    pub seconds: f64,
+    pub edit_seconds: f64,
+}
+
+/// The file a run's curve is in.
+pub fn curve_path(dir: &Path) -> PathBuf {
+    dir.join("curve.jsonl")
+}
+
+/// Reads a run's curve (a folder or its `curve.jsonl`); a cut-off last line is ignored.
+pub fn read_curve(path: &Path) -> Result<Vec<CurvePoint>> {
+    let file = if path.is_dir() {
+        curve_path(path)
+    } else {
+        path.to_owned()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(p) => out.push(p),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => {
+                return Err(Error::Format {
+                    path: file,
+                    reason: format!("line {}: {e}", i + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a sequential run's curve as it goes.
+pub(super) struct Curve<'a> {
+    path: PathBuf,
+    records: &'a [EditRecord],
+    batch_size: usize,
+    /// Indices of the records every checkpoint scores, when edited.
+    sample: Vec<usize>,
+    light: EvalOptions,
+    health: Option<(&'a Probe, &'a Baseline)>,
+    collapsed_at: Option<usize>,
+    start: Instant,
+}
+
+impl<'a> Curve<'a> {
+    /// Starts `curve.jsonl` in `out` afresh.
+    pub(super) fn new(
+        out: &OutputDir,
+        records: &'a [EditRecord],
+        batch_size: usize,
+        opts: &EvalOptions,
+        health: Option<(&'a Probe, &'a Baseline)>,
+        start: Instant,
+    ) -> Result<Self> {
+        let path = curve_path(&out.path);
+        std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
+        let every = records.len().div_ceil(opts.curve_sample.max(1)).max(1);
+        let light = EvalOptions {
+            exact_match: false,
+            generation: false,
+            generation_ids: None,
+            seed: opts.seed,
+            attributes: None,
+            chunk: opts.chunk,
+            progress: false,
+            health: None,
+            curve_sample: opts.curve_sample,
+        };
+        Ok(Curve {
+            path,
+            records,
+            batch_size,
+            sample: (0..records.len()).step_by(every).collect(),
+            light,
+            health,
+            collapsed_at: None,
+            start,
+        })
+    }
+
+    /// Measures and appends the checkpoint after `steps` steps. `all` is the final
+    /// evaluation of every record, which the last point reuses. Returns the model's
+    /// health at this point.
+    pub(super) fn point(
+        &mut self,
+        model: &Model,
+        tok: &Tokenizer,
+        steps: usize,
+        edit_seconds: f64,
+        all: Option<&[RecordResult]>,
+    ) -> Result<Option<Health>> {
+        let edits = (steps * self.batch_size).min(self.records.len());
+        let first: HashSet<&str> = self.records[..self.batch_size.min(self.records.len())]
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        let scored: Vec<RecordResult> = match all {
+            Some(all) => all.to_vec(),
+            None => {
+                let mut chosen: Vec<usize> =
+                    self.sample.iter().copied().filter(|&i| i < edits).collect();
+                chosen.extend(0..first.len());
+                chosen.sort_unstable();
+                chosen.dedup();
+                let subset: Vec<EditRecord> =
+                    chosen.iter().map(|&i| self.records[i].clone()).collect();
+                let mut results = Vec::with_capacity(subset.len());
+                evaluate(model, tok, &subset, &self.light, &mut |r| {
+                    results.push(r);
+                    Ok(())
+                })?;
+                results
+            }
+        };
+        let sample: HashSet<&str> = self
+            .sample
+            .iter()
+            .map(|&i| self.records[i].id.as_str())
+            .collect();
+        let edited: HashSet<&str> = self.records[..edits]
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect();
+        let so_far: Vec<RecordResult> = scored
+            .iter()
+            .filter(|r| {
+                edited.contains(r.id.as_str()) && (all.is_some() || sample.contains(r.id.as_str()))
+            })
+            .cloned()
+            .collect();
+        let first_batch: Vec<RecordResult> = scored
+            .iter()
+            .filter(|r| first.contains(r.id.as_str()))
+            .cloned()
+            .collect();
+        let health = match self.health {
+            Some((probe, base)) => {
+                let mut h = if edits == 0 {
+                    probe.unedited(base)
+                } else {
+                    probe.measure(model, base)?
+                };
+                if h.collapsed && self.collapsed_at.is_none() {
+                    self.collapsed_at = Some(edits);
+                    eprintln!(
+                        "{}",
+                        crate::eval::health::collapse_warning(
+                            &h,
+                            edits,
+                            probe.options.collapse_factor
+                        )
+                    );
+                }
+                h.collapsed_at = self.collapsed_at;
+                h.collapsed |= self.collapsed_at.is_some();
+                Some(h)
+            }
+            None => None,
+        };
+        let point = CurvePoint {
+            edits,
+            steps,
+            evaluated: so_far.len(),
+            metrics: if so_far.is_empty() {
+                BTreeMap::new()
+            } else {
+                Summary::new(&so_far).metrics
+            },
+            first_batch: Summary::new(&first_batch).metrics,
+            health: health.clone(),
+            seconds: self.start.elapsed().as_secs_f64(),
+            edit_seconds,
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|e| Error::io(&self.path, e))?;
+        writeln!(
+            f,
+            "{}",
+            serde_json::to_string(&point).expect("serialisable")
+        )
+        .map_err(|e| Error::io(&self.path, e))?;
+        Ok(health)
+    }
+}
