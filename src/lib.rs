@@ -48,6 +48,7 @@ pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod model;
+pub mod plot;
 pub mod progress;
 pub mod protocols;
 pub mod runtime;

@@ -893,3 +893,157 @@ fn sweep_runs_every_combination_once_and_resumes() {
     }
     assert!(stdout.contains("--recipe paper-mass"), "{stdout}");
 }
+
+#[test]
+fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
+    let dir = temp_dir("cli-curve");
+    let model = tiny_model_file(&dir, 64);
+    let data = counterfact_jsonl(&dir, 4);
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the sea is in the city and the tea is on the hat\n".repeat(8),
+    )
+    .unwrap();
+    let (m, d, t) = (
+        model.as_str(),
+        data.to_str().unwrap(),
+        text.to_str().unwrap(),
+    );
+    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let eval = |protocol: &str, folder: &str| {
+        ftedit(&[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--method",
+            "ft-l",
+            "--set",
+            "optim.clamp=0.1",
+            "--protocol",
+            protocol,
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "1",
+            "--health-text",
+            t,
+            "--health-tokens",
+            "40",
+            "--no-generation",
+            "--out",
+            &out(folder),
+            "--quiet",
+        ])
+    };
+    let (code, stdout, err) = eval("sequential", "seq");
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("health: PPL"), "{stdout}");
+    let curve = std::fs::read_to_string(dir.join("seq/curve.jsonl")).unwrap();
+    let points: Vec<serde_json::Value> = curve
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Before editing, after the first of two steps, and the final evaluation.
+    let edits: Vec<u64> = points
+        .iter()
+        .map(|p| p["edits"].as_u64().unwrap())
+        .collect();
+    assert_eq!(edits, [0, 2, 4]);
+    assert!(
+        points
+            .iter()
+            .all(|p| p["health"]["PPL"].as_f64().unwrap() > 1.0)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("seq/summary.json")).unwrap())
+            .unwrap();
+    assert!(summary["metrics"]["PPL_before"].as_f64().unwrap() > 1.0);
+    assert!(summary["health"]["collapsed"].is_boolean());
+    // A batch run beside it is one point.
+    let (code, _, err) = eval("batch", "batch");
+    assert_eq!(code, 0, "{err}");
+    let svg = dir.join("plot/curves.svg");
+    let (code, stdout, err) = ftedit(&[
+        "report",
+        "plot",
+        &out("seq"),
+        &out("batch"),
+        "--label",
+        "in turn",
+        "--out",
+        svg.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    // Six panels; the sequential run is a line in each but the known facts' (the tiny
+    // model knows none of them), the batch run one dot per panel.
+    assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
+    for needle in [
+        "in turn",
+        ">batch<",
+        ">edits<",
+        ">NS<",
+        ">PPL<",
+        "ES, first batch",
+    ] {
+        assert!(svg.contains(needle), "{needle} missing");
+    }
+
+    // Bad input is refused before any editing.
+    expect_failure(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--protocol",
+            "sequential",
+            "--batch-size",
+            "0",
+        ],
+        "--batch-size 0",
+    );
+    expect_failure(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--protocol",
+            "sequential",
+            "--batch-size",
+            "2",
+            "--eval-every",
+            "3",
+        ],
+        "--eval-every 3 is more than the run's 2 steps",
+    );
+    expect_failure(
+        &[
+            "eval",
+            "--model",
+            m,
+            "--data",
+            d,
+            "--health-text",
+            t,
+            "--health-tokens",
+            "100000",
+        ],
+        "fewer than the 100000",
+    );
+    expect_failure(
+        &["report", "plot", &out("seq"), "--out", &out("x.png")],
+        "written as SVG",
+    );
+    expect_failure(
+        &["report", "plot", &out("nothing"), "--out", &out("x.svg")],
+        "no curve.jsonl",
+    );
+}

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ftedit::eval::report;
+use ftedit::protocols::sequential;
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -22,6 +23,27 @@ enum ReportCommand {
         #[arg(long, default_value = "runs/merged")]
         out: PathBuf,
     },
+    /// Draw the curves of runs (metrics against edits, one line per run) as SVG: a
+    /// sequential run's curve.jsonl, or a finished run's summary as one point.
+    Plot {
+        /// The runs' output folders.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The SVG file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Metrics to draw, comma-separated: ES, NS, efficacy, first_batch.ES, PPL,
+        /// known_retained, … [default: the suite's three, the first batch's efficacy,
+        /// PPL, known_retained].
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
+        /// A run's name in the legend, in the order of the runs [default: its folder's].
+        #[arg(long)]
+        label: Vec<String>,
+        /// The chart's title.
+        #[arg(long, default_value = "Editing over time")]
+        title: String,
+    },
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
@@ -30,6 +52,57 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             let file = report::merge(&dirs, &out)?;
             println!("{}", file.summary.markdown());
             println!("merged {} folders into {}", dirs.len(), out.display());
+        }
+        ReportCommand::Plot {
+            runs,
+            out,
+            metrics,
+            label,
+            title,
+        } => {
+            if out.extension().is_none_or(|e| e != "svg") {
+                anyhow::bail!(
+                    "--out {}: plots are written as SVG (FILE.svg)",
+                    out.display()
+                );
+            }
+            if label.len() > runs.len() {
+                anyhow::bail!("{} --label for {} runs", label.len(), runs.len());
+            }
+            let mut curves = Vec::new();
+            for (i, dir) in runs.iter().enumerate() {
+                let name = label.get(i).cloned().unwrap_or_else(|| {
+                    dir.file_name().map_or(dir.display().to_string(), |n| {
+                        n.to_string_lossy().into_owned()
+                    })
+                });
+                curves.push((name, sequential::plot_points(dir)?));
+            }
+            let metrics = if metrics.is_empty() {
+                sequential::default_plot_metrics(&curves)
+            } else {
+                metrics
+            };
+            let chart = sequential::chart(&title, &curves, &metrics);
+            if let Some(m) = chart
+                .panels
+                .iter()
+                .zip(&metrics)
+                .find(|(p, _)| p.series.iter().all(Option::is_none))
+                .map(|(_, m)| m)
+            {
+                eprintln!("note: no run has '{m}'; its panel is empty");
+            }
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&out, chart.svg())?;
+            println!(
+                "{} runs, {} metrics: {}",
+                curves.len(),
+                metrics.len(),
+                out.display()
+            );
         }
     }
     Ok(())
