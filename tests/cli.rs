@@ -655,7 +655,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
 }
 
 #[test]
-fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
+fn rome_memit_and_alphaedit_edit_exactly_their_mlp_output_projections() {
     let dir = temp_dir("cli-locate");
     let model = tiny_model_file(&dir, 64);
     let edits = two_edits(&dir);
@@ -757,6 +757,35 @@ fn rome_and_memit_edit_exactly_their_mlp_output_projections() {
     assert_eq!(memit("lambda=15000", &dir.join("memit-b.gguf")), first);
     assert_ne!(memit("lambda=10", &dir.join("memit-l10.gguf")), first);
     assert_eq!((cached("mom2-"), cached("memit-z-")), (2, 1));
+    // AlphaEdit changes the same two matrices. Its null space is set to all of the tiny
+    // model's keys (their statistics barely reach a threshold of 2e-2 from 300 tokens);
+    // its projections are cached beside the statistics.
+    let out = dir.join("alphaedit.gguf");
+    let report = edit(
+        "alphaedit",
+        &["layers=1..2", "nullspace_threshold=1e9"],
+        &out,
+    );
+    let (src, dst) = (
+        GgufFile::open(&model).unwrap(),
+        GgufFile::open(&out).unwrap(),
+    );
+    for (a, b) in src.tensors.iter().zip(&dst.tensors) {
+        let same = src.tensor_bytes(a).unwrap() == dst.tensor_bytes(b).unwrap();
+        assert_eq!(
+            !same,
+            a.name.ends_with("ffn_down.weight") && !a.name.starts_with("blk.0"),
+            "alphaedit: {}",
+            a.name
+        );
+    }
+    let inner = report["training"]["null_space_dims"][0].as_u64().unwrap();
+    assert!(inner > 0, "{report}");
+    assert_eq!(
+        report["training"]["null_space_dims"][1].as_u64(),
+        Some(inner)
+    );
+    assert_eq!(cached("alphaedit-p-"), 2);
     expect_failure(
         &[
             "edit",

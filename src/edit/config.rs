@@ -25,6 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::alphaedit::AlphaEditConfig;
 use super::memit::MemitConfig;
 use super::recipe::Recipe;
 use super::rome::RomeConfig;
@@ -54,6 +55,8 @@ pub enum MethodConfig {
     FtM(Recipe),
     Rome(RomeConfig),
     Memit(MemitConfig),
+    #[serde(rename = "alphaedit")]
+    AlphaEdit(AlphaEditConfig),
 }
 
 /// The built-in recipes, by name.
@@ -68,6 +71,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ft-m", include_str!("../../recipes/ft-m.toml")),
     ("rome", include_str!("../../recipes/rome.toml")),
     ("memit", include_str!("../../recipes/memit.toml")),
+    ("alphaedit", include_str!("../../recipes/alphaedit.toml")),
 ];
 
 /// How deep `base` chains may go (a cycle stops here).
@@ -144,6 +148,7 @@ impl MethodConfig {
             MethodConfig::FtM(_) => "ft-m",
             MethodConfig::Rome(_) => "rome",
             MethodConfig::Memit(_) => "memit",
+            MethodConfig::AlphaEdit(_) => "alphaedit",
         }
     }
 
@@ -157,6 +162,7 @@ impl MethodConfig {
             | MethodConfig::FtM(r) => &r.description,
             MethodConfig::Rome(c) => &c.description,
             MethodConfig::Memit(c) => &c.description,
+            MethodConfig::AlphaEdit(c) => &c.description,
         }
     }
 
@@ -176,6 +182,7 @@ impl MethodConfig {
             MethodConfig::None(_) => Ok(()),
             MethodConfig::Rome(c) => c.check(),
             MethodConfig::Memit(c) => c.check(),
+            MethodConfig::AlphaEdit(c) => c.check(),
             _ => self.recipe().expect("fine-tuning").check(),
         }
     }

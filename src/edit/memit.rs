@@ -85,7 +85,7 @@ impl MemitEditor {
 }
 
 /// What `site` of `layer` holds at each record's subject (bare prompt), `[n, hidden]`.
-fn read_at(
+pub(crate) fn read_at(
     model: &Model,
     tok: &Tokenizer,
     records: &[EditRecord],
@@ -241,6 +241,87 @@ impl ZCache {
     }
 }
 
+/// Where z's are cached (`None`: not cached) and whether to show their progress.
+pub(crate) struct ZOptions {
+    pub cache_dir: Option<PathBuf>,
+    pub progress: bool,
+}
+
+/// Each record's target z for the residual stream after layer `hi` (ROME's value
+/// optimisation), from the cache where it has them; returns `[n, hidden]` and how many
+/// came from the cache. MEMIT and AlphaEdit share these.
+pub(crate) fn targets(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    hi: usize,
+    (ctx, value): (&[String], &ValueConfig),
+    opts: ZOptions,
+) -> Result<(Tensor, usize)> {
+    let progress = opts.progress;
+    let mut cache = match opts.cache_dir {
+        Some(dir) => Some(ZCache::open(&dir, model, value, ctx, hi)?),
+        None => None,
+    };
+    let pb = crate::progress::bar(progress, records.len(), "z");
+    let mut zs = Vec::with_capacity(records.len());
+    let mut from_cache = 0;
+    for r in records {
+        let z = match cache.as_ref().and_then(|c| c.get(r)) {
+            Some(z) => {
+                from_cache += 1;
+                z
+            }
+            None => {
+                let (_, z) = optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, value)?;
+                if let Some(c) = &mut cache {
+                    c.insert(r, &z)?;
+                }
+                z
+            }
+        };
+        zs.push(z);
+        pb.inc(1);
+    }
+    if let Some(c) = &mut cache {
+        c.save()?;
+    }
+    pb.finish_and_clear();
+    Ok((Tensor::stack(&zs, 0), from_cache))
+}
+
+/// MEMIT's spreading of `zs` over `layers` (ascending; the last is where z was
+/// optimised): from the lowest layer up, each takes its share R of what is still
+/// missing, and `solve(i, K, R)` (keys `[in, n]`, residuals `[out, n]`, both f64) gives
+/// its update `[out, in]`, which is added before the next layer is measured.
+pub(crate) fn spread(
+    model: &mut Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    layers: &[usize],
+    ctx: &[String],
+    zs: &Tensor,
+    mut solve: impl FnMut(usize, &Tensor, &Tensor) -> Result<Tensor>,
+) -> Result<()> {
+    let hi = *layers.last().expect("at least one layer");
+    for (i, &layer) in layers.iter().enumerate() {
+        let keys = mean_keys(model, tok, records, layer, ctx)?;
+        let current = read_at(model, tok, records, hi, Site::BlockOutput)?;
+        let mut resid = (zs - current) / (layers.len() - i) as f64;
+        if let Some(norm) = model.mlp_out_norm(layer)? {
+            let m = read_at(model, tok, records, layer, Site::MlpOutput)?;
+            resid = through_norm(&norm, &m, &resid);
+        }
+        let delta = solve(
+            i,
+            &keys.transpose(0, 1).to_kind(Kind::Double),
+            &resid.transpose(0, 1).to_kind(Kind::Double),
+        )?;
+        add_to_out_proj(model, layer, &delta)?;
+    }
+    Ok(())
+}
+
 impl Editor for MemitEditor {
     fn name(&self) -> &str {
         "memit"
@@ -258,52 +339,14 @@ impl Editor for MemitEditor {
                 .ensure(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)?;
         let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
-        let mut cache = match (cfg.cache_z, cfg.stats.cache_dir()) {
-            (true, Some(dir)) => Some(ZCache::open(&dir, model, &cfg.value, ctx, hi)?),
-            _ => None,
+        let z_options = ZOptions {
+            cache_dir: cfg.stats.cache_dir().filter(|_| cfg.cache_z),
+            progress: self.progress,
         };
-        let pb = crate::progress::bar(self.progress, records.len(), "memit z");
-        let mut zs = Vec::with_capacity(records.len());
-        let mut from_cache = 0;
-        for r in records {
-            let z = match cache.as_ref().and_then(|c| c.get(r)) {
-                Some(z) => {
-                    from_cache += 1;
-                    z
-                }
-                None => {
-                    let (_, z) =
-                        optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, &cfg.value)?;
-                    if let Some(c) = &mut cache {
-                        c.insert(r, &z)?;
-                    }
-                    z
-                }
-            };
-            zs.push(z);
-            pb.inc(1);
-        }
-        if let Some(c) = &mut cache {
-            c.save()?;
-        }
-        pb.finish_and_clear();
-        let zs = Tensor::stack(&zs, 0);
-        for (i, &layer) in layers.iter().enumerate() {
-            let keys = mean_keys(model, tok, records, layer, ctx)?;
-            let current = read_at(model, tok, records, hi, Site::BlockOutput)?;
-            let mut resid = (&zs - current) / (layers.len() - i) as f64;
-            if let Some(norm) = model.mlp_out_norm(layer)? {
-                let m = read_at(model, tok, records, layer, Site::MlpOutput)?;
-                resid = through_norm(&norm, &m, &resid);
-            }
-            let delta = memit_delta(
-                &mom2[i],
-                &keys.transpose(0, 1),
-                &resid.transpose(0, 1),
-                cfg.lambda,
-            );
-            add_to_out_proj(model, layer, &delta)?;
-        }
+        let (zs, from_cache) = targets(model, tok, records, hi, (ctx, &cfg.value), z_options)?;
+        spread(model, tok, records, &layers, ctx, &zs, |i, k, r| {
+            Ok(memit_delta(&mom2[i], k, r, cfg.lambda))
+        })?;
         let mut report = LocateReport::new(
             "memit",
             layers,

@@ -6,8 +6,10 @@
 //! - [`ft::FtEditor`]: fine-tuning, the paper's recipe and its ablations, configured by a
 //!   [`recipe::Recipe`]; naive fine-tuning, FT-L and FT-M are recipes of it.
 //! - [`rome::RomeEditor`], [`memit::MemitEditor`]: the locate-then-edit baselines, with
-//!   their key statistics from [`stats`].
+//!   their key statistics from [`stats`]; [`alphaedit::AlphaEditEditor`]: MEMIT in the
+//!   null space of the preserved keys, for lifelong editing.
 
+pub mod alphaedit;
 pub mod augment;
 pub mod config;
 pub mod ft;

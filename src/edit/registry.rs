@@ -17,6 +17,7 @@
 
 use std::path::PathBuf;
 
+use super::alphaedit::AlphaEditEditor;
 use super::augment;
 use super::config::MethodConfig;
 use super::ft::FtEditor;
@@ -75,6 +76,11 @@ pub const METHODS: &[MethodInfo] = &[
         name: "memit",
         about: "MEMIT: all edits at once, spread over a range of MLP output projections",
         default_recipe: "memit",
+    },
+    MethodInfo {
+        name: "alphaedit",
+        about: "AlphaEdit: MEMIT's update in the null space of the preserved keys, for lifelong editing",
+        default_recipe: "alphaedit",
     },
 ];
 
@@ -136,6 +142,11 @@ pub fn build(
             e.progress = opts.progress;
             Box::new(e)
         }
+        MethodConfig::AlphaEdit(c) => {
+            let mut e = AlphaEditEditor::new(c.clone());
+            e.progress = opts.progress;
+            Box::new(e)
+        }
         _ => Box::new(build_ft(config, tok, opts)?),
     })
 }
@@ -194,7 +205,10 @@ mod tests {
         let listed: usize = METHODS.iter().map(|m| recipes_of(m.name).len()).sum();
         assert_eq!(listed, super::super::config::BUILTIN.len());
         assert!(recipes_of("ft").contains(&"paper-mass"));
-        let e = info("alphaedit").unwrap_err().to_string();
-        assert!(e.contains("memit"), "{e}");
+        let e = info("mend").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown method 'mend'") && e.contains("alphaedit"),
+            "{e}"
+        );
     }
 }
