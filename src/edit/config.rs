@@ -69,6 +69,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ft-naive", include_str!("../../recipes/ft-naive.toml")),
     ("ft-l", include_str!("../../recipes/ft-l.toml")),
     ("ft-m", include_str!("../../recipes/ft-m.toml")),
+    ("locft", include_str!("../../recipes/locft.toml")),
     ("rome", include_str!("../../recipes/rome.toml")),
     ("memit", include_str!("../../recipes/memit.toml")),
     ("alphaedit", include_str!("../../recipes/alphaedit.toml")),
