@@ -648,3 +648,26 @@ fn the_health_check_compares_the_edited_model_with_the_unedited_one() {
     );
     assert!(single.unwrap().health.is_none());
 }
+
+#[test]
+fn max_steps_caps_the_training_budget() {
+    use ftedit::edit::ft::FtEditor;
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
+    for (sets, steps) in [
+        (vec!["optim.min_steps=7"], 7),
+        (vec!["optim.min_steps=7", "optim.max_steps=2"], 2),
+    ] {
+        let mut all = vec![
+            "train.layers=1..1",
+            "augment.prefixes=false",
+            "augment.facts=none",
+            "optim.stop_loss=0",
+        ];
+        all.extend(sets);
+        let mut ft =
+            FtEditor::new("ft", common::recipe("layers", &all), vec![], None, &tok).unwrap();
+        ft.edit(&mut m, &tok, &recs).unwrap();
+        assert_eq!(ft.reports[0].steps, steps, "{all:?}");
+    }
+}

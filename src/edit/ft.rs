@@ -318,7 +318,10 @@ impl FtEditor {
             r.optim.batch_size
         };
         let batches: Vec<&[Example]> = all.chunks(bs).collect();
-        let total = (batches.len() * r.optim.epochs).max(r.optim.min_steps);
+        let mut total = (batches.len() * r.optim.epochs).max(r.optim.min_steps);
+        if r.optim.max_steps > 0 {
+            total = total.min(r.optim.max_steps);
+        }
         let mut opt = AdamW::new(
             &model.params,
             AdamWConfig {

@@ -97,6 +97,9 @@ pub struct OptimConfig {
     /// At least this many steps (more epochs for small edit sets).
     #[serde(default)]
     pub min_steps: usize,
+    /// At most this many steps, a budget over epochs and `min_steps` (0 = none).
+    #[serde(default)]
+    pub max_steps: usize,
     /// Examples per step; 0 = all examples in one batch.
     pub batch_size: usize,
     /// Clip the gradient's global L2 norm to this (0 = off).
