@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Lifelong editing (issue 14): the same edits applied in sequential batches by the
+# paper's recipe, LocFT-BF, AlphaEdit, MEMIT and ROME, each run's curve (metrics, the
+# first batch's, perplexity and known facts at every checkpoint) in curve.jsonl, the same
+# edits as one mass edit by the paper's recipe beside them, and one plot per data set.
+#
+#   bench/lifelong.sh [model] [dataset] [edits] [batch]
+#
+# dataset: counterfact (EasyEdit's reduced CounterFact edit split, records 0..edits: none
+# of them is among the dev records the sweeps tuned on) | zsre (the zsRE dev records
+# from 300 on, after those the README reports and the sweeps used; 337 of them).
+# Environment: FTEDIT (default ./target/release/ftedit), THREADS (default 2), DEVICE
+# (default cpu), OUT_DIR (default runs/lifelong-MODEL), FTEDIT_DATA (default
+# ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft').
+# Finished runs are skipped; a sequential run that was cut short starts over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL="${1:-smollm2}"
+DATASET="${2:-counterfact}"
+N="${3:-1000}"
+B="${4:-100}"
+DATA="${FTEDIT_DATA:-../shared/data}"
+FTEDIT="${FTEDIT:-./target/release/ftedit}"
+OUT="${OUT_DIR:-runs/lifelong-$(basename "$MODEL" .gguf)}"
+case "$DATASET" in
+  counterfact) file="$DATA/counterfact/easyedit_mend_format/counterfact-edit.json"; sel=(--n "$N") ;;
+  zsre) file="$DATA/zsre/zsre_eval_dev.json"; sel=(--range "300..$((300 + N))") ;;
+  *) echo "lifelong.sh: unknown data set '$DATASET'" >&2; exit 2 ;;
+esac
+declare -A RUN=(
+  [1-ft]="--method ft"
+  [2-locft]="--recipe locft"
+  [3-alphaedit]="--method alphaedit"
+  [4-memit]="--method memit"
+  [5-rome]="--method rome"
+)
+mkdir -p "$OUT"
+for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
+  [[ "$run" =~ ${ONLY:-.} ]] || continue
+  dir="$OUT/$DATASET-$run"
+  [ -f "$dir/summary.json" ] && continue
+  rm -rf "$dir"
+  echo "== $DATASET $run: $N edits in batches of $B"
+  # shellcheck disable=SC2086
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} \
+    --protocol sequential --batch-size "$B" --eval-every 1 --generation-n 50 \
+    --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$dir" > /dev/null
+done
+mass="$OUT/$DATASET-0-ft-mass"
+if [[ "0-ft-mass" =~ ${ONLY:-.} ]] && [ ! -f "$mass/summary.json" ]; then
+  echo "== $DATASET ft, all $N edits at once"
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method ft --protocol batch \
+    --generation-n 50 --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$mass" > /dev/null
+fi
+runs=()
+for d in "$OUT/$DATASET"-*; do [ -f "$d/summary.json" ] && runs+=("$d"); done
+[ ${#runs[@]} -gt 0 ] && "$FTEDIT" report plot "${runs[@]}" --out "$OUT/$DATASET.svg" \
+  --title "$MODEL, $DATASET: $N edits in batches of $B"
