@@ -10,7 +10,12 @@
 //!     title: "Sequential editing".into(),
 //!     x_label: "edits".into(),
 //!     legend: vec!["ft".into()],
-//!     panels: vec![Panel { y_label: "ES".into(), series: vec![Some(es)], log_y: false }],
+//!     panels: vec![Panel {
+//!         y_label: "ES".into(),
+//!         series: vec![Some(es)],
+//!         log_y: false,
+//!         y_range: Some((0.0, 100.0)),
+//!     }],
 //! };
 //! let svg = chart.svg();
 //! assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
@@ -31,6 +36,8 @@ pub struct Panel {
     pub series: Vec<Option<Series>>,
     /// A logarithmic y axis (perplexity, which grows by orders of magnitude).
     pub log_y: bool,
+    /// A fixed y range (percentages: 0–100); `None` fits the data.
+    pub y_range: Option<(f64, f64)>,
 }
 
 /// Panels side by side (three to a row) with a shared x label and legend.
@@ -174,10 +181,28 @@ impl Chart {
         s
     }
 
+    /// The x range every panel shares, so that panels line up.
+    fn x_range(&self) -> (f64, f64) {
+        range(
+            self.panels
+                .iter()
+                .flat_map(|p| p.series.iter().flatten())
+                .flat_map(|r| r.points.iter().map(|q| q.0)),
+            false,
+        )
+    }
+
     fn panel(&self, s: &mut String, p: &Panel, ox: f64, oy: f64) {
         let all = || p.series.iter().flatten().flat_map(|r| r.points.iter());
-        let (x0, x1) = range(all().map(|q| q.0), false);
-        let (y0, y1) = range(all().map(|q| q.1), p.log_y);
+        let (x0, x1) = self.x_range();
+        let (y0, y1) = match p.y_range {
+            Some((a, b)) if !p.log_y => {
+                // Widened to the data where it strays outside.
+                let (lo, hi) = range(all().map(|q| q.1), false);
+                (a.min(lo), b.max(hi))
+            }
+            _ => range(all().map(|q| q.1), p.log_y),
+        };
         let (px0, px1) = (ox + ML, ox + PANEL_W - MR);
         let (py0, py1) = (oy + PANEL_H - MB, oy + MT);
         let sx = |x: f64| px0 + (x - x0) / (x1 - x0) * (px1 - px0);
@@ -258,10 +283,17 @@ impl Chart {
                     r#"<polyline points="{}" fill="none" stroke="{c}" stroke-width="2"/>"#,
                     pts.join(" ")
                 );
-            }
-            for q in &pts {
+                for q in &pts {
+                    let (x, y) = q.split_once(',').expect("formatted as x,y");
+                    let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
+                }
+            } else if let Some(q) = pts.first() {
+                // A lone point (a mass edit beside curves): a ring, visible over a line.
                 let (x, y) = q.split_once(',').expect("formatted as x,y");
-                let _ = writeln!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
+                let _ = writeln!(
+                    s,
+                    r#"<circle cx="{x}" cy="{y}" r="5" fill="white" fill-opacity="0.6" stroke="{c}" stroke-width="2"/>"#
+                );
             }
         }
     }
@@ -301,6 +333,7 @@ mod tests {
                     None,
                 ],
                 log_y: false,
+                y_range: Some((0.0, 100.0)),
             }],
         };
         let svg = chart.svg();

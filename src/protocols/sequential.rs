@@ -313,10 +313,12 @@ pub fn chart(
                 None if m == "known_retained" => "known facts kept (%)".into(),
                 None => m.clone(),
             };
+            // Everything but perplexity is a percentage.
             Panel {
                 y_label,
                 series,
                 log_y: m == "PPL" && lo > 0.0 && hi / lo > 10.0,
+                y_range: (m != "PPL").then_some((0.0, 100.0)),
             }
         })
         .collect();
