@@ -12,7 +12,8 @@
 # Environment: FTEDIT (default ./target/release/ftedit), THREADS (default 2), DEVICE
 # (default cpu), OUT_DIR (default runs/lifelong-MODEL), FTEDIT_DATA (default
 # ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft').
-# Finished runs are skipped; a sequential run that was cut short starts over.
+# Finished runs are skipped; a sequential run that was cut short resumes from its last
+# checkpoint (its folder's checkpoint/: the changed weights and the editor's state).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:-smollm2}"
@@ -39,7 +40,6 @@ for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
   [[ "$run" =~ ${ONLY:-.} ]] || continue
   dir="$OUT/$DATASET-$run"
   [ -f "$dir/summary.json" ] && continue
-  rm -rf "$dir"
   echo "== $DATASET $run: $N edits in batches of $B"
   # shellcheck disable=SC2086
   "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} \

@@ -671,3 +671,112 @@ fn max_steps_caps_the_training_budget() {
         assert_eq!(ft.reports[0].steps, steps, "{all:?}");
     }
 }
+
+/// An editor with state: each batch adds 0.01 to one weight and counts its batches
+/// (its state, which a resumed run must get back); it fails at one id.
+struct Stepper {
+    batches: i64,
+    fail_at: Option<&'static str>,
+    edited: Vec<String>,
+}
+
+impl Editor for Stepper {
+    fn name(&self) -> &str {
+        "stepper"
+    }
+    fn edit(
+        &mut self,
+        model: &mut Model,
+        _: &Tokenizer,
+        records: &[EditRecord],
+    ) -> ftedit::Result<()> {
+        if records.iter().any(|r| Some(r.id.as_str()) == self.fail_at) {
+            return Err(ftedit::Error::Input("stopped".into()));
+        }
+        let _g = tch::no_grad_guard();
+        let w = model.params.get("model.layers.1.mlp.down_proj.weight")?;
+        let _ = w
+            .shallow_clone()
+            .g_add_scalar_(0.01 * (self.batches + 1) as f64);
+        self.batches += 1;
+        self.edited.extend(records.iter().map(|r| r.id.clone()));
+        Ok(())
+    }
+    fn report(&self) -> Option<serde_json::Value> {
+        let runs: Vec<_> = self
+            .edited
+            .iter()
+            .map(|id| serde_json::json!({ "id": id }))
+            .collect();
+        Some(serde_json::json!({ "method": "stepper", "runs": runs }))
+    }
+    fn state(&self) -> Vec<(String, tch::Tensor)> {
+        vec![("batches".into(), tch::Tensor::from(self.batches))]
+    }
+    fn set_state(&mut self, state: Vec<(String, tch::Tensor)>) -> ftedit::Result<()> {
+        self.batches = state[0].1.int64_value(&[]);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_killed_sequential_run_resumes_from_its_last_checkpoint() {
+    let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        ..EvalOptions::default()
+    };
+    let seq = Protocol::parse("sequential", 2, Some(1)).unwrap();
+    let stepper = |fail_at| Stepper {
+        batches: 0,
+        fail_at,
+        edited: vec![],
+    };
+    // Each run loads the same model file, as a new process would.
+    let (_, _, dir) = tiny();
+    let load = || ftedit::load(dir.join("tiny.gguf"), &ftedit::LoadOptions::default()).unwrap();
+    // Uninterrupted.
+    let (mut m, tok) = load();
+    let whole = OutputDir::open(temp_dir("seq-whole"), None).unwrap();
+    protocols::run(&mut m, &tok, &recs, &mut stepper(None), seq, &opts, &whole).unwrap();
+    let want: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
+    // Killed in the third step, then resumed by a fresh process: a newly loaded model
+    // and editor.
+    let (mut m, tok) = load();
+    let out = OutputDir::open(temp_dir("seq-resume"), None).unwrap();
+    let mut first = stepper(Some("4"));
+    assert!(protocols::run(&mut m, &tok, &recs, &mut first, seq, &opts, &out).is_err());
+    let (mut m, tok) = load();
+    let mut second = stepper(None);
+    protocols::run(&mut m, &tok, &recs, &mut second, seq, &opts, &out).unwrap();
+    assert_eq!(
+        second.edited,
+        ["4", "5"],
+        "only the last step is edited again"
+    );
+    assert_eq!(second.batches, 3, "the editor's state came back");
+    for ((name, t), w) in m.params.iter().zip(&want) {
+        assert!(t.equal(w), "{name} differs from the uninterrupted run");
+    }
+    assert_eq!(
+        curve(&out).iter().map(|p| p.edits).collect::<Vec<_>>(),
+        [0, 2, 4, 6]
+    );
+    assert_eq!(out.records().unwrap(), whole.records().unwrap());
+    assert_eq!(reported_ids(&out), ["0", "1", "2", "3", "4", "5"]);
+    // A checkpoint of other records is refused.
+    let (mut m, tok) = load();
+    let e = protocols::run(
+        &mut m,
+        &tok,
+        &recs[..4],
+        &mut stepper(None),
+        seq,
+        &opts,
+        &out,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("checkpoint of another run"), "{e}");
+}

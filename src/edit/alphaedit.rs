@@ -235,6 +235,27 @@ impl Editor for AlphaEditEditor {
         Ok(())
     }
 
+    fn state(&self) -> Vec<(String, Tensor)> {
+        self.prev
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (format!("c_prev.{i}"), c.shallow_clone()))
+            .collect()
+    }
+
+    fn set_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
+        let mut prev: Vec<(usize, Tensor)> = state
+            .into_iter()
+            .filter_map(|(n, t)| Some((n.strip_prefix("c_prev.")?.parse().ok()?, t)))
+            .collect();
+        prev.sort_by_key(|(i, _)| *i);
+        self.prev = prev
+            .into_iter()
+            .map(|(_, t)| t.to_kind(Kind::Double))
+            .collect();
+        Ok(())
+    }
+
     fn report(&self) -> Option<serde_json::Value> {
         let dims: Option<Vec<usize>> = self
             .projections

@@ -41,6 +41,15 @@ pub trait Editor {
     fn report(&self) -> Option<serde_json::Value> {
         None
     }
+    /// What a sequential run must keep besides the weights to resume after a
+    /// checkpoint (AlphaEdit's accumulated keys); nothing for most methods.
+    fn state(&self) -> Vec<(String, tch::Tensor)> {
+        Vec::new()
+    }
+    /// Takes back what [`Editor::state`] gave.
+    fn set_state(&mut self, _state: Vec<(String, tch::Tensor)>) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The unedited model (`--method none`).

@@ -82,7 +82,10 @@ impl OutputDir {
         if let Some(run) = run {
             if info.exists() {
                 let old: RunInfo = read_json(&info)?;
-                if &old != run && !dir.records()?.is_empty() {
+                // A sequential run's checkpoint is results too, before any record is.
+                let has_results =
+                    !dir.records()?.is_empty() || dir.path.join("checkpoint").exists();
+                if &old != run && has_results {
                     return Err(Error::Input(format!(
                         "{} holds results of a different run ({} on {}, {} / {}); use another --out",
                         dir.path.display(),

@@ -148,6 +148,20 @@ impl ParamStore {
 /// Copies of every parameter's values, for exact restores.
 pub struct Snapshot(Vec<Tensor>);
 
+/// Feeds a tensor's values, as f32 bytes, to `h`.
+fn hash_values(t: &Tensor, h: &mut impl std::hash::Hasher) -> Result<()> {
+    let flat = t
+        .detach()
+        .to_device(tch::Device::Cpu)
+        .to_kind(Kind::Float)
+        .flatten(0, -1);
+    let v = Vec::<f32>::try_from(&flat)?;
+    // SAFETY: any f32 slice is a valid byte slice of four times its length.
+    let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) };
+    h.write(bytes);
+    Ok(())
+}
+
 impl ParamStore {
     /// A fingerprint of every weight (names, shapes, f32 values) and of `salt` (what
     /// else a cached result depends on), to name cache files by.
@@ -160,18 +174,24 @@ impl ParamStore {
             let t = self.get(name)?;
             name.hash(&mut h);
             t.size().hash(&mut h);
-            let flat = t
-                .detach()
-                .to_device(tch::Device::Cpu)
-                .to_kind(Kind::Float)
-                .flatten(0, -1);
-            let v = Vec::<f32>::try_from(&flat)?;
-            // SAFETY: any f32 slice is a valid byte slice of four times its length.
-            let bytes = unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), v.len() * 4) };
-            h.write(bytes);
+            hash_values(&t, &mut h)?;
         }
         salt.hash(&mut h);
         Ok(h.finish())
+    }
+
+    /// A hash of each parameter's values, in store order: comparing two lists tells
+    /// which parameters changed (a sequential run's checkpoint keeps only those).
+    pub fn value_hashes(&self) -> Result<Vec<u64>> {
+        use std::hash::Hasher;
+        self.tensors
+            .iter()
+            .map(|t| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                hash_values(t, &mut h)?;
+                Ok(h.finish())
+            })
+            .collect()
     }
 
     /// Copies every parameter.

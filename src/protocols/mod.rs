@@ -24,6 +24,7 @@ pub use crate::eval::report::Timing;
 use crate::eval::{EvalOptions, RecordResult, evaluate};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
+use sequential::Checkpoint;
 
 /// How edits and evaluation interleave.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,10 +89,10 @@ pub struct Outcome {
 }
 
 /// Runs `editor` over `records` under `protocol`, writing results and the editor's
-/// report to `out`. Records already in `out` are not evaluated again (resume);
-/// sequential runs start over. With a health probe in `opts`, the model's health is
-/// measured before and after editing (and at every sequential checkpoint); a collapse
-/// is also said on stderr.
+/// report to `out`. Records already in `out` are not evaluated again (resume); a
+/// sequential run resumes after its last checkpoint. With a health probe in `opts`,
+/// the model's health is measured before and after editing (and at every sequential
+/// checkpoint); a collapse is also said on stderr.
 pub fn run(
     model: &mut Model,
     tok: &Tokenizer,
@@ -194,9 +195,18 @@ pub fn run(
             batch_size,
             eval_every,
         } => {
-            if !done.is_empty() {
+            let batches: Vec<&[EditRecord]> = records.chunks(batch_size).collect();
+            let original = model.params.value_hashes()?;
+            let resumed = Checkpoint::resume(&out.path, model, records, batch_size)?;
+            // Records are written only by the final evaluation, which resumes only from
+            // the checkpoint saved after the last step.
+            if !done.is_empty()
+                && resumed
+                    .as_ref()
+                    .is_none_or(|(c, _)| c.steps < batches.len())
+            {
                 return Err(Error::Input(format!(
-                    "{} already holds results; a sequential run cannot resume, use another --out",
+                    "{} already holds results but no checkpoint after the last step; use another --out",
                     out.path.display()
                 )));
             }
@@ -208,26 +218,63 @@ pub fn run(
                 probe.zip(baseline.as_ref()),
                 start,
             )?;
-            let batches: Vec<&[EditRecord]> = records.chunks(batch_size).collect();
-            curve.point(model, tok, 0, editing.seconds, None)?;
-            for (step, batch) in batches.iter().enumerate() {
+            let mut ck = Checkpoint::new(records, batch_size);
+            match resumed {
+                Some((saved, state)) => {
+                    editing.editor.set_state(state)?;
+                    editing.seconds = saved.edit_seconds;
+                    curve.resume(&saved)?;
+                    pb.set_message(format!("resumed after step {}", saved.steps));
+                    ck = saved;
+                }
+                None => {
+                    curve.restart()?;
+                    curve.point(model, tok, 0, 0.0, None)?;
+                }
+            }
+            // The reports of the runs this one resumes; the editor's own start afresh.
+            let base_reports = ck.reports.clone();
+            let save = |ck: &mut Checkpoint,
+                        editing: &Editing,
+                        curve: &sequential::Curve,
+                        steps: usize,
+                        model: &Model|
+             -> Result<()> {
+                ck.steps = steps;
+                ck.edit_seconds = editing.seconds;
+                ck.seconds = curve.seconds();
+                ck.collapsed_at = curve.collapsed_at();
+                if let Some(r) = editing.editor.report() {
+                    ck.reports = earlier_runs(&r, &base_reports);
+                }
+                ck.save(&out.path, model, &original, &editing.editor.state())
+            };
+            let first_step = ck.steps;
+            for (step, batch) in batches.iter().enumerate().skip(first_step) {
                 editing.edit(model, tok, batch)?;
                 let step = step + 1;
                 pb.set_message(format!("step {step}/{}", batches.len()));
                 if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
                     pb.set_message(format!("step {step}/{}: checkpoint", batches.len()));
                     curve.point(model, tok, step, editing.seconds, None)?;
+                    save(&mut ck, &editing, &curve, step, model)?;
                 }
             }
-            let mut results = Vec::with_capacity(records.len());
-            evaluate(model, tok, records, opts, &mut |r| {
+            if first_step < batches.len() {
+                save(&mut ck, &editing, &curve, batches.len(), model)?;
+            }
+            let mut results = out.records()?;
+            evaluate(model, tok, &todo, opts, &mut |r| {
                 results.push(r.clone());
                 write(r)
             })?;
             health = curve.point(model, tok, batches.len(), editing.seconds, Some(&results))?;
+            if let Some(report) = editing.editor.report() {
+                out.write_train_report(report, &base_reports)?;
+            }
         }
     }
-    if protocol != Protocol::Single
+    if protocol == Protocol::Batch
         && let Some(report) = editing.editor.report()
     {
         out.write_train_report(report, &[])?;
@@ -240,6 +287,13 @@ pub fn run(
         },
         health,
     })
+}
+
+/// A resumed run's editor reports: those saved at the checkpoint, then the new ones
+/// (`report["runs"]` of an editor that started afresh).
+fn earlier_runs(report: &serde_json::Value, saved: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let new = report["runs"].as_array().cloned().unwrap_or_default();
+    saved.iter().cloned().chain(new).collect()
 }
 
 /// The editor with the time spent in it.

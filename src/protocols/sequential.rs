@@ -7,7 +7,9 @@
 //! checkpoint scores a fixed sample of the run's records (every k-th, at most
 //! `EvalOptions::curve_sample`, those edited so far) plus the first batch, teacher-forced
 //! only (no exact match, no GE); the last point is the final evaluation of every record.
-//! Lines are appended as checkpoints finish, so a killed run keeps its curve.
+//! Lines are appended as checkpoints finish, so a killed run keeps its curve; with each
+//! line the run saves a [`Checkpoint`] (the weights it changed, the editor's state), and
+//! a run started again in the same folder resumes from it.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
@@ -85,10 +87,12 @@ pub(super) struct Curve<'a> {
     health: Option<(&'a Probe, &'a Baseline)>,
     collapsed_at: Option<usize>,
     start: Instant,
+    /// Seconds of the runs this one resumes.
+    offset: f64,
 }
 
 impl<'a> Curve<'a> {
-    /// Starts `curve.jsonl` in `out` afresh.
+    /// The curve of a run in `out`; [`Curve::restart`] or [`Curve::resume`] next.
     pub(super) fn new(
         out: &OutputDir,
         records: &'a [EditRecord],
@@ -98,7 +102,6 @@ impl<'a> Curve<'a> {
         start: Instant,
     ) -> Result<Self> {
         let path = curve_path(&out.path);
-        std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
         let every = records.len().div_ceil(opts.curve_sample.max(1)).max(1);
         let light = EvalOptions {
             exact_match: false,
@@ -120,7 +123,43 @@ impl<'a> Curve<'a> {
             health,
             collapsed_at: None,
             start,
+            offset: 0.0,
         })
+    }
+
+    /// Starts `curve.jsonl` afresh.
+    pub(super) fn restart(&mut self) -> Result<()> {
+        std::fs::write(&self.path, "").map_err(|e| Error::io(&self.path, e))
+    }
+
+    /// Continues after checkpoint `ck`: keeps the points up to it, its collapse and its
+    /// seconds.
+    pub(super) fn resume(&mut self, ck: &Checkpoint) -> Result<()> {
+        let kept: Vec<CurvePoint> = if self.path.exists() {
+            read_curve(&self.path)?
+                .into_iter()
+                .filter(|p| p.steps <= ck.steps)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let text: String = kept
+            .iter()
+            .map(|p| serde_json::to_string(p).expect("serialisable") + "\n")
+            .collect();
+        std::fs::write(&self.path, text).map_err(|e| Error::io(&self.path, e))?;
+        self.collapsed_at = ck.collapsed_at;
+        self.offset = ck.seconds;
+        Ok(())
+    }
+
+    /// The run's seconds so far, across resumes.
+    pub(super) fn seconds(&self) -> f64 {
+        self.offset + self.start.elapsed().as_secs_f64()
+    }
+
+    pub(super) fn collapsed_at(&self) -> Option<usize> {
+        self.collapsed_at
     }
 
     /// Measures and appends the checkpoint after `steps` steps. `all` is the final
@@ -213,7 +252,7 @@ impl<'a> Curve<'a> {
             },
             first_batch: Summary::new(&first_batch).metrics,
             health: health.clone(),
-            seconds: self.start.elapsed().as_secs_f64(),
+            seconds: self.seconds(),
             edit_seconds,
         };
         let mut f = std::fs::OpenOptions::new()
@@ -344,5 +383,127 @@ pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
             "{}: no curve.jsonl (a sequential run) and no summary.json (a finished run)",
             dir.display()
         ))),
+    }
+}
+
+/// What a sequential run keeps of its last checkpoint (`checkpoint/state.json`), beside
+/// the weights it changed (`weights.safetensors`) and the editor's own state
+/// (`editor.safetensors`), so that a killed run resumes there.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Checkpoint {
+    pub steps: usize,
+    pub batch_size: usize,
+    /// The run's records, to refuse a checkpoint of other records.
+    pub records: usize,
+    pub first_id: String,
+    pub last_id: String,
+    pub edit_seconds: f64,
+    pub seconds: f64,
+    pub collapsed_at: Option<usize>,
+    /// The editor's reports (`runs`) so far.
+    pub reports: Vec<serde_json::Value>,
+}
+
+/// An editor's named tensors ([`crate::edit::Editor::state`]).
+pub(super) type EditorState = Vec<(String, tch::Tensor)>;
+
+fn checkpoint_dir(out: &Path) -> PathBuf {
+    out.join("checkpoint")
+}
+
+impl Checkpoint {
+    pub(super) fn new(records: &[EditRecord], batch_size: usize) -> Self {
+        Checkpoint {
+            steps: 0,
+            batch_size,
+            records: records.len(),
+            first_id: records.first().map(|r| r.id.clone()).unwrap_or_default(),
+            last_id: records.last().map(|r| r.id.clone()).unwrap_or_default(),
+            edit_seconds: 0.0,
+            seconds: 0.0,
+            collapsed_at: None,
+            reports: Vec::new(),
+        }
+    }
+
+    /// Writes the checkpoint with the parameters whose values differ from `original`
+    /// (hashes in store order) and the editor's state; the previous checkpoint is
+    /// replaced only once the new one is whole.
+    pub(super) fn save(
+        &self,
+        out: &Path,
+        model: &Model,
+        original: &[u64],
+        editor_state: &[(String, tch::Tensor)],
+    ) -> Result<()> {
+        let now = model.params.value_hashes()?;
+        let changed: Vec<(&str, tch::Tensor)> = model
+            .params
+            .iter()
+            .zip(now.iter().zip(original))
+            .filter(|(_, (a, b))| a != b)
+            .map(|((n, t), _)| (n, t.detach().to_device(tch::Device::Cpu)))
+            .collect();
+        let tmp = out.join("checkpoint.tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let named: Vec<(&str, &tch::Tensor)> = changed.iter().map(|(n, t)| (*n, t)).collect();
+        tch::Tensor::write_safetensors(&named, tmp.join("weights.safetensors"))?;
+        let state: Vec<(&str, tch::Tensor)> = editor_state
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.detach().to_device(tch::Device::Cpu)))
+            .collect();
+        let state: Vec<(&str, &tch::Tensor)> = state.iter().map(|(n, t)| (*n, t)).collect();
+        tch::Tensor::write_safetensors(&state, tmp.join("editor.safetensors"))?;
+        let json = tmp.join("state.json");
+        std::fs::write(
+            &json,
+            serde_json::to_string_pretty(self).expect("serialisable"),
+        )
+        .map_err(|e| Error::io(&json, e))?;
+        let dir = checkpoint_dir(out);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+    }
+
+    /// The run's checkpoint in `out`, if any: puts its weights into `model` and returns
+    /// it with the editor's state. A checkpoint of other records or another batch size
+    /// is refused.
+    pub(super) fn resume(
+        out: &Path,
+        model: &Model,
+        records: &[EditRecord],
+        batch_size: usize,
+    ) -> Result<Option<(Self, EditorState)>> {
+        let dir = checkpoint_dir(out);
+        let json = dir.join("state.json");
+        if !json.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
+        let ck: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::Format {
+            path: json.clone(),
+            reason: e.to_string(),
+        })?;
+        let mine = Checkpoint::new(records, batch_size);
+        if (ck.records, &ck.first_id, &ck.last_id, ck.batch_size)
+            != (mine.records, &mine.first_id, &mine.last_id, mine.batch_size)
+        {
+            return Err(Error::Input(format!(
+                "{} is the checkpoint of another run ({} records {}..{} in batches of {}); use another --out",
+                dir.display(),
+                ck.records,
+                ck.first_id,
+                ck.last_id,
+                ck.batch_size
+            )));
+        }
+        let _g = tch::no_grad_guard();
+        for (name, t) in tch::Tensor::read_safetensors(dir.join("weights.safetensors"))? {
+            let mut p = model.params.get(&name)?;
+            p.copy_(&t.to_device(p.device()).to_kind(p.kind()));
+        }
+        let state = tch::Tensor::read_safetensors(dir.join("editor.safetensors"))?;
+        Ok(Some((ck, state)))
     }
 }
