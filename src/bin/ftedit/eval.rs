@@ -45,7 +45,8 @@ pub struct EvalFlags {
     /// Sequential protocol: edits applied together at each step.
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
-    /// Sequential protocol: also evaluate everything edited so far every K steps.
+    /// Sequential protocol: a checkpoint every K steps (a line of curve.jsonl, scored
+    /// on a sample of the edits so far, and a saved state the run resumes from).
     #[arg(long)]
     eval_every: Option<usize>,
     /// Skip CounterFact fluency (GE), which samples 10 texts of 100 tokens per record.
