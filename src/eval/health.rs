@@ -392,6 +392,20 @@ impl Probe {
         })
     }
 
+    /// [`Probe::measure`] after `edits` edits, a collapse marked with that count and
+    /// said on stderr in one line.
+    pub fn measure_after(&self, model: &Model, base: &Baseline, edits: usize) -> Result<Health> {
+        let mut h = self.measure(model, base)?;
+        if h.collapsed {
+            h.collapsed_at = Some(edits);
+            eprintln!(
+                "{}",
+                collapse_warning(&h, edits, self.options.collapse_factor)
+            );
+        }
+        Ok(h)
+    }
+
     /// The unedited model's health: the baseline against itself.
     pub fn unedited(&self, base: &Baseline) -> Health {
         Health {

@@ -62,6 +62,27 @@ fn write_atomic(path: &Path, text: &str) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Reads a JSON-lines file, one value per line; a cut-off last line (an interrupted
+/// write) is ignored, any other bad line names the file and line.
+pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut out = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(r) => out.push(r),
+            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
+            Err(e) => {
+                return Err(Error::Format {
+                    path: path.to_owned(),
+                    reason: format!("line {}: {e}", i + 1),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Reads and parses a JSON file, naming it in the error.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
@@ -115,22 +136,7 @@ impl OutputDir {
         if !p.exists() {
             return Ok(Vec::new());
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let mut out = Vec::with_capacity(lines.len());
-        for (i, line) in lines.iter().enumerate() {
-            match serde_json::from_str(line) {
-                Ok(r) => out.push(r),
-                Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-                Err(e) => {
-                    return Err(Error::Format {
-                        path: p,
-                        reason: format!("line {}: {e}", i + 1),
-                    });
-                }
-            }
-        }
-        Ok(out)
+        read_jsonl(&p)
     }
 
     /// Ids of the records already done.

@@ -18,7 +18,7 @@ use std::time::Instant;
 use crate::data::EditRecord;
 pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
-use crate::eval::health::{self, Health, Probe};
+use crate::eval::health::Health;
 use crate::eval::report::OutputDir;
 pub use crate::eval::report::Timing;
 use crate::eval::{EvalOptions, RecordResult, evaluate};
@@ -161,7 +161,7 @@ pub fn run(
             evaluate(model, tok, &todo, opts, &mut write)?;
             if let (Some(p), Some(b)) = (probe, &baseline) {
                 health = Some(if editing.editor.changes_weights() {
-                    checked(p.measure(model, b)?, records.len(), p)
+                    p.measure_after(model, b, records.len())?
                 } else {
                     p.unedited(b)
                 });
@@ -309,16 +309,4 @@ impl Editing<'_> {
         self.seconds += t.elapsed().as_secs_f64();
         r
     }
-}
-
-/// `h` after `edits` edits, with a collapse marked and said on stderr.
-fn checked(mut h: Health, edits: usize, probe: &Probe) -> Health {
-    if h.collapsed {
-        h.collapsed_at = Some(edits);
-        eprintln!(
-            "{}",
-            health::collapse_warning(&h, edits, probe.options.collapse_factor)
-        );
-    }
-    h
 }

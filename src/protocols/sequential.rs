@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::eval::health::{Baseline, Health, Probe};
-use crate::eval::report::OutputDir;
+use crate::eval::report::{OutputDir, read_jsonl};
 use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
@@ -58,22 +58,7 @@ pub fn read_curve(path: &Path) -> Result<Vec<CurvePoint>> {
     } else {
         path.to_owned()
     };
-    let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        match serde_json::from_str(line) {
-            Ok(p) => out.push(p),
-            Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
-            Err(e) => {
-                return Err(Error::Format {
-                    path: file,
-                    reason: format!("line {}: {e}", i + 1),
-                });
-            }
-        }
-    }
-    Ok(out)
+    read_jsonl(&file)
 }
 
 /// Writes a sequential run's curve as it goes.

@@ -5,7 +5,6 @@ use std::time::Instant;
 
 use clap::Args;
 use ftedit::edit::{self, Editor, registry};
-use ftedit::eval::health;
 use ftedit::model::save;
 
 use crate::health::HealthArgs;
@@ -75,17 +74,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     };
     editor.edit(&mut model, &tok, &records)?;
     let health = match (&probe, &baseline) {
-        (Some(p), Some(b)) => {
-            let mut h = p.measure(&model, b)?;
-            if h.collapsed {
-                h.collapsed_at = Some(records.len());
-                eprintln!(
-                    "{}",
-                    health::collapse_warning(&h, records.len(), p.options.collapse_factor)
-                );
-            }
-            Some(h)
-        }
+        (Some(p), Some(b)) => Some(p.measure_after(&model, b, records.len())?),
         _ => None,
     };
     let saved = if gguf_out {
