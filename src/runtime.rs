@@ -62,3 +62,140 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
         ))),
     }
 }
+
+/// How a model computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// In the parameters' own dtype (f32 for loaded models).
+    #[default]
+    F32,
+    /// bf16 mixed precision, as `torch.autocast(device, dtype=torch.bfloat16)`: matrix
+    /// products in bf16, everything autocast keeps in f32 (norms, softmax, losses) in
+    /// f32; master weights, gradients and optimizer state stay f32.
+    Bf16Mixed,
+}
+
+impl Precision {
+    /// Parses `f32` or `bf16-mixed`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "f32" => Ok(Precision::F32),
+            "bf16-mixed" | "bf16" => Ok(Precision::Bf16Mixed),
+            _ => Err(Error::Input(format!(
+                "unknown precision '{name}' (use f32 or bf16-mixed)"
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16Mixed => "bf16-mixed",
+        }
+    }
+}
+
+unsafe extern "C" {
+    fn ftedit_autocast_enter(cuda: i32, half: i32) -> i32;
+    fn ftedit_autocast_exit(cuda: i32, was: i32) -> i32;
+}
+
+/// libtorch's autocast to bf16 on one device type while it lives (thread-local, as in
+/// PyTorch); dropping it restores what was there before.
+pub struct Autocast {
+    cuda: i32,
+    was: i32,
+}
+
+impl Autocast {
+    /// Autocast to bf16 for `device`'s device type.
+    pub fn bf16(device: Device) -> Result<Self> {
+        let cuda = i32::from(device != Device::Cpu);
+        // SAFETY: a plain C call into libtorch's autocast state; it catches exceptions.
+        let was = unsafe { ftedit_autocast_enter(cuda, 0) };
+        if was < 0 {
+            return Err(Error::Input(format!(
+                "libtorch refused autocast on {device:?}"
+            )));
+        }
+        Ok(Autocast { cuda, was })
+    }
+}
+
+impl Drop for Autocast {
+    fn drop(&mut self) {
+        // SAFETY: as in `bf16`; restores the state that call returned.
+        unsafe {
+            ftedit_autocast_exit(self.cuda, self.was);
+        }
+    }
+}
+
+/// Whether this CPU multiplies bf16 matrices in hardware (x86: AVX512-BF16 or AMX-BF16;
+/// Arm: the BF16 extension). Without it libtorch emulates bf16 products, slower than f32.
+pub fn cpu_has_bf16() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        info.lines()
+            .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
+            .take(1)
+            .any(|l| {
+                l.split_whitespace()
+                    .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
+            })
+    })
+}
+
+/// Says once on stderr when `precision` asks for bf16 on a CPU that emulates it.
+pub fn warn_if_emulated(precision: Precision, device: Device) {
+    static SAID: OnceLock<()> = OnceLock::new();
+    if precision == Precision::Bf16Mixed && device == Device::Cpu && !cpu_has_bf16() {
+        SAID.get_or_init(|| {
+            eprintln!(
+                "warning: this CPU has no bf16 matrix instructions (AVX512-BF16, AMX or Arm BF16); \
+                 bf16-mixed runs slower than f32 here"
+            );
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autocast_multiplies_in_bf16_and_restores_f32_after() {
+        let a = tch::Tensor::randn([8, 8], (Kind::Float, Device::Cpu));
+        {
+            let _g = Autocast::bf16(Device::Cpu).unwrap();
+            assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+            // Additions are not autocast: they keep f32.
+            assert_eq!((&a + &a).kind(), Kind::Float);
+            {
+                let _inner = Autocast::bf16(Device::Cpu).unwrap();
+                assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+            }
+            assert_eq!(
+                a.matmul(&a).kind(),
+                Kind::BFloat16,
+                "inner guard kept the outer"
+            );
+        }
+        assert_eq!(a.matmul(&a).kind(), Kind::Float);
+    }
+
+    #[test]
+    fn precision_names_round_trip() {
+        for p in [Precision::F32, Precision::Bf16Mixed] {
+            assert_eq!(Precision::parse(p.name()).unwrap(), p);
+        }
+        assert!(
+            Precision::parse("fp8")
+                .unwrap_err()
+                .to_string()
+                .contains("bf16-mixed")
+        );
+    }
+}

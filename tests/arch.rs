@@ -593,3 +593,63 @@ fn slices_give_the_whole_batch_loss_and_gradient() {
     let diff = max_diff(&w.grad(), &want) / want.abs().max().double_value(&[]);
     assert!(diff < 1e-12, "gradient differs by {diff}");
 }
+
+/// bf16 mixed precision (issue 15): every architecture's logits stay within bf16's
+/// rounding of the f32 ones (tolerance 0.1 on logits of magnitude ~1, bf16 keeps 8
+/// mantissa bits), stay f32 themselves, and a training step under it leaves the
+/// gradients of the f32 master weights f32 and close to the f32 step's (cosine > 0.99).
+#[test]
+fn bf16_mixed_precision_stays_close_to_f32_and_keeps_f32_master_weights() {
+    use ftedit::model::Precision;
+    for cfg in tiny_configs() {
+        let m = random_model(cfg, Kind::Float);
+        let input = Input::right_padded(&seqs(), m.device()).unwrap();
+        let f32_logits = m.forward(&input, &LogitsAt::All).unwrap();
+        assert_eq!(m.set_precision(Precision::Bf16Mixed), Precision::F32);
+        let mixed = m.forward(&input, &LogitsAt::All).unwrap();
+        assert_eq!(mixed.kind(), Kind::Float, "{}", m.arch_name());
+        let d = max_diff(&mixed, &f32_logits);
+        assert!(
+            d > 0.0,
+            "{}: bf16-mixed gave f32's logits exactly",
+            m.arch_name()
+        );
+        assert!(d < 0.1, "{}: logits moved by {d}", m.arch_name());
+
+        let batch = [Example {
+            prompt: vec![3, 17, 42],
+            target: vec![5, 9],
+        }];
+        let name = "model.layers.1.mlp.down_proj.weight";
+        let name = if m.params.get(name).is_ok() {
+            name.to_string()
+        } else {
+            m.params
+                .iter()
+                .map(|(n, _)| n.to_string())
+                .find(|n| n.contains(".1.") && n.ends_with("weight") && n.contains("mlp"))
+                .unwrap()
+        };
+        m.params.set_trainable(&name, true).unwrap();
+        let w = m.params.get(&name).unwrap();
+        let grad = |p: Precision| {
+            m.set_precision(p);
+            let _ = w.grad().defined().then(|| w.grad().zero_());
+            conditional_nll(&m, &batch, Reduction::TokenMean)
+                .unwrap()
+                .backward();
+            w.grad().copy()
+        };
+        let (g32, g16) = (grad(Precision::F32), grad(Precision::Bf16Mixed));
+        assert_eq!(
+            g16.kind(),
+            Kind::Float,
+            "{}: master gradient",
+            m.arch_name()
+        );
+        let cos = (&g32 * &g16).sum(Kind::Double).double_value(&[])
+            / (g32.norm().double_value(&[]) * g16.norm().double_value(&[]));
+        assert!(cos > 0.99, "{}: gradient cosine {cos}", m.arch_name());
+        m.set_precision(Precision::F32);
+    }
+}

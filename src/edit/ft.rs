@@ -15,7 +15,7 @@ use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
-use crate::train::{AdamW, AdamWConfig, Example, backward_in_slices};
+use crate::train::{AdamW, AdamWConfig, Example, backward_in_slices, target_token_nlls};
 
 /// What a training run did, for the run report.
 #[derive(Debug, Clone, Serialize)]
@@ -233,6 +233,12 @@ impl FtEditor {
         };
         let [e, p, f] = self.examples(tok, records, &prefixes)?;
         let counts = [e.len(), p.len(), f.len()];
+        // The edits' own examples, for the convergence check (before shuffling).
+        let own = if r.optim.converge_loss > 0.0 {
+            e.clone()
+        } else {
+            Vec::new()
+        };
         let mut all: Vec<Example> = e.into_iter().chain(p).chain(f).collect();
         let mut rng = Rng(r.optim.seed);
         rng.shuffle(&mut all);
@@ -274,7 +280,10 @@ impl FtEditor {
             .map(|n| model.params.get(n).map_or(0, |t| t.numel()))
             .sum();
         let snapshot = model.params.snapshot();
-        let result = self.run(model, &all, &r);
+        crate::runtime::warn_if_emulated(r.optim.precision, model.device());
+        let before = model.set_precision(r.optim.precision);
+        let result = self.run(model, &all, &own, &r);
+        model.set_precision(before);
         model.params.freeze_all();
         let Run {
             loss,
@@ -310,15 +319,17 @@ impl FtEditor {
         Ok(report)
     }
 
-    /// The optimisation loop.
-    fn run(&self, model: &Model, all: &[Example], r: &Recipe) -> Result<Run> {
+    /// The optimisation loop. `own`: the edits' own examples, checked for convergence
+    /// past the recipe's epochs (`optim.converge_loss`).
+    fn run(&self, model: &Model, all: &[Example], own: &[Example], r: &Recipe) -> Result<Run> {
         let bs = if r.optim.batch_size == 0 {
             all.len()
         } else {
             r.optim.batch_size
         };
         let batches: Vec<&[Example]> = all.chunks(bs).collect();
-        let mut total = (batches.len() * r.optim.epochs).max(r.optim.min_steps);
+        let scheduled = batches.len() * r.optim.epochs;
+        let mut total = scheduled.max(r.optim.min_steps);
         if r.optim.max_steps > 0 {
             total = total.min(r.optim.max_steps);
         }
@@ -343,7 +354,25 @@ impl FtEditor {
         let mut curve = Vec::with_capacity(total);
         // Examples and tokens trained on (min_steps may repeat batches).
         let (mut seen, mut tokens) = (0, 0);
+        // Steps in a row with every edit under `converge_loss`.
+        let mut settled = 0;
         for step in 0..total {
+            // Checks start early enough that a run converged by the end of its epochs
+            // stops right there.
+            if step + r.optim.converge_steps > scheduled && !own.is_empty() {
+                let worst = target_token_nlls(model, own)?
+                    .iter()
+                    .map(|t| t.iter().sum::<f64>() / t.len().max(1) as f64)
+                    .fold(0.0, f64::max);
+                settled = if worst < r.optim.converge_loss {
+                    settled + 1
+                } else {
+                    0
+                };
+                if settled >= r.optim.converge_steps {
+                    break;
+                }
+            }
             let batch = batches[step % batches.len()];
             opt.set_lr(r.lr_at(step, total))?;
             opt.zero_grad()?;

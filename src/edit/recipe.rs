@@ -112,6 +112,25 @@ pub struct OptimConfig {
     /// Stop once the batch loss is below this (0 = never).
     #[serde(default)]
     pub stop_loss: f64,
+    /// Trims the steps `min_steps` adds beyond the recipe's epochs: from the end of the
+    /// epochs on, stop once every edit's own target loss (mean NLL of its target tokens
+    /// given its prompt, one no-grad forward of the edit prompts per step) has stayed
+    /// below this for `converge_steps` steps in a row (0 = off). Few edits then take as
+    /// many steps as they need instead of the floor; runs whose epochs exceed
+    /// `min_steps` are not affected.
+    #[serde(default)]
+    pub converge_loss: f64,
+    /// How the training steps compute: `f32`, or `bf16-mixed` (bf16 matrix products,
+    /// f32 master weights, optimizer state, norms and losses, as PyTorch's autocast).
+    #[serde(default)]
+    pub precision: crate::runtime::Precision,
+    /// Consecutive steps the edits must stay under `converge_loss`.
+    #[serde(default = "default_converge_steps")]
+    pub converge_steps: usize,
+}
+
+fn default_converge_steps() -> usize {
+    3
 }
 
 /// A complete fine-tuning recipe.
@@ -134,6 +153,11 @@ impl Recipe {
         }
         if self.optim.epochs == 0 {
             return bad("optim.epochs must be at least 1".into());
+        }
+        if self.optim.converge_loss > 0.0 && self.optim.converge_steps == 0 {
+            return bad(
+                "optim.converge_steps must be at least 1 when optim.converge_loss is set".into(),
+            );
         }
         if !(0.0..=1.0).contains(&self.augment.lm_gamma) {
             return bad(format!(

@@ -31,6 +31,8 @@ pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
 pub use params::{ParamStore, glob_match};
 
 use crate::error::{Error, Result};
+use crate::runtime::Autocast;
+pub use crate::runtime::Precision;
 use nn::Ctx;
 
 /// What every architecture provides to the shared forward driver; everything else
@@ -425,6 +427,9 @@ pub struct Model {
     pub params: ParamStore,
     /// Where it was loaded from (empty for random models).
     pub source: PathBuf,
+    /// How forward passes compute ([`Precision`] as a `u8`; atomic so that `&Model`
+    /// can switch it for the length of an edit).
+    precision: std::sync::atomic::AtomicU8,
 }
 
 impl Model {
@@ -439,6 +444,7 @@ impl Model {
             config,
             params,
             source: source.as_ref().to_path_buf(),
+            precision: Default::default(),
         })
     }
 
@@ -540,6 +546,27 @@ impl Model {
         first
     }
 
+    /// How forward passes compute.
+    pub fn precision(&self) -> Precision {
+        match self.precision.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Precision::F32,
+            _ => Precision::Bf16Mixed,
+        }
+    }
+
+    /// Switches how forward passes compute; returns what it was. Editors set their
+    /// config's precision for the length of an edit and put the old one back.
+    pub fn set_precision(&self, p: Precision) -> Precision {
+        let old = self.precision();
+        let v = match p {
+            Precision::F32 => 0,
+            Precision::Bf16Mixed => 1,
+        };
+        self.precision
+            .store(v, std::sync::atomic::Ordering::Relaxed);
+        old
+    }
+
     /// Logits at the chosen positions.
     pub fn forward(&self, input: &Input, at: &LogitsAt) -> Result<Tensor> {
         self.forward_with(input, at, ForwardExtras::default())
@@ -584,8 +611,11 @@ impl Model {
                     .index_select(0, &Tensor::from_slice(&idx).to_device(h.device()))
             }
         };
-        // The final norm is per position, so it runs only where logits are wanted.
+        // The final norm is per position, so it runs only where logits are wanted. Under
+        // mixed precision the vocabulary projection stays in the weights' dtype: it runs
+        // at the target positions only (a few % of the work) and keeps losses exact.
         let _g = (grad_from > self.num_layers() + 1).then(tch::no_grad_guard);
+        let selected = selected.to_kind(self.arch.lm_head().kind());
         Ok(self
             .arch
             .final_norm(&selected)
@@ -633,6 +663,10 @@ impl Model {
             segments: input.segments.as_ref().map(Tensor::shallow_clone),
         };
         let mut ctx = Ctx::new(positions, past, masks, cache, hooks, grad_from);
+        let _autocast = match self.precision() {
+            Precision::F32 => None,
+            Precision::Bf16Mixed => Some(Autocast::bf16(device)?),
+        };
         let h = self.arch.hidden_states(&input.ids, &mut ctx);
         if let Some(c) = ctx.cache {
             c.advance(t);
