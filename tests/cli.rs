@@ -559,6 +559,49 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
         report["training"]["runs"][0]["examples"],
         serde_json::json!([2, 4, 0])
     );
+    // The before/after check: one row per edit, `took` as the continuation says.
+    let rows = report["check"]["edits"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let mut not_taken = 0;
+    for r in rows {
+        let (b, a) = (
+            r["p_new_before"].as_f64().unwrap(),
+            r["p_new_after"].as_f64().unwrap(),
+        );
+        assert!((0.0..=1.0).contains(&b) && (0.0..=1.0).contains(&a), "{r}");
+        let target = r["target_new"].as_str().unwrap();
+        let took = r["continuation"]
+            .as_str()
+            .unwrap()
+            .trim_start()
+            .starts_with(target);
+        assert_eq!(r["took"].as_bool(), Some(took), "{r}");
+        not_taken += !took as u64;
+    }
+    assert_eq!(report["check"]["not_taken"].as_u64(), Some(not_taken));
+    for phase in ["load", "edit", "save"] {
+        assert!(report["timing"][phase].as_f64().unwrap() >= 0.0, "{phase}");
+    }
+
+    // An edit that cannot take (a learning rate of 1e-12) still writes the model, says
+    // so in its one line, and with --require-success exits 3.
+    let weak = dir.join("weak.gguf");
+    let args = [
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--out",
+            weak.to_str().unwrap(),
+        ][..],
+        &common[..],
+        &["--set", "optim.lr=1e-12", "--require-success"][..],
+    ]
+    .concat();
+    let (code, out_text, err) = ftedit(&args);
+    assert_eq!(code, 3, "{out_text}{err}");
+    assert!(out_text.contains("did not take"), "{out_text}");
+    assert!(weak.exists());
 
     // The same edit written as a folder loads back with the same weights as the GGUF.
     let folder = dir.join("edited-hf");

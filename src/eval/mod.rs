@@ -7,6 +7,7 @@
 //! as it goes and an interrupted run resumed. [`Summary`] aggregates results: per
 //! record first, then the mean over records, × 100, under METRICS.md's names.
 
+pub mod check;
 pub mod counterfact;
 pub mod generation;
 pub mod health;

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use clap::Args;
 use ftedit::edit::{self, Editor, registry};
+use ftedit::eval::check;
 use ftedit::model::save;
 
 use crate::health::HealthArgs;
@@ -29,9 +30,19 @@ pub struct EditArgs {
     /// GGUF output: store changed tensors as Q8_0 instead of F32.
     #[arg(long)]
     quantize: bool,
-    /// No progress bar.
+    /// No progress bar, no table: one line.
     #[arg(long)]
     quiet: bool,
+    /// Exit with status 3 when an edit did not take (the model is still written).
+    #[arg(long)]
+    require_success: bool,
+    /// Neighbour prompts (the records' own, first of each) whose top-1 is shown before
+    /// and after.
+    #[arg(long, default_value_t = 5)]
+    neighbours: usize,
+    /// Edits shown in the table (all of them are in the report).
+    #[arg(long, default_value_t = 20)]
+    rows: usize,
     /// Also write the shuffled training set (token ids) to this JSON file.
     #[arg(long)]
     dump_examples: Option<PathBuf>,
@@ -39,8 +50,26 @@ pub struct EditArgs {
     health: HealthArgs,
 }
 
+/// Seconds spent in each phase, in order.
+#[derive(Default)]
+struct Phases {
+    last: Option<Instant>,
+    seconds: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Phases {
+    /// Ends the phase `name` (it began where the previous one ended).
+    fn lap(&mut self, name: &str, start: Instant) {
+        let now = Instant::now();
+        let s = (now - self.last.unwrap_or(start)).as_secs_f64();
+        self.seconds.insert(name.into(), s.into());
+        self.last = Some(now);
+    }
+}
+
 pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let start = Instant::now();
+    let mut phases = Phases::default();
     let records = args.records.load(&args.edits, None)?;
     let gguf_out = args.out.extension().is_some_and(|e| e == "gguf");
     let source = ftedit::model::registry::resolve(&args.model.model)?;
@@ -48,6 +77,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
     let (mut model, tok) = args.model.load()?;
+    phases.lap("load", start);
     let config = args.method.config("ft", &model)?;
     if config.method() == "none" {
         anyhow::bail!("--method none does not edit; pick a method (ftedit methods)");
@@ -72,17 +102,25 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
+    phases.lap("health_before", start);
+    let before = check::Before::take(&model, &tok, &records, args.neighbours)?;
+    phases.lap("check_before", start);
     editor.edit(&mut model, &tok, &records)?;
+    phases.lap("edit", start);
     let health = match (&probe, &baseline) {
         (Some(p), Some(b)) => Some(p.measure_after(&model, b, records.len())?),
         _ => None,
     };
+    phases.lap("health_after", start);
+    let check = before.check(&model, &tok, &records)?;
+    phases.lap("check_after", start);
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
     } else {
         save::save_hf(&model, &tok, &args.out)?;
         serde_json::json!({"format": "safetensors"})
     };
+    phases.lap("save", start);
     let report = serde_json::json!({
         "model": source.display().to_string(),
         "edits": args.edits.display().to_string(),
@@ -91,8 +129,10 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "config": serde_json::to_value(&config)?,
         "training": editor.report(),
         "health": health,
+        "check": check,
         "saved": saved,
         "seconds": start.elapsed().as_secs_f64(),
+        "timing": phases.seconds,
         "peak_rss_mb": peak_rss_mb(),
     });
     let (report_path, recipe_path) = if gguf_out {
@@ -109,15 +149,22 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
     // The effective recipe: `--recipe` with this file repeats the edit.
     std::fs::write(&recipe_path, config.to_toml())?;
+    if !args.quiet {
+        print!("{}", check.table(args.rows));
+        if let Some(h) = &health {
+            println!("health: {}", h.line());
+        }
+    }
     println!(
-        "edited {} facts in {:.1} s; model in {}, report in {}",
+        "edited {} facts in {:.1} s ({}); model in {}, report in {}",
         records.len(),
         start.elapsed().as_secs_f64(),
+        check.line(),
         args.out.display(),
         report_path.display()
     );
-    if let Some(h) = &health {
-        println!("health: {}", h.line());
+    if args.require_success && check.not_taken > 0 {
+        std::process::exit(3);
     }
     Ok(())
 }
