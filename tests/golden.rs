@@ -267,3 +267,28 @@ fn gemma3_tokenizer_converted_to_tokenizer_json_encodes_the_same() {
     }
     assert!(hf.adds_bos());
 }
+
+/// `--chat` on SmolLM2-Instruct: its GGUF template renders ChatML, and each of the
+/// template's control tokens becomes its single id (<|im_start|> 1, <|im_end|> 2, as
+/// the GGUF vocabulary numbers them) instead of being spelt out in bytes; decoding gives
+/// the rendered text back. Generation in a chat stops at <|im_end|>.
+#[test]
+fn smollm2_chat_prompt_uses_its_template_and_control_tokens() {
+    let (_, tok) = common::load("smollm2");
+    let ids = tok.chat_prompt("Where is the Eiffel Tower?").unwrap();
+    let text = tok.decode(&ids);
+    assert_eq!(
+        text,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhere is the Eiffel Tower?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(ids.iter().filter(|&&i| i == 1).count(), 3, "{ids:?}");
+    assert_eq!(ids.iter().filter(|&&i| i == 2).count(), 2, "{ids:?}");
+    assert_eq!(ids[0], 1);
+    assert_eq!(
+        &ids[ids.len() - 3..],
+        &tok.encode("assistant\n", false).unwrap()[..]
+    );
+    assert!(tok.turn_ends().contains(&2));
+    // Plain encoding is unchanged: the same text spells the control tokens out.
+    assert!(tok.encode(&text, false).unwrap().len() > ids.len());
+}

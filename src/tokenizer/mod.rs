@@ -6,6 +6,7 @@
 //!   a transcription of llama.cpp's algorithm, which `tokenizers` cannot express.
 //! - Hugging Face folders use their `tokenizer.json` as is.
 
+pub mod chat;
 pub mod spm;
 
 use std::path::Path;
@@ -34,7 +35,22 @@ pub struct Tokenizer {
     add_bos: bool,
     pub bos_id: Option<u32>,
     pub eos_id: Option<u32>,
+    /// The model's Jinja chat template, if it ships one.
+    pub chat_template: Option<String>,
+    /// Control and user-defined tokens as text, longest first: what a rendered chat
+    /// template spells out and [`Tokenizer::encode_chat`] maps back to single ids.
+    specials: Vec<(String, u32)>,
 }
+
+/// Turn-ending tokens of the common chat formats; generation in a chat stops at them.
+const TURN_ENDS: &[&str] = &[
+    "<|im_end|>",
+    "<end_of_turn>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<|endoftext|>",
+];
 
 const QWEN2_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const LLAMA3_REGEX: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -95,6 +111,14 @@ impl Tokenizer {
                 reason: format!("{} tokens but {} token types", tokens.len(), types.len()),
             });
         }
+        let specials = longest_first(
+            tokens
+                .iter()
+                .zip(&types)
+                .enumerate()
+                .filter(|(_, (_, t))| matches!(t, TokenType::Control | TokenType::UserDefined))
+                .map(|(i, (s, _))| (s.clone(), i as u32)),
+        );
         let inner = match model {
             "gpt2" => {
                 let merges = string_array(gguf, "tokenizer.ggml.merges")?;
@@ -131,6 +155,11 @@ impl Tokenizer {
             add_bos: add_bos && bos_id.is_some(),
             bos_id,
             eos_id,
+            chat_template: gguf
+                .get("tokenizer.chat_template")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            specials,
         })
     }
 
@@ -145,11 +174,17 @@ impl Tokenizer {
         }
         let tok = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let specials = tok
+            .get_added_tokens_decoder()
+            .into_iter()
+            .map(|(id, t)| (t.content, id));
         Ok(Tokenizer {
             inner: Inner::Hf(Box::new(tok)),
             add_bos: false,
             bos_id,
             eos_id,
+            chat_template: path.parent().and_then(chat::template_from_folder),
+            specials: longest_first(specials),
         })
     }
 
@@ -165,6 +200,69 @@ impl Tokenizer {
             Inner::Spm(s) => ids.extend(s.encode(text)),
         }
         Ok(ids)
+    }
+
+    /// Encodes text that spells out special tokens (a rendered chat template): each
+    /// special's text becomes its id, the text between is encoded plainly, and BOS is
+    /// put first where the model wants it and the text did not already start with it.
+    pub fn encode_chat(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            // The earliest special; at equal positions the longest (the list's order).
+            let next = self
+                .specials
+                .iter()
+                .filter_map(|(s, id)| rest.find(s.as_str()).map(|at| (at, s.len(), *id)))
+                .min_by_key(|&(at, len, _)| (at, usize::MAX - len));
+            let (at, len, id) = next.unwrap_or((rest.len(), 0, 0));
+            if at > 0 {
+                ids.extend(self.encode(&rest[..at], false)?);
+            }
+            if len == 0 {
+                break;
+            }
+            ids.push(id);
+            rest = &rest[at + len..];
+        }
+        if self.adds_bos()
+            && let Some(b) = self.bos_id
+            && ids.first() != Some(&b)
+        {
+            ids.insert(0, b);
+        }
+        Ok(ids)
+    }
+
+    /// The token ids of `user` asked as one user turn through the model's chat
+    /// template, ending where the assistant's answer begins.
+    pub fn chat_prompt(&self, user: &str) -> Result<Vec<u32>> {
+        let source = self.chat_template.clone().ok_or_else(|| {
+            Error::Input(
+                "this model has no chat template (GGUF tokenizer.chat_template, or \
+                 chat_template in the folder's tokenizer_config.json); --chat needs one"
+                    .into(),
+            )
+        })?;
+        let piece = |id: Option<u32>| id.and_then(|i| self.piece(i)).unwrap_or_default();
+        let template = chat::ChatTemplate {
+            source,
+            bos_token: piece(self.bos_id),
+            eos_token: piece(self.eos_id),
+        };
+        let text = template.render(&[chat::Message::user(user)], true)?;
+        self.encode_chat(&text)
+    }
+
+    /// Tokens that end an assistant's turn: EOS and the chat formats' turn ends.
+    pub fn turn_ends(&self) -> Vec<u32> {
+        let mut out: Vec<u32> = self.eos_id.into_iter().collect();
+        for (s, id) in &self.specials {
+            if TURN_ENDS.contains(&s.as_str()) && !out.contains(id) {
+                out.push(*id);
+            }
+        }
+        out
     }
 
     /// Decodes ids to text (special tokens included as their text; cut UTF-8 sequences
@@ -246,6 +344,7 @@ impl Tokenizer {
             "add_bos_token": add_bos,
             "add_eos_token": false,
             "clean_up_tokenization_spaces": false,
+            "chat_template": self.chat_template,
         });
         let path = dir.join("tokenizer_config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
@@ -262,6 +361,13 @@ impl Tokenizer {
             _ => self.add_bos,
         }
     }
+}
+
+/// Specials sorted longest first (then by id), empty strings dropped.
+fn longest_first(specials: impl Iterator<Item = (String, u32)>) -> Vec<(String, u32)> {
+    let mut v: Vec<(String, u32)> = specials.filter(|(s, _)| !s.is_empty()).collect();
+    v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+    v
 }
 
 /// A byte-level BPE (GPT-2 style) from a GGUF vocabulary and merges, with the

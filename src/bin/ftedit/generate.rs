@@ -28,6 +28,10 @@ pub struct GenerateArgs {
     /// Keep going past the end-of-sequence token.
     #[arg(long)]
     ignore_eos: bool,
+    /// Ask the prompt as a user turn through the model's chat template (instruct
+    /// models), so the answer is the assistant's.
+    #[arg(long)]
+    chat: bool,
     /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
@@ -44,7 +48,11 @@ struct Generation<'a> {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (model, tokenizer) = args.model.load()?;
-    let ids = tokenizer.encode(&args.prompt, true)?;
+    let ids = if args.chat {
+        tokenizer.chat_prompt(&args.prompt)?
+    } else {
+        tokenizer.encode(&args.prompt, true)?
+    };
     if ids.is_empty() {
         anyhow::bail!("the prompt tokenizes to nothing");
     }
@@ -59,10 +67,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         },
         seed: args.seed,
         row_seeds: None,
-        stop: if args.ignore_eos {
-            Vec::new()
-        } else {
-            tokenizer.eos_id.into_iter().collect()
+        stop: match (args.ignore_eos, args.chat) {
+            (true, _) => Vec::new(),
+            (false, true) => tokenizer.turn_ends(),
+            (false, false) => tokenizer.eos_id.into_iter().collect(),
         },
     };
     let output_ids = generate(&model, std::slice::from_ref(&ids), &opts)?.remove(0);
@@ -76,6 +84,8 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             text,
         };
         println!("{}", serde_json::to_string(&out)?);
+    } else if args.chat {
+        println!("{text}");
     } else {
         println!("{}{}", args.prompt, text);
     }

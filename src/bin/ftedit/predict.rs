@@ -15,6 +15,10 @@ pub struct PredictArgs {
     /// How many of the most probable tokens to show.
     #[arg(long, default_value_t = 10)]
     top_k: usize,
+    /// Ask the prompt as a user turn through the model's chat template (instruct
+    /// models), so the answer is the assistant's.
+    #[arg(long)]
+    chat: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,7 +42,11 @@ struct Prediction<'a> {
 
 pub fn run(args: PredictArgs) -> anyhow::Result<()> {
     let (model, tokenizer) = args.model.load()?;
-    let ids = tokenizer.encode(&args.prompt, true)?;
+    let ids = if args.chat {
+        tokenizer.chat_prompt(&args.prompt)?
+    } else {
+        tokenizer.encode(&args.prompt, true)?
+    };
     if ids.is_empty() {
         anyhow::bail!("the prompt tokenizes to nothing");
     }
