@@ -583,6 +583,29 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
         assert!(report["timing"][phase].as_f64().unwrap() >= 0.0, "{phase}");
     }
 
+    // augment.subject adds one subject-spelling example per edit (both subjects here
+    // are several tokens long).
+    let spelled = dir.join("spelled.gguf");
+    let args = [
+        &[
+            "edit",
+            "--model",
+            model.as_str(),
+            "--out",
+            spelled.to_str().unwrap(),
+        ][..],
+        &common[..],
+        &["--set", "augment.subject=true"][..],
+    ]
+    .concat();
+    let (code, _, err) = ftedit(&args);
+    assert_eq!(code, 0, "{err}");
+    let spelled: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("spelled.gguf.report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(spelled["training"]["runs"][0]["subject_examples"], 2);
+
     // An edit that cannot take (a learning rate of 1e-12) still writes the model, says
     // so in its one line, and with --require-success exits 3.
     let weak = dir.join("weak.gguf");

@@ -292,3 +292,28 @@ fn smollm2_chat_prompt_uses_its_template_and_control_tokens() {
     // Plain encoding is unchanged: the same text spells the control tokens out.
     assert!(tok.encode(&text, false).unwrap().len() > ids.len());
 }
+
+/// The chat metric on the unedited SmolLM2-Instruct: asked "The Eiffel Tower is located
+/// in the city of" as a user turn, it answers with Paris (so `chat_exact` holds for
+/// target Paris and fails for Rome) in a clean sentence that spells the subject intact.
+#[test]
+fn smollm2_chat_answers_are_scored_as_a_user_reads_them() {
+    let (m, tok) = common::load("smollm2");
+    let paris = common::cf_edit(
+        "The Eiffel Tower",
+        "{} is located in the city of",
+        "Paris",
+        "Rome",
+    );
+    let rome = common::cf_edit(
+        "The Eiffel Tower",
+        "{} is located in the city of",
+        "Rome",
+        "Paris",
+    );
+    let s = ftedit::eval::chat::chat_scores(&m, &tok, &[paris, rome]).unwrap();
+    assert!(s[0].exact, "{:?}", s[0].answer);
+    assert!(!s[1].exact, "{:?}", s[1].answer);
+    assert_eq!(s[0].answer, s[1].answer, "the same question");
+    assert!(s[0].clean && !s[0].repeats, "{:?}", s[0]);
+}

@@ -23,6 +23,8 @@ pub struct TrainReport {
     pub edits: usize,
     /// Examples by kind: edits, prefixed edits, unedited facts.
     pub examples: [usize; 3],
+    /// Subject-spelling examples (`augment.subject`).
+    pub subject_examples: usize,
     pub steps: usize,
     pub trained_params: Vec<String>,
     pub trained_numel: usize,
@@ -130,7 +132,7 @@ impl FtEditor {
         tok: &Tokenizer,
         records: &[EditRecord],
         prefixes: &[String],
-    ) -> Result<[Vec<Example>; 3]> {
+    ) -> Result<[Vec<Example>; 4]> {
         let r = &self.recipe;
         let target = |t: &str| -> Result<Vec<u32>> {
             let mut ids = tok.encode(&format!(" {t}"), false)?;
@@ -184,11 +186,14 @@ impl FtEditor {
                 augment::nearest_facts(&self.pool, records, r.augment.facts_per_edit)
             }
         };
-        let (mut e, mut p, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut e, mut p, mut f, mut s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (rec, picks) in records.iter().zip(picks) {
             let new = target(&rec.target_new)?;
             let prompt = rec.rewrite_prompt();
             e.extend(example(&prompt, &new)?);
+            if r.augment.subject {
+                s.extend(subject_example(tok, rec)?);
+            }
             for pre in prefixes {
                 p.extend(example(&format!("{pre}{prompt}"), &new)?);
             }
@@ -207,7 +212,7 @@ impl FtEditor {
                 f.extend(ex);
             }
         }
-        Ok([e, p, f])
+        Ok([e, p, f, s])
     }
 
     /// Trains `records` into `model`.
@@ -231,15 +236,16 @@ impl FtEditor {
                 p
             }
         };
-        let [e, p, f] = self.examples(tok, records, &prefixes)?;
+        let [e, p, f, s] = self.examples(tok, records, &prefixes)?;
         let counts = [e.len(), p.len(), f.len()];
+        let subject_examples = s.len();
         // The edits' own examples, for the convergence check (before shuffling).
         let own = if r.optim.converge_loss > 0.0 {
             e.clone()
         } else {
             Vec::new()
         };
-        let mut all: Vec<Example> = e.into_iter().chain(p).chain(f).collect();
+        let mut all: Vec<Example> = e.into_iter().chain(p).chain(f).chain(s).collect();
         let mut rng = Rng(r.optim.seed);
         rng.shuffle(&mut all);
         if let Some(path) = &self.dump_examples {
@@ -306,6 +312,7 @@ impl FtEditor {
         let report = TrainReport {
             edits: records.len(),
             examples: counts,
+            subject_examples,
             steps: loss.len(),
             trained_params: trained,
             trained_numel: numel,
@@ -432,6 +439,23 @@ impl FtEditor {
             })
             .collect()
     }
+}
+
+/// The subject-spelling example of an edit (`augment.subject`): the rewrite prompt's
+/// tokens through the subject's first token, then the subject's other tokens. `None`
+/// when the subject is one token or does not start on a token boundary.
+fn subject_example(tok: &Tokenizer, rec: &EditRecord) -> Result<Option<Example>> {
+    let head = rec.prompt.split("{}").next().unwrap_or("");
+    let upto = tok.encode(&format!("{head}{}", rec.subject), true)?;
+    let before = tok.encode(head.trim_end(), true)?;
+    if !upto.starts_with(&before) || upto.len() < before.len() + 2 {
+        return Ok(None);
+    }
+    let split = before.len() + 1;
+    Ok(Some(Example {
+        prompt: upto[..split].to_vec(),
+        target: upto[split..].to_vec(),
+    }))
 }
 
 /// What the optimisation loop did.

@@ -53,6 +53,11 @@ pub struct AugmentConfig {
     /// chosen from the evaluated data set (see the CLI).
     #[serde(default)]
     pub fact_pool: String,
+    /// Also train each edit's subject on its own spelling (S): the rewrite prompt up to
+    /// the subject's first token predicts the subject's other tokens, so an edit that
+    /// lands at the subject does not re-spell it ("The Eiffel TA …").
+    #[serde(default)]
+    pub subject: bool,
     /// Weight γ of the plain language-model loss: (1−γ)·L_edit + γ·L_LM.
     pub lm_gamma: f64,
     /// Text file for the LM loss; empty: the WikiText sample beside the repository.

@@ -107,6 +107,29 @@ fn requests(tok: &Tokenizer, r: &EditRecord) -> Result<Requests> {
     })
 }
 
+/// Mean NLL of each record's subject tokens in its rewrite prompt (each given what
+/// precedes it); `None` where no subject token can be scored.
+pub fn subject_nlls(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+) -> Result<Vec<Option<f64>>> {
+    let reqs: Vec<Option<NllRequest>> = records
+        .iter()
+        .map(|r| requests(tok, r).map(|q| q.subject))
+        .collect::<Result<_>>()?;
+    let flat: Vec<NllRequest> = reqs.iter().flatten().cloned().collect();
+    let mut nlls = token_nlls(model, &flat)?.into_iter();
+    Ok(reqs
+        .iter()
+        .map(|q| {
+            q.as_ref()
+                .and_then(|_| nlls.next())
+                .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect())
+}
+
 /// The measurements taken on a model for every edit.
 #[derive(Debug, Clone, PartialEq)]
 struct Reading {

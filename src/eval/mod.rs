@@ -7,6 +7,7 @@
 //! as it goes and an interrupted run resumed. [`Summary`] aggregates results: per
 //! record first, then the mean over records, × 100, under METRICS.md's names.
 
+pub mod chat;
 pub mod check;
 pub mod counterfact;
 pub mod generation;
@@ -52,6 +53,15 @@ pub struct RecordResult {
     pub exact: Option<ExactScores>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<GenScores>,
+    /// Mean NLL of the subject's own tokens in the rewrite prompt, after editing and
+    /// (filled in by the protocol) before: their change is `subject_nll_delta`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_nll: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_nll_before: Option<f64>,
+    /// The question asked through the chat template (instruct models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<chat::ChatScores>,
 }
 
 /// What to measure beyond the teacher-forced scores.
@@ -75,6 +85,9 @@ pub struct EvalOptions {
     /// Sequential runs: records a checkpoint of the curve scores at most (a fixed
     /// sample of the run, plus the first batch).
     pub curve_sample: usize,
+    /// Ask each edit's question through the chat template ([`chat`]); needs a model
+    /// with one.
+    pub chat: bool,
 }
 
 impl Default for EvalOptions {
@@ -89,6 +102,7 @@ impl Default for EvalOptions {
             progress: false,
             health: None,
             curve_sample: 200,
+            chat: false,
         }
     }
 }
@@ -128,6 +142,16 @@ pub fn evaluate(
             vec![None; chunk.len()]
         }
         .into_iter();
+        let mut subject = check::subject_nlls(model, tok, chunk)?.into_iter();
+        let mut chats = if opts.chat {
+            chat::chat_scores(model, tok, chunk)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; chunk.len()]
+        }
+        .into_iter();
         for (r, exact) in chunk.iter().zip(exact) {
             let scores = match r.suite {
                 Suite::CounterFact => {
@@ -145,6 +169,9 @@ pub fn evaluate(
                 scores,
                 exact,
                 generation: generations.next().flatten(),
+                chat: chats.next().flatten(),
+                subject_nll: subject.next().flatten(),
+                subject_nll_before: None,
             })?;
         }
     }
@@ -325,6 +352,21 @@ impl Summary {
                 "paraphrase_exact".into(),
                 exact(Suite::Zsre, |e| e.paraphrase_rate),
             );
+        }
+        let deltas = results
+            .iter()
+            .filter_map(|r| Some(r.subject_nll? - r.subject_nll_before?));
+        if let Some(d) = mean(deltas) {
+            metrics.insert("subject_nll_delta".into(), Some(d));
+        }
+        let chats: Vec<&chat::ChatScores> =
+            results.iter().filter_map(|r| r.chat.as_ref()).collect();
+        if !chats.is_empty() {
+            let rate = |f: fn(&chat::ChatScores) -> bool| {
+                pct(mean(chats.iter().map(|c| f(c) as u8 as f64)))
+            };
+            metrics.insert("chat_exact".into(), rate(|c| c.exact));
+            metrics.insert("chat_clean".into(), rate(|c| c.clean));
         }
         if results.iter().all(|r| r.exact.is_none()) && !results.is_empty() {
             notes.push("exact match not computed (turned off)".into());

@@ -12,7 +12,7 @@
 pub mod sequential;
 pub mod sweep;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::data::EditRecord;
@@ -127,7 +127,15 @@ pub fn run(
     pb.set_position((records.len() - todo.len()) as u64);
     // Drop a cut-off last line before appending.
     out.reset_records(&out.records()?)?;
-    let mut write = |r: RecordResult| -> Result<()> {
+    // The subjects' own NLL on the unedited model (before any checkpoint is restored),
+    // for subject_nll_delta.
+    let subject_before: HashMap<String, Option<f64>> = records
+        .iter()
+        .map(|r| r.id.clone())
+        .zip(crate::eval::check::subject_nlls(model, tok, records)?)
+        .collect();
+    let mut write = |mut r: RecordResult| -> Result<()> {
+        r.subject_nll_before = subject_before.get(&r.id).copied().flatten();
         out.append(&r)?;
         pb.inc(1);
         Ok(())

@@ -98,6 +98,7 @@ impl<'a> Curve<'a> {
             progress: false,
             health: None,
             curve_sample: opts.curve_sample,
+            chat: false,
         };
         Ok(Curve {
             path,

@@ -168,6 +168,9 @@ const COLUMNS: &[&str] = &[
     "efficacy_exact",
     "PPL",
     "known_retained",
+    "subject_nll_delta",
+    "chat_exact",
+    "chat_clean",
 ];
 
 impl Table {

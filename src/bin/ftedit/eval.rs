@@ -71,6 +71,13 @@ pub struct EvalFlags {
     /// the run, plus the first batch; the final evaluation scores all).
     #[arg(long, default_value_t = 200)]
     curve_sample: usize,
+    /// Ask each edit's question through the model's chat template (chat_exact,
+    /// chat_clean); on by default for models with a template, unless generation is off.
+    #[arg(long, conflicts_with = "no_chat")]
+    chat: bool,
+    /// No chat-template questions.
+    #[arg(long)]
+    no_chat: bool,
     #[command(flatten)]
     pub health: HealthArgs,
     /// No progress bar.
@@ -105,7 +112,17 @@ impl EvalFlags {
             // Set once the tokenizer is loaded.
             health: None,
             curve_sample: self.curve_sample,
+            chat: false,
         })
+    }
+
+    /// Whether to ask the chat questions of a model with this tokenizer.
+    pub fn chat(&self, tok: &ftedit::Tokenizer) -> anyhow::Result<bool> {
+        let has = tok.chat_template.is_some();
+        if self.chat && !has {
+            anyhow::bail!("--chat: this model has no chat template");
+        }
+        Ok(self.chat || (has && !self.no_chat && !self.no_generation))
     }
 
     /// The run's description for `method` under `protocol`, without the method's
@@ -147,6 +164,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
     opts.health = args.eval.health.probe(&tok, model.max_positions())?;
+    opts.chat = args.eval.chat(&tok)?;
     let config = args.method.config("none", &model)?;
     let mut editor = edit::build(
         &config,

@@ -39,6 +39,7 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
     opts.health = args.eval.health.probe(&tok, model.max_positions())?;
+    opts.chat = args.eval.chat(&tok)?;
     let name = args
         .method
         .method
