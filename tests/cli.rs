@@ -174,6 +174,11 @@ fn bad_input_is_a_clear_error_never_a_panic() {
         &["predict", "--model", "/no/such/model.gguf", "--prompt", "x"],
         "/no/such/model.gguf",
     );
+    // The tiny model ships no chat template.
+    expect_failure(
+        &["generate", "--model", &good, "--prompt", "x", "--chat"],
+        "no chat template",
+    );
 
     let truncated = dir.join("truncated.gguf");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
@@ -583,6 +588,21 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
         assert!(report["timing"][phase].as_f64().unwrap() >= 0.0, "{phase}");
     }
 
+    expect_failure(
+        &[
+            &[
+                "edit",
+                "--model",
+                model.as_str(),
+                "--out",
+                out.to_str().unwrap(),
+            ][..],
+            &common[..],
+            &["--precision", "fp8"][..],
+        ]
+        .concat(),
+        "unknown precision 'fp8'",
+    );
     // augment.subject adds one subject-spelling example per edit (both subjects here
     // are several tokens long).
     let spelled = dir.join("spelled.gguf");

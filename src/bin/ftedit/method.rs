@@ -22,6 +22,10 @@ pub struct MethodArgs {
     /// --set value.clamp_norm_factor=4 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Fine-tuning recipes: how training computes, f32 or bf16-mixed (shorthand for
+    /// --set optim.precision=…).
+    #[arg(long)]
+    pub precision: Option<String>,
     /// Data file of unedited facts for augmentation (default: the recipe's, else the
     /// train split that matches the evaluated data).
     #[arg(long)]
@@ -32,12 +36,17 @@ impl MethodArgs {
     /// The effective config for `model`; `fallback` is the method when neither
     /// `--method` nor `--recipe` is given.
     pub fn config(&self, fallback: &str, model: &Model) -> anyhow::Result<MethodConfig> {
+        let mut set = self.set.clone();
+        if let Some(p) = &self.precision {
+            let p = ftedit::model::Precision::parse(p)?;
+            set.push(format!("optim.precision={}", p.name()));
+        }
         Ok(MethodConfig::select(
             self.method.as_deref(),
             self.recipe.as_deref(),
             fallback,
             Some(model.arch_name()),
-            &self.set,
+            &set,
         )?)
     }
 
