@@ -41,15 +41,47 @@ impl JsonConfig<'_> {
         self.get(key).and_then(Json::as_str).unwrap_or(default)
     }
 
-    /// Rope scaling changes positions in ways we do not implement; refuse it rather
-    /// than run a subtly different model.
-    pub fn check_rope_scaling(&self) -> Result<()> {
-        let kind_of = |s: &Json| {
-            s.get("rope_type")
+    /// The rotary scaling of `rope_scaling` (transformers 4) or `rope_parameters`
+    /// (transformers 5, possibly per layer type: all must agree). `linear` and `llama3`
+    /// are implemented; any other kind is refused rather than run as a subtly different
+    /// model.
+    pub fn rope_scaling(&self) -> Result<crate::model::nn::RopeScaling> {
+        use crate::model::nn::RopeScaling;
+        let parse = |s: &Json| -> Result<Option<RopeScaling>> {
+            let Some(kind) = s
+                .get("rope_type")
                 .or_else(|| s.get("type"))
                 .and_then(Json::as_str)
-                .map(str::to_owned)
+            else {
+                return Ok(None);
+            };
+            let num = |k: &str| {
+                s.get(k).and_then(Json::as_f64).ok_or_else(|| {
+                    Error::Config(format!(
+                        "config.json: rope scaling '{kind}' has no number '{k}'"
+                    ))
+                })
+            };
+            Ok(Some(match kind {
+                "default" => RopeScaling::None,
+                "linear" => RopeScaling::Linear {
+                    factor: num("factor")?,
+                },
+                "llama3" => RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_max_position_embeddings: num("original_max_position_embeddings")?,
+                },
+                other => {
+                    return Err(Error::Config(format!(
+                        "config.json: rope scaling '{other}' is not supported (supported: \
+                         default, linear, llama3)"
+                    )));
+                }
+            }))
         };
+        let mut found: Option<RopeScaling> = None;
         for key in ["rope_scaling", "rope_parameters"] {
             let Some(s) = self.get(key) else { continue };
             // transformers 5 nests the parameters per layer type.
@@ -58,15 +90,30 @@ impl JsonConfig<'_> {
                 .into_iter()
                 .flat_map(|o| o.values())
                 .filter(|v| v.is_object());
-            for kind in std::iter::once(s).chain(nested).filter_map(kind_of) {
-                if kind != "default" {
-                    return Err(Error::Config(format!(
-                        "config.json: rope scaling '{kind}' is not supported"
-                    )));
+            for v in std::iter::once(s).chain(nested) {
+                if let Some(r) = parse(v)? {
+                    if found.as_ref().is_some_and(|f| *f != r) {
+                        return Err(Error::Config(
+                            "config.json: rope scaling differs between layer types, which \
+                             this architecture does not support"
+                                .into(),
+                        ));
+                    }
+                    found = Some(r);
                 }
             }
         }
-        Ok(())
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Refuses any rope scaling (for architectures that do not implement it).
+    pub fn check_rope_scaling(&self) -> Result<()> {
+        match self.rope_scaling()? {
+            crate::model::nn::RopeScaling::None => Ok(()),
+            other => Err(Error::Config(format!(
+                "config.json: rope scaling {other:?} is not supported for this architecture"
+            ))),
+        }
     }
 }
 

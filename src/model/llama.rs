@@ -10,8 +10,8 @@ use tch::Tensor;
 
 use super::config::{JsonConfig, rope_theta};
 use super::nn::{
-    Activation, Ctx, GatedMlp, Linear, RmsNorm, Rope, apply_rope, attention, merge_heads,
-    split_heads,
+    Activation, Ctx, GatedMlp, Linear, RmsNorm, Rope, RopeScaling, apply_rope, attention,
+    merge_heads, split_heads,
 };
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
@@ -36,6 +36,32 @@ pub struct Config {
     pub attention_bias: bool,
     /// Mistral's sliding window, if any.
     pub sliding_window: Option<usize>,
+    /// Rotary frequency scaling (Llama 3.x `llama3`, `linear`).
+    pub rope_scaling: RopeScaling,
+}
+
+/// llama.cpp's rope scaling: `rope.scaling.type` linear (with `rope.scaling.factor`),
+/// or Llama 3's per-frequency divisors in the `rope_freqs.weight` tensor.
+fn gguf_rope_scaling(g: &GgufFile, arch: &str) -> Result<RopeScaling> {
+    if let Some(t) = g.tensor_info("rope_freqs.weight") {
+        let f = super::load::gguf_tensor(g, t)?.to_kind(tch::Kind::Double);
+        return Ok(RopeScaling::Factors(Vec::<f64>::try_from(
+            f.flatten(0, -1),
+        )?));
+    }
+    let kind = g
+        .get(&format!("{arch}.rope.scaling.type"))
+        .and_then(crate::formats::gguf::Value::as_str)
+        .unwrap_or("none");
+    match kind {
+        "none" => Ok(RopeScaling::None),
+        "linear" => Ok(RopeScaling::Linear {
+            factor: g.get_f64(&format!("{arch}.rope.scaling.factor"))?,
+        }),
+        other => Err(crate::error::Error::Config(format!(
+            "GGUF: rope scaling '{other}' is not supported (supported: none, linear, llama3's rope_freqs)"
+        ))),
+    }
 }
 
 impl Config {
@@ -45,7 +71,7 @@ impl Config {
         let hidden_size = c.int("hidden_size")?;
         let heads = c.int("num_attention_heads")?;
         let use_window = c.bool_or("use_sliding_window", model_type == "mistral");
-        c.check_rope_scaling()?;
+        let rope_scaling = c.rope_scaling()?;
         Ok(Config {
             vocab_size: c.int("vocab_size")?,
             hidden_size,
@@ -63,6 +89,7 @@ impl Config {
                 .opt_int("sliding_window")
                 .filter(|_| use_window)
                 .map(|w| w as usize),
+            rope_scaling,
         })
     }
 
@@ -95,6 +122,7 @@ impl Config {
             tie_word_embeddings: g.tensor_info("output.weight").is_none(),
             attention_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
             sliding_window: None,
+            rope_scaling: gguf_rope_scaling(g, arch)?,
         })
     }
 
@@ -257,7 +285,12 @@ impl Model {
                 .map(|l| Block::load(p, l, c))
                 .collect::<Result<_>>()?,
             norm: RmsNorm::load(p, "model.norm.weight", c.hidden_size, c.rms_norm_eps, false)?,
-            rope: Rope::new(c.head_dim, c.rope_theta, embed_tokens.device()),
+            rope: Rope::scaled(
+                c.head_dim,
+                c.rope_theta,
+                &c.rope_scaling,
+                embed_tokens.device(),
+            ),
             embed_tokens,
             lm_head,
             config,

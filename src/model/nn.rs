@@ -175,6 +175,55 @@ impl LayerNorm {
     }
 }
 
+/// How a checkpoint rescales its rotary frequencies for a longer context.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum RopeScaling {
+    #[default]
+    None,
+    /// Positions divided by `factor` (transformers' `linear`).
+    Linear { factor: f64 },
+    /// Llama 3.x: long wavelengths divided by `factor`, short ones kept, the band
+    /// between interpolated (transformers' `_compute_llama3_parameters`).
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
+    /// Per-frequency divisors, as llama.cpp stores Llama 3's scaling (`rope_freqs`).
+    Factors(Vec<f64>),
+}
+
+impl RopeScaling {
+    /// Applies the scaling to unscaled inverse frequencies.
+    fn apply(&self, inv_freq: Vec<f64>) -> Vec<f64> {
+        match self {
+            RopeScaling::None => inv_freq,
+            RopeScaling::Linear { factor } => inv_freq.iter().map(|f| f / factor).collect(),
+            RopeScaling::Factors(d) => inv_freq.iter().zip(d).map(|(f, d)| f / d).collect(),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor: lo,
+                high_freq_factor: hi,
+                original_max_position_embeddings: old,
+            } => inv_freq
+                .iter()
+                .map(|&f| {
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < old / hi {
+                        f
+                    } else if wavelen > old / lo {
+                        f / factor
+                    } else {
+                        let smooth = (old / wavelen - lo) / (hi - lo);
+                        (1.0 - smooth) * f / factor + smooth * f
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Rotary position embedding in Hugging Face's rotate-half layout.
 pub struct Rope {
     inv_freq: Tensor,
@@ -182,16 +231,30 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(head_dim: i64, base: f64, device: Device) -> Self {
-        // As transformers: inv_freq = 1 / base^(arange(0, d, 2) / d), in f32.
-        let exps = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+        Self::scaled(head_dim, base, &RopeScaling::None, device)
+    }
+
+    /// With a checkpoint's frequency scaling.
+    pub fn scaled(head_dim: i64, base: f64, scaling: &RopeScaling, device: Device) -> Self {
+        // As transformers: inv_freq = 1 / base^(arange(0, d, 2) / d), computed in f32
+        // (then scaled in f64 and rounded back, as its f32 arithmetic nearly does).
+        let exps = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu))
             .to_kind(Kind::Float)
             / head_dim as f64;
-        let inv_freq = (Tensor::from(base)
-            .to_device(device)
+        let base = Tensor::from(base)
             .to_kind(Kind::Float)
-            .pow(&exps))
-        .reciprocal();
-        Rope { inv_freq }
+            .pow(&exps)
+            .reciprocal();
+        let inv_freq = match scaling {
+            RopeScaling::None => base,
+            s => {
+                let v = Vec::<f64>::try_from(base.to_kind(Kind::Double)).unwrap_or_default();
+                Tensor::from_slice(&s.apply(v)).to_kind(Kind::Float)
+            }
+        };
+        Rope {
+            inv_freq: inv_freq.to_device(device),
+        }
     }
 
     /// `(cos, sin)` of shape `[B, 1, T, head_dim]` for positions `[B, T]`, in `kind`.

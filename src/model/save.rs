@@ -17,6 +17,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::load::{gguf_tensor, hf_name, undo_fix};
+use super::nn::RopeScaling;
 use super::{ArchConfig, Model};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWriter};
@@ -97,6 +98,25 @@ pub fn save_gguf(
     Ok(GgufSaveReport { changed, unchanged })
 }
 
+/// transformers' `rope_scaling` object (`null` without scaling; `Factors` never gets
+/// here, see [`save_hf`]).
+fn rope_scaling_json(r: &RopeScaling) -> serde_json::Value {
+    match r {
+        RopeScaling::None | RopeScaling::Factors(_) => serde_json::Value::Null,
+        RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        } => json!({
+            "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
+            "high_freq_factor": high_freq_factor,
+            "original_max_position_embeddings": *original_max_position_embeddings as i64,
+        }),
+    }
+}
+
 /// `config.json` for transformers.
 pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
     let (bos, eos) = (tok.bos_id, tok.eos_id);
@@ -113,6 +133,7 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
                 "rope_theta": c.rope_theta, "max_position_embeddings": c.max_position_embeddings,
                 "tie_word_embeddings": c.tie_word_embeddings, "attention_bias": c.attention_bias,
                 "use_sliding_window": c.sliding_window.is_some(), "sliding_window": c.sliding_window,
+                "rope_scaling": rope_scaling_json(&c.rope_scaling),
                 "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
             })
         }
@@ -145,6 +166,15 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
 
 /// Writes a Hugging Face folder for `model`.
 pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path) -> Result<()> {
+    if let ArchConfig::Llama(c) = model.config()
+        && matches!(c.rope_scaling, RopeScaling::Factors(_))
+    {
+        return Err(Error::Input(
+            "this GGUF stores its rope scaling as llama.cpp's rope_freqs factors, which a \
+             transformers config.json cannot express; write a .gguf instead"
+                .into(),
+        ));
+    }
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -60,6 +60,7 @@ pub fn tiny_llama(bias: bool) -> ArchConfig {
         tie_word_embeddings: !bias,
         attention_bias: bias,
         sliding_window: None,
+        rope_scaling: Default::default(),
     })
 }
 

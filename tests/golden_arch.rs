@@ -1,0 +1,84 @@
+//! Architectures against transformers: tiny random checkpoints that transformers wrote
+//! (tools/make_arch_fixtures.py, committed under tests/fixtures/arch/) load in ftedit
+//! and give transformers' float32 next-token log-probabilities within 1e-4 at every
+//! position (reference.json, computed by the same script).
+
+use ftedit::model::{Input, LogitsAt};
+use ftedit::{LoadOptions, load};
+use tch::{Kind, Tensor};
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/arch")
+        .join(name)
+}
+
+/// ftedit's log-probabilities `[T, V]` for the fixture's ids, and transformers'.
+fn logprobs(name: &str) -> (Tensor, Tensor) {
+    let dir = fixture(name);
+    let (m, _) = load(&dir, &LoadOptions::default()).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
+            .unwrap();
+    let ids: Vec<u32> = r["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    let want: Vec<Vec<f64>> = serde_json::from_value(r["logprobs"].clone()).unwrap();
+    let want = Tensor::from_slice2(&want);
+    let got = m
+        .forward(
+            &Input::right_padded(&[&ids], m.device()).unwrap(),
+            &LogitsAt::All,
+        )
+        .unwrap()
+        .squeeze_dim(0)
+        .log_softmax(-1, Kind::Double);
+    (got, want)
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b).abs().max().double_value(&[])
+}
+
+#[test]
+fn llama3_and_linear_rope_scaling_match_transformers() {
+    let (l3, l3_want) = logprobs("llama3-rope");
+    let (lin, lin_want) = logprobs("linear-rope");
+    assert!(
+        max_diff(&l3, &l3_want) < 1e-4,
+        "llama3: {}",
+        max_diff(&l3, &l3_want)
+    );
+    assert!(
+        max_diff(&lin, &lin_want) < 1e-4,
+        "linear: {}",
+        max_diff(&lin, &lin_want)
+    );
+    // The two fixtures share their weights (same seed): only the scaling differs, and
+    // it moves the outputs, so the test sees a wrong scaling.
+    assert!(max_diff(&l3_want, &lin_want) > 1e-3);
+}
+
+#[test]
+fn an_unsupported_rope_scaling_is_refused_by_name() {
+    let dir = std::env::temp_dir().join(format!("ftedit-yarn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["model.safetensors", "tokenizer.json"] {
+        std::fs::copy(fixture("llama3-rope").join(f), dir.join(f)).unwrap();
+    }
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("llama3-rope").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    cfg["rope_parameters"]["rope_type"] = "dynamic".into();
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let err = load(&dir, &LoadOptions::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("'dynamic' is not supported"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

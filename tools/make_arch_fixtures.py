@@ -1,0 +1,57 @@
+"""Tiny random checkpoints written by transformers, with transformers' float32 next-token
+log-probabilities, for ftedit's golden architecture tests (tests/golden_arch.rs).
+
+    .venv/bin/python tools/make_arch_fixtures.py   (needs ./setup.sh --bench)
+
+Each fixture is a folder under tests/fixtures/arch/: config.json, model.safetensors, a
+word-level tokenizer.json over the tiny vocabulary, and reference.json (the input ids and
+log_softmax of the logits at every position, float32).
+"""
+import json
+import os
+
+import torch
+from tokenizers import Tokenizer, models
+from transformers import LlamaConfig, LlamaForCausalLM
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "arch")
+VOCAB = 64
+IDS = [[1, 5, 9, 17, 33, 2, 60, 41, 7, 7, 12, 50]]
+
+
+def write(name, model):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(VOCAB)}, unk_token="t0"))
+    tok.save(os.path.join(d, "tokenizer.json"))
+    with torch.no_grad():
+        logits = model(torch.tensor(IDS)).logits.float()
+    lp = torch.log_softmax(logits, -1)[0]
+    with open(os.path.join(d, "reference.json"), "w") as f:
+        json.dump({"ids": IDS[0], "logprobs": [[round(v, 7) for v in row] for row in lp.tolist()],
+                   "transformers": __import__("transformers").__version__,
+                   "torch": torch.__version__}, f)
+
+
+def llama(**extra):
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
+                      num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      head_dim=8, max_position_embeddings=64, rope_theta=10000.0,
+                      tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, **extra)
+    m = LlamaForCausalLM(cfg).eval()
+    # transformers' init is small; widen it so the logits are not all near zero.
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else None
+    return m
+
+
+# Llama 3's rope scaling. With head_dim 8 the wavelengths are 6.3, 63, 628 and 6283
+# positions; original_max_position_embeddings 8 puts the first in the interpolated band
+# (between 8/4 and 8/1) and the others in the divided one.
+write("llama3-rope", llama(rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                         "original_max_position_embeddings": 8}))
+write("linear-rope", llama(rope_scaling={"rope_type": "linear", "factor": 4.0}))
