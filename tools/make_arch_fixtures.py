@@ -12,7 +12,7 @@ import os
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "arch")
 VOCAB = 64
@@ -34,18 +34,23 @@ def write(name, model):
                    "torch": torch.__version__}, f)
 
 
+def widen(m):
+    # transformers' init is small; widen it so the logits are not all near zero (norm
+    # weights, 1-D, stay at their init of ones, except where a test wants them random).
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    return m
+
+
 def llama(**extra):
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32,
                       num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                       head_dim=8, max_position_embeddings=64, rope_theta=10000.0,
                       tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, **extra)
-    m = LlamaForCausalLM(cfg).eval()
-    # transformers' init is small; widen it so the logits are not all near zero.
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.3) if p.dim() > 1 else None
-    return m
+    return widen(LlamaForCausalLM(cfg).eval())
 
 
 # Llama 3's rope scaling. With head_dim 8 the wavelengths are 6.3, 63, 628 and 6283
@@ -55,3 +60,17 @@ write("llama3-rope", llama(rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                          "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                          "original_max_position_embeddings": 8}))
 write("linear-rope", llama(rope_scaling={"rope_type": "linear", "factor": 4.0}))
+
+# Qwen3: per-head RMSNorm of q and k before the rotary embedding; the norms get random
+# weights so that a missing norm shows.
+torch.manual_seed(1)
+qwen3 = widen(Qwen3ForCausalLM(Qwen3Config(
+    vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=64,
+    rope_theta=10000.0, tie_word_embeddings=True, attention_bias=False,
+    bos_token_id=1, eos_token_id=2)).eval())
+with torch.no_grad():
+    for n, p in qwen3.named_parameters():
+        if "q_norm" in n or "k_norm" in n:
+            p.uniform_(0.5, 1.5)
+write("qwen3", qwen3)

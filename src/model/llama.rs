@@ -1,5 +1,6 @@
-//! The Llama family of decoders: Llama, Mistral, SmolLM2 and Qwen2 (which adds biases
-//! to the query, key and value projections).
+//! The Llama family of decoders: Llama, Mistral, SmolLM2, Qwen2 (which adds biases to
+//! the query, key and value projections) and Qwen3 (which RMS-normalises each head's
+//! query and key before the rotary embedding).
 //!
 //! Pre-norm blocks: RMSNorm → grouped-query attention with rotary embeddings →
 //! residual, RMSNorm → SwiGLU MLP (`down(silu(gate(x)) · up(x))`) → residual; a final
@@ -38,6 +39,8 @@ pub struct Config {
     pub sliding_window: Option<usize>,
     /// Rotary frequency scaling (Llama 3.x `llama3`, `linear`).
     pub rope_scaling: RopeScaling,
+    /// Per-head RMSNorm of queries and keys (Qwen3's `q_norm`, `k_norm`).
+    pub qk_norm: bool,
 }
 
 /// llama.cpp's rope scaling: `rope.scaling.type` linear (with `rope.scaling.factor`),
@@ -90,10 +93,11 @@ impl Config {
                 .filter(|_| use_window)
                 .map(|w| w as usize),
             rope_scaling,
+            qk_norm: model_type == "qwen3",
         })
     }
 
-    /// From GGUF metadata (`arch` is `llama` or `qwen2`).
+    /// From GGUF metadata (`arch` is `llama`, `mistral`, `qwen2` or `qwen3`).
     pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = g.get_u64(&key("embedding_length"))? as i64;
@@ -123,6 +127,7 @@ impl Config {
             attention_bias: g.tensor_info("blk.0.attn_q.bias").is_some(),
             sliding_window: None,
             rope_scaling: gguf_rope_scaling(g, arch)?,
+            qk_norm: g.tensor_info("blk.0.attn_q_norm.weight").is_some(),
         })
     }
 
@@ -146,6 +151,10 @@ impl Config {
                 specs.push(ParamSpec::new(p("self_attn.v_proj.bias"), [kv]));
             }
             specs.push(ParamSpec::new(p("self_attn.o_proj.weight"), [d, q]));
+            if self.qk_norm {
+                specs.push(ParamSpec::new(p("self_attn.q_norm.weight"), [hd]).ones());
+                specs.push(ParamSpec::new(p("self_attn.k_norm.weight"), [hd]).ones());
+            }
             specs.push(ParamSpec::new(p("post_attention_layernorm.weight"), [d]).ones());
             specs.push(ParamSpec::new(p("mlp.gate_proj.weight"), [i, d]));
             specs.push(ParamSpec::new(p("mlp.up_proj.weight"), [i, d]));
@@ -164,6 +173,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's per-head norms.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -179,6 +190,20 @@ impl Attention {
             k_proj: Linear::load(p, &format!("{prefix}.k_proj"), d, kv, b)?,
             v_proj: Linear::load(p, &format!("{prefix}.v_proj"), d, kv, b)?,
             o_proj: Linear::load(p, &format!("{prefix}.o_proj"), q, d, false)?,
+            qk_norm: if c.qk_norm {
+                let norm = |n: &str| {
+                    RmsNorm::load(
+                        p,
+                        &format!("{prefix}.{n}.weight"),
+                        hd,
+                        c.rms_norm_eps,
+                        false,
+                    )
+                };
+                Some((norm("q_norm")?, norm("k_norm")?))
+            } else {
+                None
+            },
             heads: c.num_attention_heads,
             kv_heads: c.num_key_value_heads,
             head_dim: hd,
@@ -196,6 +221,10 @@ impl Attention {
         let q = split_heads(&self.q_proj.forward(x), self.heads, self.head_dim);
         let k = split_heads(&self.k_proj.forward(x), self.kv_heads, self.head_dim);
         let v = split_heads(&self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q), kn.forward(&k)),
+            None => (q, k),
+        };
         let (cos, sin) = cos_sin;
         let (q, k) = (apply_rope(&q, cos, sin), apply_rope(&k, cos, sin));
         let (k, v) = ctx.cached_kv(layer, k, v);

@@ -89,7 +89,8 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
     let mut fix = Fix::None;
     let hf = match (config, layer) {
         (ArchConfig::Llama(c), Some(l)) => {
-            let permute = gguf_arch != "qwen2" && suffix == "weight";
+            // llama.cpp permutes Q/K rows for llama and mistral only.
+            let permute = matches!(gguf_arch, "llama" | "mistral") && suffix == "weight";
             let m = match base {
                 "attn_norm" => "input_layernorm",
                 "attn_q" => {
@@ -110,6 +111,8 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
                 }
                 "attn_v" => "self_attn.v_proj",
                 "attn_output" => "self_attn.o_proj",
+                "attn_q_norm" => "self_attn.q_norm",
+                "attn_k_norm" => "self_attn.k_norm",
                 "ffn_norm" => "post_attention_layernorm",
                 "ffn_gate" => "mlp.gate_proj",
                 "ffn_up" => "mlp.up_proj",
@@ -222,7 +225,9 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     let g = GgufFile::open(path)?;
     let arch = g.get_str("general.architecture")?;
     let config = match arch {
-        "llama" | "mistral" | "qwen2" => ArchConfig::Llama(llama::Config::from_gguf(&g, arch)?),
+        "llama" | "mistral" | "qwen2" | "qwen3" => {
+            ArchConfig::Llama(llama::Config::from_gguf(&g, arch)?)
+        }
         "gemma3" => ArchConfig::Gemma3(gemma3::Config::from_gguf(&g)?),
         "gpt2" => ArchConfig::Gpt2(gpt2::Config::from_gguf(&g)?),
         other => return Err(Error::UnknownArchitecture(other.into())),

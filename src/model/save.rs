@@ -122,10 +122,14 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
     let (bos, eos) = (tok.bos_id, tok.eos_id);
     match config {
         ArchConfig::Llama(c) => {
-            let qwen = c.attention_bias;
+            let (class, model_type) = match (c.qk_norm, c.attention_bias) {
+                (true, _) => ("Qwen3ForCausalLM", "qwen3"),
+                (false, true) => ("Qwen2ForCausalLM", "qwen2"),
+                (false, false) => ("LlamaForCausalLM", "llama"),
+            };
             json!({
-                "architectures": [if qwen { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
-                "model_type": if qwen { "qwen2" } else { "llama" },
+                "architectures": [class],
+                "model_type": model_type,
                 "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
                 "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,
                 "num_attention_heads": c.num_attention_heads, "num_key_value_heads": c.num_key_value_heads,

@@ -61,7 +61,17 @@ pub fn tiny_llama(bias: bool) -> ArchConfig {
         attention_bias: bias,
         sliding_window: None,
         rope_scaling: Default::default(),
+        qk_norm: false,
     })
+}
+
+/// Qwen3: the Llama block with per-head q/k norms.
+pub fn tiny_qwen3() -> ArchConfig {
+    let ArchConfig::Llama(mut c) = tiny_llama(false) else {
+        unreachable!()
+    };
+    c.qk_norm = true;
+    ArchConfig::Llama(c)
 }
 
 pub fn tiny_gemma3(window: usize, all_sliding: bool) -> ArchConfig {
@@ -103,6 +113,7 @@ pub fn tiny_configs() -> Vec<ArchConfig> {
     vec![
         tiny_llama(false),
         tiny_llama(true),
+        tiny_qwen3(),
         tiny_gemma3(4, false),
         tiny_gpt2(),
     ]
