@@ -287,7 +287,7 @@ fn write_hf_folder(m: &ftedit::Model, dir: &Path) {
     use serde_json::json;
     let config = match m.config() {
         ArchConfig::Llama(c) => json!({
-            "model_type": if c.qk_norm { "qwen3" } else if c.attention_bias { "qwen2" } else { "llama" },
+            "model_type": if c.fused { "phi3" } else if c.qk_norm { "qwen3" } else if c.attention_bias { "qwen2" } else { "llama" },
             "head_dim": c.head_dim,
             "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
             "intermediate_size": c.intermediate_size, "num_hidden_layers": c.num_hidden_layers,

@@ -74,6 +74,17 @@ fn qwen3_matches_transformers() {
     );
 }
 
+/// Phi-3: fused qkv_proj and gate_up_proj, and a sliding window of 8 over 12 tokens.
+#[test]
+fn phi3_matches_transformers() {
+    let (got, want) = logprobs("phi3");
+    assert!(
+        max_diff(&got, &want) < 1e-4,
+        "phi3: {}",
+        max_diff(&got, &want)
+    );
+}
+
 #[test]
 fn an_unsupported_rope_scaling_is_refused_by_name() {
     let dir = std::env::temp_dir().join(format!("ftedit-yarn-{}", std::process::id()));

@@ -12,7 +12,8 @@ import os
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "arch")
 VOCAB = 64
@@ -74,3 +75,11 @@ with torch.no_grad():
         if "q_norm" in n or "k_norm" in n:
             p.uniform_(0.5, 1.5)
 write("qwen3", qwen3)
+
+# Phi-3: fused qkv_proj and gate_up_proj; a sliding window (8) shorter than the input.
+torch.manual_seed(2)
+write("phi3", widen(Phi3ForCausalLM(Phi3Config(
+    vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+    original_max_position_embeddings=64, rope_theta=10000.0, sliding_window=8,
+    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()))

@@ -1,6 +1,7 @@
 //! The Llama family of decoders: Llama, Mistral, SmolLM2, Qwen2 (which adds biases to
 //! the query, key and value projections) and Qwen3 (which RMS-normalises each head's
-//! query and key before the rotary embedding).
+//! query and key before the rotary embedding) and Phi-3 (query, key and value in one
+//! `qkv_proj`, gate and up in one `gate_up_proj`).
 //!
 //! Pre-norm blocks: RMSNorm → grouped-query attention with rotary embeddings →
 //! residual, RMSNorm → SwiGLU MLP (`down(silu(gate(x)) · up(x))`) → residual; a final
@@ -41,6 +42,9 @@ pub struct Config {
     pub rope_scaling: RopeScaling,
     /// Per-head RMSNorm of queries and keys (Qwen3's `q_norm`, `k_norm`).
     pub qk_norm: bool,
+    /// Phi-3's fused projections: `self_attn.qkv_proj` (q, k, v rows in that order)
+    /// and `mlp.gate_up_proj` (gate rows, then up rows).
+    pub fused: bool,
 }
 
 /// llama.cpp's rope scaling: `rope.scaling.type` linear (with `rope.scaling.factor`),
@@ -73,8 +77,22 @@ impl Config {
         let model_type = c.str_or("model_type", "llama");
         let hidden_size = c.int("hidden_size")?;
         let heads = c.int("num_attention_heads")?;
-        let use_window = c.bool_or("use_sliding_window", model_type == "mistral");
+        let use_window = c.bool_or(
+            "use_sliding_window",
+            matches!(model_type, "mistral" | "phi3"),
+        );
         let rope_scaling = c.rope_scaling()?;
+        // transformers 5 moves it into rope_parameters.
+        let nested = j
+            .get("rope_parameters")
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(Json::as_f64);
+        let rotary = c.float_or("partial_rotary_factor", nested.unwrap_or(1.0));
+        if rotary != 1.0 {
+            return Err(crate::error::Error::Config(format!(
+                "config.json: partial_rotary_factor {rotary} is not supported for {model_type}"
+            )));
+        }
         Ok(Config {
             vocab_size: c.int("vocab_size")?,
             hidden_size,
@@ -94,10 +112,11 @@ impl Config {
                 .map(|w| w as usize),
             rope_scaling,
             qk_norm: model_type == "qwen3",
+            fused: model_type == "phi3",
         })
     }
 
-    /// From GGUF metadata (`arch` is `llama`, `mistral`, `qwen2` or `qwen3`).
+    /// From GGUF metadata (`arch` is `llama`, `mistral`, `qwen2`, `qwen3` or `phi3`).
     pub fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
         let key = |k: &str| format!("{arch}.{k}");
         let hidden_size = g.get_u64(&key("embedding_length"))? as i64;
@@ -128,6 +147,7 @@ impl Config {
             sliding_window: None,
             rope_scaling: gguf_rope_scaling(g, arch)?,
             qk_norm: g.tensor_info("blk.0.attn_q_norm.weight").is_some(),
+            fused: arch == "phi3",
         })
     }
 
@@ -142,9 +162,16 @@ impl Config {
         for l in 0..self.num_hidden_layers {
             let p = |s: &str| format!("model.layers.{l}.{s}");
             specs.push(ParamSpec::new(p("input_layernorm.weight"), [d]).ones());
-            specs.push(ParamSpec::new(p("self_attn.q_proj.weight"), [q, d]));
-            specs.push(ParamSpec::new(p("self_attn.k_proj.weight"), [kv, d]));
-            specs.push(ParamSpec::new(p("self_attn.v_proj.weight"), [kv, d]));
+            if self.fused {
+                specs.push(ParamSpec::new(
+                    p("self_attn.qkv_proj.weight"),
+                    [q + 2 * kv, d],
+                ));
+            } else {
+                specs.push(ParamSpec::new(p("self_attn.q_proj.weight"), [q, d]));
+                specs.push(ParamSpec::new(p("self_attn.k_proj.weight"), [kv, d]));
+                specs.push(ParamSpec::new(p("self_attn.v_proj.weight"), [kv, d]));
+            }
             if self.attention_bias {
                 specs.push(ParamSpec::new(p("self_attn.q_proj.bias"), [q]));
                 specs.push(ParamSpec::new(p("self_attn.k_proj.bias"), [kv]));
@@ -156,8 +183,12 @@ impl Config {
                 specs.push(ParamSpec::new(p("self_attn.k_norm.weight"), [hd]).ones());
             }
             specs.push(ParamSpec::new(p("post_attention_layernorm.weight"), [d]).ones());
-            specs.push(ParamSpec::new(p("mlp.gate_proj.weight"), [i, d]));
-            specs.push(ParamSpec::new(p("mlp.up_proj.weight"), [i, d]));
+            if self.fused {
+                specs.push(ParamSpec::new(p("mlp.gate_up_proj.weight"), [2 * i, d]));
+            } else {
+                specs.push(ParamSpec::new(p("mlp.gate_proj.weight"), [i, d]));
+                specs.push(ParamSpec::new(p("mlp.up_proj.weight"), [i, d]));
+            }
             specs.push(ParamSpec::new(p("mlp.down_proj.weight"), [d, i]));
         }
         specs.push(ParamSpec::new("model.norm.weight", [d]).ones());
@@ -168,10 +199,18 @@ impl Config {
     }
 }
 
+/// The query, key and value projections: separate, or Phi-3's one fused matrix.
+enum Qkv {
+    Separate {
+        q_proj: Linear,
+        k_proj: Linear,
+        v_proj: Linear,
+    },
+    Fused(Linear),
+}
+
 struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
+    qkv: Qkv,
     o_proj: Linear,
     /// Qwen3's per-head norms.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
@@ -185,10 +224,23 @@ impl Attention {
         let (d, hd) = (c.hidden_size, c.head_dim);
         let (q, kv) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let b = c.attention_bias;
+        let qkv = if c.fused {
+            Qkv::Fused(Linear::load(
+                p,
+                &format!("{prefix}.qkv_proj"),
+                d,
+                q + 2 * kv,
+                b,
+            )?)
+        } else {
+            Qkv::Separate {
+                q_proj: Linear::load(p, &format!("{prefix}.q_proj"), d, q, b)?,
+                k_proj: Linear::load(p, &format!("{prefix}.k_proj"), d, kv, b)?,
+                v_proj: Linear::load(p, &format!("{prefix}.v_proj"), d, kv, b)?,
+            }
+        };
         Ok(Attention {
-            q_proj: Linear::load(p, &format!("{prefix}.q_proj"), d, q, b)?,
-            k_proj: Linear::load(p, &format!("{prefix}.k_proj"), d, kv, b)?,
-            v_proj: Linear::load(p, &format!("{prefix}.v_proj"), d, kv, b)?,
+            qkv,
             o_proj: Linear::load(p, &format!("{prefix}.o_proj"), q, d, false)?,
             qk_norm: if c.qk_norm {
                 let norm = |n: &str| {
@@ -218,9 +270,26 @@ impl Attention {
         window: Option<usize>,
         ctx: &mut Ctx,
     ) -> Tensor {
-        let q = split_heads(&self.q_proj.forward(x), self.heads, self.head_dim);
-        let k = split_heads(&self.k_proj.forward(x), self.kv_heads, self.head_dim);
-        let v = split_heads(&self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate {
+                q_proj,
+                k_proj,
+                v_proj,
+            } => (q_proj.forward(x), k_proj.forward(x), v_proj.forward(x)),
+            Qkv::Fused(qkv) => {
+                let y = qkv.forward(x);
+                let (q, kv) = (self.heads * self.head_dim, self.kv_heads * self.head_dim);
+                let parts = y.split_with_sizes([q, kv, kv], -1);
+                (
+                    parts[0].shallow_clone(),
+                    parts[1].shallow_clone(),
+                    parts[2].shallow_clone(),
+                )
+            }
+        };
+        let q = split_heads(&q, self.heads, self.head_dim);
+        let k = split_heads(&k, self.kv_heads, self.head_dim);
+        let v = split_heads(&v, self.kv_heads, self.head_dim);
         let (q, k) = match &self.qk_norm {
             Some((qn, kn)) => (qn.forward(&q), kn.forward(&k)),
             None => (q, k),
@@ -257,13 +326,23 @@ impl Block {
             input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(p, &format!("{prefix}.self_attn"), c)?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
-            mlp: GatedMlp::load(
-                p,
-                &format!("{prefix}.mlp"),
-                c.hidden_size,
-                c.intermediate_size,
-                Activation::Silu,
-            )?,
+            mlp: if c.fused {
+                GatedMlp::load_fused(
+                    p,
+                    &format!("{prefix}.mlp"),
+                    c.hidden_size,
+                    c.intermediate_size,
+                    Activation::Silu,
+                )?
+            } else {
+                GatedMlp::load(
+                    p,
+                    &format!("{prefix}.mlp"),
+                    c.hidden_size,
+                    c.intermediate_size,
+                    Activation::Silu,
+                )?
+            },
         })
     }
 

@@ -110,11 +110,14 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
                     "self_attn.k_proj"
                 }
                 "attn_v" => "self_attn.v_proj",
+                "attn_qkv" => "self_attn.qkv_proj",
                 "attn_output" => "self_attn.o_proj",
                 "attn_q_norm" => "self_attn.q_norm",
                 "attn_k_norm" => "self_attn.k_norm",
                 "ffn_norm" => "post_attention_layernorm",
                 "ffn_gate" => "mlp.gate_proj",
+                // llama.cpp keeps Phi-3's fused gate and up as one ffn_up.
+                "ffn_up" if c.fused => "mlp.gate_up_proj",
                 "ffn_up" => "mlp.up_proj",
                 "ffn_down" => "mlp.down_proj",
                 _ => return None,
@@ -225,7 +228,7 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     let g = GgufFile::open(path)?;
     let arch = g.get_str("general.architecture")?;
     let config = match arch {
-        "llama" | "mistral" | "qwen2" | "qwen3" => {
+        "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => {
             ArchConfig::Llama(llama::Config::from_gguf(&g, arch)?)
         }
         "gemma3" => ArchConfig::Gemma3(gemma3::Config::from_gguf(&g)?),

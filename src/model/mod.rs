@@ -62,7 +62,7 @@ impl ArchConfig {
             .and_then(serde_json::Value::as_str)
             .unwrap_or("");
         Ok(match model_type {
-            "llama" | "mistral" | "qwen2" | "qwen3" => {
+            "llama" | "mistral" | "qwen2" | "qwen3" | "phi3" => {
                 ArchConfig::Llama(llama::Config::from_hf(j)?)
             }
             "gemma3_text" => ArchConfig::Gemma3(gemma3::Config::from_hf(j)?),
@@ -78,6 +78,7 @@ impl ArchConfig {
 
     pub fn name(&self) -> &'static str {
         match self {
+            ArchConfig::Llama(c) if c.fused => "phi3",
             ArchConfig::Llama(c) if c.qk_norm => "qwen3",
             ArchConfig::Llama(c) if c.attention_bias => "qwen2",
             ArchConfig::Llama(_) => "llama",

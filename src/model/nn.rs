@@ -74,11 +74,17 @@ pub enum Activation {
     GeluTanh,
 }
 
+/// The gate and up projections of a gated MLP: separate, or Phi-3's `gate_up_proj`
+/// (gate rows first).
+pub enum GateUp {
+    Separate { gate_proj: Linear, up_proj: Linear },
+    Fused(Linear),
+}
+
 /// The gated MLP of Llama-style blocks, `down(act(gate(x)) · up(x))`, with the hooks
 /// around its output projection.
 pub struct GatedMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    pub gate_up: GateUp,
     pub down_proj: Linear,
     pub act: Activation,
 }
@@ -92,20 +98,50 @@ impl GatedMlp {
         act: Activation,
     ) -> Result<Self> {
         Ok(GatedMlp {
-            gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), hidden, inner, false)?,
-            up_proj: Linear::load(p, &format!("{prefix}.up_proj"), hidden, inner, false)?,
+            gate_up: GateUp::Separate {
+                gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), hidden, inner, false)?,
+                up_proj: Linear::load(p, &format!("{prefix}.up_proj"), hidden, inner, false)?,
+            },
+            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), inner, hidden, false)?,
+            act,
+        })
+    }
+
+    /// With `gate_up_proj` (Phi-3).
+    pub fn load_fused(
+        p: &ParamStore,
+        prefix: &str,
+        hidden: i64,
+        inner: i64,
+        act: Activation,
+    ) -> Result<Self> {
+        Ok(GatedMlp {
+            gate_up: GateUp::Fused(Linear::load(
+                p,
+                &format!("{prefix}.gate_up_proj"),
+                hidden,
+                2 * inner,
+                false,
+            )?),
             down_proj: Linear::load(p, &format!("{prefix}.down_proj"), inner, hidden, false)?,
             act,
         })
     }
 
     pub fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let gate = self.gate_proj.forward(x);
+        let (gate, up) = match &self.gate_up {
+            GateUp::Separate { gate_proj, up_proj } => (gate_proj.forward(x), up_proj.forward(x)),
+            GateUp::Fused(gu) => {
+                let y = gu.forward(x);
+                let parts = y.chunk(2, -1);
+                (parts[0].shallow_clone(), parts[1].shallow_clone())
+            }
+        };
         let gate = match self.act {
             Activation::Silu => gate.silu(),
             Activation::GeluTanh => gate.gelu("tanh"),
         };
-        let key = gate * self.up_proj.forward(x);
+        let key = gate * up;
         ctx.hook_key(layer, &key);
         let out = self.down_proj.forward(&key);
         ctx.hook_output(layer, out)

@@ -122,10 +122,11 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
     let (bos, eos) = (tok.bos_id, tok.eos_id);
     match config {
         ArchConfig::Llama(c) => {
-            let (class, model_type) = match (c.qk_norm, c.attention_bias) {
-                (true, _) => ("Qwen3ForCausalLM", "qwen3"),
-                (false, true) => ("Qwen2ForCausalLM", "qwen2"),
-                (false, false) => ("LlamaForCausalLM", "llama"),
+            let (class, model_type) = match (c.fused, c.qk_norm, c.attention_bias) {
+                (true, _, _) => ("Phi3ForCausalLM", "phi3"),
+                (_, true, _) => ("Qwen3ForCausalLM", "qwen3"),
+                (_, _, true) => ("Qwen2ForCausalLM", "qwen2"),
+                _ => ("LlamaForCausalLM", "llama"),
             };
             json!({
                 "architectures": [class],

@@ -62,7 +62,18 @@ pub fn tiny_llama(bias: bool) -> ArchConfig {
         sliding_window: None,
         rope_scaling: Default::default(),
         qk_norm: false,
+        fused: false,
     })
+}
+
+/// Phi-3: the Llama block with fused qkv_proj and gate_up_proj.
+pub fn tiny_phi3() -> ArchConfig {
+    let ArchConfig::Llama(mut c) = tiny_llama(false) else {
+        unreachable!()
+    };
+    c.fused = true;
+    c.tie_word_embeddings = false;
+    ArchConfig::Llama(c)
 }
 
 /// Qwen3: the Llama block with per-head q/k norms.
@@ -114,6 +125,7 @@ pub fn tiny_configs() -> Vec<ArchConfig> {
         tiny_llama(false),
         tiny_llama(true),
         tiny_qwen3(),
+        tiny_phi3(),
         tiny_gemma3(4, false),
         tiny_gpt2(),
     ]
@@ -187,6 +199,8 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("self_attn.k_proj", "attn_k"),
         ("self_attn.v_proj", "attn_v"),
         ("self_attn.o_proj", "attn_output"),
+        ("self_attn.qkv_proj", "attn_qkv"),
+        ("mlp.gate_up_proj", "ffn_up"),
         ("self_attn.q_norm", "attn_q_norm"),
         ("self_attn.k_norm", "attn_k_norm"),
         (
