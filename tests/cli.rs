@@ -1112,6 +1112,36 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
         assert!(svg.contains(needle), "{needle} missing");
     }
 
+    // The report page puts both runs side by side, with the loss curves and the
+    // sequential run's curve.
+    let page = dir.join("page/report.html");
+    let (code, stdout, err) = ftedit(&[
+        "report",
+        "html",
+        &out("seq"),
+        &out("batch"),
+        "--out",
+        page.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("2 runs, 8 records"), "{stdout}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert_eq!(
+        html.matches("<svg").count(),
+        2,
+        "loss and sequential charts"
+    );
+    assert!(html.contains("<h2>Sequential editing</h2>"));
+    assert!(html.contains("<th>seq</th><th>batch</th>"), "side by side");
+    assert!(html.contains(&format!(
+        ">{:.2}<",
+        summary["metrics"]["PPL_before"].as_f64().unwrap()
+    )));
+    expect_failure(
+        &["report", "html", &dir.to_string_lossy(), "--out", "x.html"],
+        "not a run",
+    );
+
     // Bad input is refused before any editing.
     expect_failure(
         &[

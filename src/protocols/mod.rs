@@ -7,8 +7,10 @@
 //!   evaluate at the end, and optionally after every K batches, writing the curve of
 //!   the metrics and the model's health to `curve.jsonl` ([`sequential`]).
 //!
-//! [`sweep`] runs a protocol once per combination of settings, to tune a method.
+//! [`sweep`] runs a protocol once per combination of settings, to tune a method;
+//! [`page`] renders runs' output as one HTML page.
 
+pub mod page;
 pub mod sequential;
 pub mod sweep;
 

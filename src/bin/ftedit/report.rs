@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 use ftedit::eval::report;
-use ftedit::protocols::sequential;
+use ftedit::protocols::{page, sequential};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -44,6 +44,32 @@ enum ReportCommand {
         #[arg(long, default_value = "Editing over time")]
         title: String,
     },
+    /// Write one self-contained HTML page for runs (evaluation folders, or the report
+    /// `ftedit edit` writes beside a model): the summaries side by side, every record
+    /// (sortable, filterable to the edits that did not take), the loss and sequential
+    /// curves as inline SVG.
+    Html {
+        /// The runs: evaluation output folders or `ftedit edit` reports.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(long, default_value = "runs/report.html")]
+        out: PathBuf,
+        /// A run's name, in the order of the runs [default: its folder's or file's].
+        #[arg(long)]
+        label: Vec<String>,
+        /// The page's title.
+        #[arg(long, default_value = "ftedit report")]
+        title: String,
+    },
+}
+
+/// A run's name: its label if given, else its folder's (or model's) name.
+fn run_name(labels: &[String], i: usize, dir: &std::path::Path) -> String {
+    labels
+        .get(i)
+        .cloned()
+        .unwrap_or_else(|| page::Run::default_name(dir))
 }
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
@@ -71,12 +97,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             }
             let mut curves = Vec::new();
             for (i, dir) in runs.iter().enumerate() {
-                let name = label.get(i).cloned().unwrap_or_else(|| {
-                    dir.file_name().map_or(dir.display().to_string(), |n| {
-                        n.to_string_lossy().into_owned()
-                    })
-                });
-                curves.push((name, sequential::plot_points(dir)?));
+                curves.push((run_name(&label, i, dir), sequential::plot_points(dir)?));
             }
             let metrics = if metrics.is_empty() {
                 sequential::default_plot_metrics(&curves)
@@ -101,6 +122,36 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
                 "{} runs, {} metrics: {}",
                 curves.len(),
                 metrics.len(),
+                out.display()
+            );
+        }
+        ReportCommand::Html {
+            runs,
+            out,
+            label,
+            title,
+        } => {
+            if label.len() > runs.len() {
+                anyhow::bail!("{} --label for {} runs", label.len(), runs.len());
+            }
+            let runs = runs
+                .iter()
+                .enumerate()
+                .map(|(i, p)| page::Run::open(p, run_name(&label, i, p)))
+                .collect::<Result<Vec<_>, _>>()?;
+            if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&out, page::render(&title, &runs))?;
+            let records: usize = runs.iter().map(|r| r.rows.len()).sum();
+            let missed = runs
+                .iter()
+                .flat_map(|r| &r.rows)
+                .filter(|r| r.took == Some(false))
+                .count();
+            println!(
+                "{} runs, {records} records ({missed} did not take): {}",
+                runs.len(),
                 out.display()
             );
         }
