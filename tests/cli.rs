@@ -75,7 +75,7 @@ fn the_reader_keeps_metadata_and_tensor_tables() {
     assert_eq!(g.tensor_info("b").unwrap().offset % 32, 0);
 }
 
-fn ftedit(args: &[&str]) -> (i32, String, String) {
+fn ftedit<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
         .args(args)
         .output()
@@ -155,7 +155,7 @@ fn predict_and_generate_print_json() {
     assert_eq!(sampled("3"), sampled("3"));
 }
 
-fn expect_failure(args: &[&str], needle: &str) {
+fn expect_failure<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle: &str) {
     let (code, _, err) = ftedit(args);
     assert_ne!(code, 0, "ftedit {args:?} should fail");
     assert!(
@@ -524,17 +524,22 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
         "train.layers=1..1",
         "--quiet",
     ];
-    let args = [
-        &[
+    // `edit` of the tiny model into `to`, with the common flags and `extra`.
+    let edit_args = |to: &Path, extra: &[&str]| -> Vec<String> {
+        [
             "edit",
             "--model",
             model.as_str(),
             "--out",
-            out.to_str().unwrap(),
-        ][..],
-        &common[..],
-    ]
-    .concat();
+            to.to_str().unwrap(),
+        ]
+        .iter()
+        .chain(&common)
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let args = edit_args(&out, &[]);
     let (code, _, err) = ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let (src, dst) = (
@@ -590,35 +595,13 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     }
 
     expect_failure(
-        &[
-            &[
-                "edit",
-                "--model",
-                model.as_str(),
-                "--out",
-                out.to_str().unwrap(),
-            ][..],
-            &common[..],
-            &["--precision", "fp8"][..],
-        ]
-        .concat(),
+        &edit_args(&out, &["--precision", "fp8"]),
         "unknown precision 'fp8'",
     );
     // augment.subject adds one subject-spelling example per edit (both subjects here
     // are several tokens long).
     let spelled = dir.join("spelled.gguf");
-    let args = [
-        &[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--out",
-            spelled.to_str().unwrap(),
-        ][..],
-        &common[..],
-        &["--set", "augment.subject=true"][..],
-    ]
-    .concat();
+    let args = edit_args(&spelled, &["--set", "augment.subject=true"]);
     let (code, _, err) = ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let spelled: serde_json::Value = serde_json::from_str(
@@ -630,18 +613,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     // An edit that cannot take (a learning rate of 1e-12) still writes the model, says
     // so in its one line, and with --require-success exits 3.
     let weak = dir.join("weak.gguf");
-    let args = [
-        &[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--out",
-            weak.to_str().unwrap(),
-        ][..],
-        &common[..],
-        &["--set", "optim.lr=1e-12", "--require-success"][..],
-    ]
-    .concat();
+    let args = edit_args(&weak, &["--set", "optim.lr=1e-12", "--require-success"]);
     let (code, out_text, err) = ftedit(&args);
     assert_eq!(code, 3, "{out_text}{err}");
     assert!(out_text.contains("did not take"), "{out_text}");
@@ -649,17 +621,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
 
     // The same edit written as a folder loads back with the same weights as the GGUF.
     let folder = dir.join("edited-hf");
-    let args = [
-        &[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--out",
-            folder.to_str().unwrap(),
-        ][..],
-        &common[..],
-    ]
-    .concat();
+    let args = edit_args(&folder, &[]);
     let (code, _, err) = ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let (a, _) = ftedit::load(&out, &LoadOptions::default()).unwrap();
@@ -720,21 +682,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     );
     // A diverging run stops with a clear message and writes nothing.
     let nan = dir.join("nan.gguf");
-    let args = [
-        &[
-            "edit",
-            "--model",
-            model.as_str(),
-            "--out",
-            nan.to_str().unwrap(),
-            "--set",
-            "optim.lr=1e30",
-            "--set",
-            "optim.clip=0",
-        ][..],
-        &common[..],
-    ]
-    .concat();
+    let args = edit_args(&nan, &["--set", "optim.lr=1e30", "--set", "optim.clip=0"]);
     let (code, _, err) = ftedit(&args);
     assert_ne!(code, 0);
     assert!(err.contains("loss became"), "{err}");

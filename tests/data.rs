@@ -98,7 +98,10 @@ fn malformed_records_are_named_by_file_index_and_field() {
     std::fs::write(&jsonl, "{\"prompt\": \"{} lives in\", \"subject\": \"Ann\", \"target_new\": \"Oslo\"}\n{\"prompt\": \"no subject slot\", \"subject\": \"Bob\", \"target_new\": \"Rome\"}\n").unwrap();
     let err = data::load(&jsonl, None).unwrap_err().to_string();
     assert!(
-        err.contains("record 1") && err.contains("'prompt'") && err.contains("{}"),
+        err.contains("record 1")
+            && err.contains("'prompt'")
+            && err.contains("{}")
+            && err.contains("\"Bob\""),
         "{err}"
     );
 
@@ -128,11 +131,22 @@ fn jsonl_requests_and_selections() {
             "{\"id\": \"a\", \"prompt\": \"{} plays\", \"subject\": \"Messi\", \"target_new\": \"tennis\", \"target_true\": \"football\", \"paraphrases\": [\"Messi is a player of\"], \"neighborhood\": [{\"prompt\": \"Ronaldo plays\", \"target\": \"football\"}]}\n",
             "\n",
             "{\"prompt\": \"The capital of {} is\", \"subject\": \"Peru\", \"target_new\": \"Cusco\"}\n",
+            "{\"prompt\": \"Where is the Eiffel Tower? In the Eiffel Tower city of\", \"subject\": \"Eiffel Tower\", \"target_new\": \"Rome\"}\n",
         ),
     )
     .unwrap();
     let recs = data::load(&path, None).unwrap();
-    assert_eq!(recs.len(), 2);
+    assert_eq!(recs.len(), 3);
+    // A question-style prompt with the subject written verbatim: its first mention
+    // becomes the slot, and the prompt reads as given.
+    assert_eq!(
+        recs[2].prompt,
+        "Where is the {}? In the Eiffel Tower city of"
+    );
+    assert_eq!(
+        recs[2].rewrite_prompt(),
+        "Where is the Eiffel Tower? In the Eiffel Tower city of"
+    );
     assert_eq!(
         (recs[0].id.as_str(), recs[0].suite),
         ("a", Suite::CounterFact)
@@ -779,4 +793,33 @@ fn a_killed_sequential_run_resumes_from_its_last_checkpoint() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("checkpoint of another run"), "{e}");
+}
+
+#[test]
+fn the_subject_span_is_the_subjects_tokens_in_the_rewrite_prompt() {
+    let (_, tok) = common::load("smollm2");
+    let rec = |prompt: &str, subject: &str| EditRecord {
+        prompt: prompt.into(),
+        subject: subject.into(),
+        ..record("x")
+    };
+    let r = rec("The {} is located in", "Eiffel Tower");
+    let span = r.subject_span(&tok).unwrap().unwrap();
+    let head = tok.encode("The", true).unwrap();
+    assert_eq!(span.start, head.len());
+    assert_eq!(&span.ids[..span.start], &head[..]);
+    assert_eq!(
+        tok.decode(&span.ids[span.start..]).trim(),
+        "Eiffel Tower",
+        "{:?}",
+        span.ids
+    );
+    // The prompt's full tokens begin with the span.
+    let full = tok.encode(&r.rewrite_prompt(), true).unwrap();
+    assert!(full.starts_with(&span.ids));
+    // No slot (a prompt without the subject): no span.
+    assert_eq!(
+        rec("no slot", "Eiffel Tower").subject_span(&tok).unwrap(),
+        None
+    );
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value as Json;
 
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 /// Which metric suite scores a record (see `eval`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -55,10 +56,32 @@ pub struct EditRecord {
     pub target_new_id: Option<String>,
 }
 
+/// The rewrite prompt's tokens through the end of the subject ([`EditRecord::subject_span`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubjectSpan {
+    /// The prompt's tokens (BOS included) up to and including the subject's last token.
+    pub ids: Vec<u32>,
+    /// Where the subject's first token is in `ids`.
+    pub start: usize,
+}
+
 impl EditRecord {
     /// The edit prompt with the subject filled in.
     pub fn rewrite_prompt(&self) -> String {
         self.prompt.replacen("{}", &self.subject, 1)
+    }
+
+    /// The subject's tokens in the rewrite prompt: `None` when the prompt has no place
+    /// for the subject, or the subject does not start on a token boundary (its first
+    /// token would merge with the text before it).
+    pub fn subject_span(&self, tok: &Tokenizer) -> Result<Option<SubjectSpan>> {
+        let Some((head, _)) = self.prompt.split_once("{}") else {
+            return Ok(None);
+        };
+        let ids = tok.encode(&format!("{head}{}", self.subject), true)?;
+        let before = tok.encode(head.trim_end(), true)?;
+        let start = before.len();
+        Ok((ids.len() > start && ids.starts_with(&before)).then_some(SubjectSpan { ids, start }))
     }
 }
 
@@ -71,7 +94,8 @@ pub enum Format {
     CounterFactMend,
     /// zsRE in the MEND format (`zsre_mend_eval.json`, `zsre_mend_train*.json`).
     Zsre,
-    /// One JSON object per line: `prompt` (with `{}`), `subject`, `target_new`, and
+    /// One JSON object per line: `prompt` (with `{}` for the subject, or the subject
+    /// written in it verbatim), `subject`, `target_new`, and
     /// optionally `id`, `target_true`, `paraphrases`, `neighborhood` (`[{prompt, target}]`),
     /// `attribute_prompts`, `generation_prompts`. With `target_true` it is scored like
     /// CounterFact, without like zsRE.
@@ -189,6 +213,21 @@ fn template(text: &str, subject: &str) -> String {
     text.replacen(subject, "{}", 1)
 }
 
+/// A prompt's template: as given when it has `{}`, else with the subject (written
+/// verbatim, as in question-style edit files) replaced by `{}`.
+fn slot(f: &Fields, field: &str, prompt: String, subject: &str) -> Result<String> {
+    if prompt.contains("{}") {
+        Ok(prompt)
+    } else if prompt.contains(subject) {
+        Ok(prompt.replacen(subject, "{}", 1))
+    } else {
+        Err(f.err(
+            field,
+            format!("has no {{}} for the subject and does not contain the subject {subject:?}"),
+        ))
+    }
+}
+
 fn counterfact(f: &Fields) -> Result<EditRecord> {
     let prompt = f.non_empty(
         "requested_rewrite/prompt",
@@ -198,9 +237,7 @@ fn counterfact(f: &Fields) -> Result<EditRecord> {
         "requested_rewrite/subject",
         f.str("requested_rewrite/subject")?,
     )?;
-    if !prompt.contains("{}") {
-        return Err(f.err("requested_rewrite/prompt", "has no {} for the subject"));
-    }
+    let prompt = slot(f, "requested_rewrite/prompt", prompt, &subject)?;
     let target_true = f.non_empty(
         "requested_rewrite/target_true/str",
         f.str("requested_rewrite/target_true/str")?,
@@ -282,10 +319,13 @@ fn zsre(f: &Fields) -> Result<EditRecord> {
 }
 
 fn jsonl(f: &Fields) -> Result<EditRecord> {
-    let prompt = f.non_empty("prompt", f.str("prompt")?)?;
-    if !prompt.contains("{}") {
-        return Err(f.err("prompt", "has no {} for the subject"));
-    }
+    let subject = f.non_empty("subject", f.str("subject")?)?;
+    let prompt = slot(
+        f,
+        "prompt",
+        f.non_empty("prompt", f.str("prompt")?)?,
+        &subject,
+    )?;
     let target_true = f.opt_str("target_true")?;
     let neighborhood = match f.at("neighborhood") {
         None => Vec::new(),
@@ -319,7 +359,7 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
             Suite::Zsre
         },
         prompt,
-        subject: f.non_empty("subject", f.str("subject")?)?,
+        subject,
         target_new: f.non_empty("target_new", f.str("target_new")?)?,
         target_true,
         paraphrases: f.str_list("paraphrases", false)?,

@@ -445,16 +445,12 @@ impl FtEditor {
 /// tokens through the subject's first token, then the subject's other tokens. `None`
 /// when the subject is one token or does not start on a token boundary.
 fn subject_example(tok: &Tokenizer, rec: &EditRecord) -> Result<Option<Example>> {
-    let head = rec.prompt.split("{}").next().unwrap_or("");
-    let upto = tok.encode(&format!("{head}{}", rec.subject), true)?;
-    let before = tok.encode(head.trim_end(), true)?;
-    if !upto.starts_with(&before) || upto.len() < before.len() + 2 {
-        return Ok(None);
-    }
-    let split = before.len() + 1;
-    Ok(Some(Example {
-        prompt: upto[..split].to_vec(),
-        target: upto[split..].to_vec(),
+    Ok(rec.subject_span(tok)?.and_then(|span| {
+        let split = span.start + 1;
+        (span.ids.len() > split).then(|| Example {
+            prompt: span.ids[..split].to_vec(),
+            target: span.ids[split..].to_vec(),
+        })
     }))
 }
 

@@ -89,16 +89,14 @@ fn requests(tok: &Tokenizer, r: &EditRecord) -> Result<Requests> {
             tokens,
         })
     };
-    // The subject's span: the prompt's tokens up to the subject, then up to its end.
-    let head = r.prompt.split("{}").next().unwrap_or("");
-    let upto = tok.encode(&format!("{head}{}", r.subject), true)?;
-    let before = tok.encode(head.trim_end(), true)?;
-    let start = before.len().max(1);
-    // Scored only where the subject's tokens start a token of their own.
-    let subject = (upto.len() > start && upto.starts_with(&before)).then(|| NllRequest {
-        ids: upto.clone(),
-        start,
-        tokens: upto[start..].to_vec(),
+    // Scored from its second token when nothing precedes it (no BOS).
+    let subject = r.subject_span(tok)?.and_then(|span| {
+        let start = span.start.max(1);
+        (span.ids.len() > start).then(|| NllRequest {
+            tokens: span.ids[start..].to_vec(),
+            ids: span.ids,
+            start,
+        })
     });
     Ok(Requests {
         new: target(&r.target_new)?,

@@ -275,6 +275,7 @@ impl Block {
                 c.hidden_size,
                 c.intermediate_size,
                 Activation::GeluTanh,
+                false,
             )?,
             post_feedforward_layernorm: norm("post_feedforward_layernorm")?,
             sliding: c.layer_types.get(l as usize).copied().unwrap_or(true),

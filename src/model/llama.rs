@@ -326,23 +326,14 @@ impl Block {
             input_layernorm: norm("input_layernorm")?,
             self_attn: Attention::load(p, &format!("{prefix}.self_attn"), c)?,
             post_attention_layernorm: norm("post_attention_layernorm")?,
-            mlp: if c.fused {
-                GatedMlp::load_fused(
-                    p,
-                    &format!("{prefix}.mlp"),
-                    c.hidden_size,
-                    c.intermediate_size,
-                    Activation::Silu,
-                )?
-            } else {
-                GatedMlp::load(
-                    p,
-                    &format!("{prefix}.mlp"),
-                    c.hidden_size,
-                    c.intermediate_size,
-                    Activation::Silu,
-                )?
-            },
+            mlp: GatedMlp::load(
+                p,
+                &format!("{prefix}.mlp"),
+                c.hidden_size,
+                c.intermediate_size,
+                Activation::Silu,
+                c.fused,
+            )?,
         })
     }
 

@@ -90,40 +90,29 @@ pub struct GatedMlp {
 }
 
 impl GatedMlp {
+    /// With separate `gate_proj` and `up_proj`, or (`fused`, Phi-3) one `gate_up_proj`
+    /// holding both, gate first.
     pub fn load(
         p: &ParamStore,
         prefix: &str,
         hidden: i64,
         inner: i64,
         act: Activation,
+        fused: bool,
     ) -> Result<Self> {
+        let linear =
+            |name: &str, i: i64, o: i64| Linear::load(p, &format!("{prefix}.{name}"), i, o, false);
+        let gate_up = if fused {
+            GateUp::Fused(linear("gate_up_proj", hidden, 2 * inner)?)
+        } else {
+            GateUp::Separate {
+                gate_proj: linear("gate_proj", hidden, inner)?,
+                up_proj: linear("up_proj", hidden, inner)?,
+            }
+        };
         Ok(GatedMlp {
-            gate_up: GateUp::Separate {
-                gate_proj: Linear::load(p, &format!("{prefix}.gate_proj"), hidden, inner, false)?,
-                up_proj: Linear::load(p, &format!("{prefix}.up_proj"), hidden, inner, false)?,
-            },
-            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), inner, hidden, false)?,
-            act,
-        })
-    }
-
-    /// With `gate_up_proj` (Phi-3).
-    pub fn load_fused(
-        p: &ParamStore,
-        prefix: &str,
-        hidden: i64,
-        inner: i64,
-        act: Activation,
-    ) -> Result<Self> {
-        Ok(GatedMlp {
-            gate_up: GateUp::Fused(Linear::load(
-                p,
-                &format!("{prefix}.gate_up_proj"),
-                hidden,
-                2 * inner,
-                false,
-            )?),
-            down_proj: Linear::load(p, &format!("{prefix}.down_proj"), inner, hidden, false)?,
+            gate_up,
+            down_proj: linear("down_proj", inner, hidden)?,
             act,
         })
     }
