@@ -85,6 +85,38 @@ fn phi3_matches_transformers() {
     );
 }
 
+/// GPT-J: parallel attention and MLP, interleaved rotary on 4 of 8 head dimensions,
+/// a biased head (biases and LayerNorm weights random in the fixture).
+#[test]
+fn gptj_matches_transformers() {
+    let (got, want) = logprobs("gptj");
+    assert!(
+        max_diff(&got, &want) < 1e-4,
+        "gptj: {}",
+        max_diff(&got, &want)
+    );
+}
+
+/// GPT-NeoX with its parallel residual and with the sequential one: the fused per-head
+/// QKV and rotate-half rotary on half of each head. The two fixtures share weights, so
+/// the residual kind is seen.
+#[test]
+fn gpt_neox_matches_transformers() {
+    let (par, par_want) = logprobs("gpt_neox");
+    let (seq, seq_want) = logprobs("gpt_neox-sequential");
+    assert!(
+        max_diff(&par, &par_want) < 1e-4,
+        "parallel: {}",
+        max_diff(&par, &par_want)
+    );
+    assert!(
+        max_diff(&seq, &seq_want) < 1e-4,
+        "sequential: {}",
+        max_diff(&seq, &seq_want)
+    );
+    assert!(max_diff(&par_want, &seq_want) > 1e-3);
+}
+
 #[test]
 fn an_unsupported_rope_scaling_is_refused_by_name() {
     let dir = std::env::temp_dir().join(format!("ftedit-yarn-{}", std::process::id()));

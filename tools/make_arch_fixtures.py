@@ -1,7 +1,9 @@
 """Tiny random checkpoints written by transformers, with transformers' float32 next-token
 log-probabilities, for ftedit's golden architecture tests (tests/golden_arch.rs).
 
-    .venv/bin/python tools/make_arch_fixtures.py   (needs ./setup.sh --bench)
+    .venv/bin/python tools/make_arch_fixtures.py [NAME…]   (needs ./setup.sh --bench)
+
+With names, only those fixtures are (re)written.
 
 Each fixture is a folder under tests/fixtures/arch/: config.json, model.safetensors, a
 word-level tokenizer.json over the tiny vocabulary, and reference.json (the input ids and
@@ -9,10 +11,12 @@ log_softmax of the logits at every position, float32).
 """
 import json
 import os
+import sys
 
 import torch
 from tokenizers import Tokenizer, models
-from transformers import (LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM,
+from transformers import (GPTJConfig, GPTJForCausalLM, GPTNeoXConfig, GPTNeoXForCausalLM,
+                          LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM,
                           Qwen3Config, Qwen3ForCausalLM)
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "arch")
@@ -21,6 +25,8 @@ IDS = [[1, 5, 9, 17, 33, 2, 60, 41, 7, 7, 12, 50]]
 
 
 def write(name, model):
+    if len(sys.argv) > 1 and name not in sys.argv[1:]:
+        return
     d = os.path.join(OUT, name)
     os.makedirs(d, exist_ok=True)
     model.save_pretrained(d, safe_serialization=True)
@@ -83,3 +89,33 @@ write("phi3", widen(Phi3ForCausalLM(Phi3Config(
     num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
     original_max_position_embeddings=64, rope_theta=10000.0, sliding_window=8,
     tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)).eval()))
+
+
+def randomise_1d(m):
+    # Biases and LayerNorm weights random too, so a misplaced bias or norm shows.
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 1:
+                if n.endswith("bias"):
+                    p.normal_(0, 0.2)
+                else:
+                    p.uniform_(0.5, 1.5)
+    return m
+
+
+# GPT-J: parallel attention and MLP off one LayerNorm, interleaved rotary on the first
+# 4 of each head's 8 dimensions, a biased head.
+torch.manual_seed(3)
+write("gptj", randomise_1d(widen(GPTJForCausalLM(GPTJConfig(
+    vocab_size=VOCAB, n_positions=64, n_embd=16, n_layer=2, n_head=2, rotary_dim=4,
+    n_inner=32, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)).eval())))
+
+# GPT-NeoX: fused per-head QKV, rotate-half rotary on half of each head (rotary_pct 0.5),
+# parallel residual; and the sequential residual variant.
+for name, parallel in [("gpt_neox", True), ("gpt_neox-sequential", False)]:
+    torch.manual_seed(4)
+    write(name, randomise_1d(widen(GPTNeoXForCausalLM(GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=32, max_position_embeddings=64, rotary_pct=0.5,
+        rotary_emb_base=10000, use_parallel_residual=parallel, hidden_act="gelu",
+        bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)).eval())))

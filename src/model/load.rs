@@ -161,6 +161,8 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
             }
             format!("transformer.h.{l}.{m}")
         }
+        // Loaded from transformers folders only: no llama.cpp names.
+        (ArchConfig::Gptj(_) | ArchConfig::GptNeox(_), _) => return None,
         (ArchConfig::Gpt2(_), None) => match base {
             "token_embd" => "transformer.wte".into(),
             "position_embd" => "transformer.wpe".into(),

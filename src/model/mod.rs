@@ -13,6 +13,8 @@ pub mod config;
 pub mod gemma3;
 pub mod generate;
 pub mod gpt2;
+pub mod gpt_neox;
+pub mod gptj;
 pub mod llama;
 mod load;
 pub mod lora;
@@ -43,6 +45,10 @@ pub trait Architecture: Send {
     fn final_norm(&self, h: &Tensor) -> Tensor;
     /// The output projection `[vocab, D]` (the embedding itself when tied).
     fn lm_head(&self) -> &Tensor;
+    /// The output projection's bias, where it has one (GPT-J).
+    fn lm_head_bias(&self) -> Option<&Tensor> {
+        None
+    }
 }
 
 /// The supported architectures, with their hyper-parameters.
@@ -52,6 +58,8 @@ pub enum ArchConfig {
     Llama(llama::Config),
     Gemma3(gemma3::Config),
     Gpt2(gpt2::Config),
+    Gptj(gptj::Config),
+    GptNeox(gpt_neox::Config),
 }
 
 impl ArchConfig {
@@ -67,6 +75,8 @@ impl ArchConfig {
             }
             "gemma3_text" => ArchConfig::Gemma3(gemma3::Config::from_hf(j)?),
             "gpt2" => ArchConfig::Gpt2(gpt2::Config::from_hf(j)?),
+            "gptj" => ArchConfig::Gptj(gptj::Config::from_hf(j)?),
+            "gpt_neox" => ArchConfig::GptNeox(gpt_neox::Config::from_hf(j)?),
             "gemma3" => {
                 return Err(Error::Config(
                     "multimodal gemma3 checkpoints are not supported; use a text-only (gemma3_text) model".into(),
@@ -84,6 +94,8 @@ impl ArchConfig {
             ArchConfig::Llama(_) => "llama",
             ArchConfig::Gemma3(_) => "gemma3",
             ArchConfig::Gpt2(_) => "gpt2",
+            ArchConfig::Gptj(_) => "gptj",
+            ArchConfig::GptNeox(_) => "gpt_neox",
         }
     }
 
@@ -93,6 +105,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.param_specs(),
             ArchConfig::Gemma3(c) => c.param_specs(),
             ArchConfig::Gpt2(c) => c.param_specs(),
+            ArchConfig::Gptj(c) => c.param_specs(),
+            ArchConfig::GptNeox(c) => c.param_specs(),
         }
     }
 
@@ -101,6 +115,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.num_hidden_layers as usize,
             ArchConfig::Gemma3(c) => c.num_hidden_layers as usize,
             ArchConfig::Gpt2(c) => c.n_layer as usize,
+            ArchConfig::Gptj(c) => c.n_layer as usize,
+            ArchConfig::GptNeox(c) => c.num_hidden_layers as usize,
         }
     }
 
@@ -109,6 +125,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.max_position_embeddings as usize,
             ArchConfig::Gemma3(c) => c.max_position_embeddings as usize,
             ArchConfig::Gpt2(c) => c.n_positions as usize,
+            ArchConfig::Gptj(c) => c.n_positions as usize,
+            ArchConfig::GptNeox(c) => c.max_position_embeddings as usize,
         }
     }
 
@@ -116,7 +134,8 @@ impl ArchConfig {
     fn layer_prefix(&self) -> &'static str {
         match self {
             ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => "model.layers.",
-            ArchConfig::Gpt2(_) => "transformer.h.",
+            ArchConfig::Gpt2(_) | ArchConfig::Gptj(_) => "transformer.h.",
+            ArchConfig::GptNeox(_) => "gpt_neox.layers.",
         }
     }
 
@@ -124,9 +143,10 @@ impl ArchConfig {
     fn is_head_param(&self, name: &str) -> bool {
         let final_norm = match self {
             ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => name == "model.norm.weight",
-            ArchConfig::Gpt2(_) => name.starts_with("transformer.ln_f."),
+            ArchConfig::Gpt2(_) | ArchConfig::Gptj(_) => name.starts_with("transformer.ln_f."),
+            ArchConfig::GptNeox(_) => name.starts_with("gpt_neox.final_layer_norm."),
         };
-        final_norm || name == "lm_head.weight"
+        final_norm || name.starts_with("lm_head.") || name == "embed_out.weight"
     }
 
     /// Parameter-name patterns of module kinds (`mlp`, `mlp_out`: the MLP output
@@ -145,19 +165,24 @@ impl ArchConfig {
             )));
         }
         let base = format!("{}{{{first}..{last}}}", self.layer_prefix());
-        let gpt2 = matches!(self, ArchConfig::Gpt2(_));
+        // Per architecture: the MLP output projection, attention and norm names.
+        let (mlp_out, attn, norm) = match self {
+            ArchConfig::Llama(_) | ArchConfig::Gemma3(_) => {
+                ("mlp.down_proj.weight", "self_attn.*_proj.*", "*norm*")
+            }
+            ArchConfig::Gpt2(_) => ("mlp.c_proj.weight", "attn.*", "ln_*"),
+            ArchConfig::Gptj(_) => ("mlp.fc_out.weight", "attn.*", "ln_*"),
+            ArchConfig::GptNeox(_) => ("mlp.dense_4h_to_h.weight", "attention.*", "*layernorm*"),
+        };
         modules
             .iter()
             .map(|m| {
-                Ok(match (m.as_str(), gpt2) {
-                    ("mlp", _) => format!("{base}.mlp.*"),
-                    ("mlp_out", false) => format!("{base}.mlp.down_proj.weight"),
-                    ("mlp_out", true) => format!("{base}.mlp.c_proj.weight"),
-                    ("attn", false) => format!("{base}.self_attn.*_proj.*"),
-                    ("attn", true) => format!("{base}.attn.*"),
-                    ("norm", false) => format!("{base}.*norm*"),
-                    ("norm", true) => format!("{base}.ln_*"),
-                    (other, _) => {
+                Ok(match m.as_str() {
+                    "mlp" => format!("{base}.mlp.*"),
+                    "mlp_out" => format!("{base}.{mlp_out}"),
+                    "attn" => format!("{base}.{attn}"),
+                    "norm" => format!("{base}.{norm}"),
+                    other => {
                         return Err(Error::Input(format!(
                             "unknown module kind '{other}' (mlp, mlp_out, attn, norm)"
                         )));
@@ -174,6 +199,8 @@ impl ArchConfig {
                 format!("model.layers.{layer}.mlp.down_proj.weight")
             }
             ArchConfig::Gpt2(_) => format!("transformer.h.{layer}.mlp.c_proj.weight"),
+            ArchConfig::Gptj(_) => format!("transformer.h.{layer}.mlp.fc_out.weight"),
+            ArchConfig::GptNeox(_) => format!("gpt_neox.layers.{layer}.mlp.dense_4h_to_h.weight"),
         }
     }
 
@@ -190,7 +217,10 @@ impl ArchConfig {
                 true,
             )
             .map(Some),
-            ArchConfig::Llama(_) | ArchConfig::Gpt2(_) => Ok(None),
+            ArchConfig::Llama(_)
+            | ArchConfig::Gpt2(_)
+            | ArchConfig::Gptj(_)
+            | ArchConfig::GptNeox(_) => Ok(None),
         }
     }
 
@@ -205,6 +235,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => c.vocab_size,
             ArchConfig::Gemma3(c) => c.vocab_size,
             ArchConfig::Gpt2(c) => c.vocab_size,
+            ArchConfig::Gptj(c) => c.vocab_size,
+            ArchConfig::GptNeox(c) => c.vocab_size,
         }
     }
 
@@ -213,6 +245,8 @@ impl ArchConfig {
             ArchConfig::Llama(c) => Box::new(llama::Model::load(params, c.clone())?),
             ArchConfig::Gemma3(c) => Box::new(gemma3::Model::load(params, c.clone())?),
             ArchConfig::Gpt2(c) => Box::new(gpt2::Model::load(params, c.clone())?),
+            ArchConfig::Gptj(c) => Box::new(gptj::Model::load(params, c.clone())?),
+            ArchConfig::GptNeox(c) => Box::new(gpt_neox::Model::load(params, c.clone())?),
         })
     }
 }
@@ -623,7 +657,7 @@ impl Model {
         Ok(self
             .arch
             .final_norm(&selected)
-            .linear::<Tensor>(self.arch.lm_head(), None))
+            .linear(self.arch.lm_head(), self.arch.lm_head_bias()))
     }
 
     /// Runs the layers only for what `hooks` record (keys, values); no logits.

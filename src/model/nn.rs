@@ -290,6 +290,44 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// `(cos, sin)` for GPT-J's interleaved layout: each frequency repeated for the two
+    /// dimensions of its pair, `[B, 1, T, dim]`.
+    pub fn cos_sin_interleaved(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
+        let emb = freqs.repeat_interleave_self_int(2, -1, None).unsqueeze(1);
+        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+    }
+}
+
+/// `(-x₁, x₀, -x₃, x₂, …)`: GPT-J's rotation of interleaved pairs.
+fn rotate_every_two(x: &Tensor) -> Tensor {
+    let mut shape = x.size();
+    let last = shape.pop().unwrap_or(0);
+    let pairs = x.reshape([shape.as_slice(), &[last / 2, 2]].concat());
+    let (x0, x1) = (pairs.select(-1, 0), pairs.select(-1, 1));
+    Tensor::stack(&[x1.neg(), x0], -1).reshape(x.size())
+}
+
+/// Rotary embeddings on the first `cos`-width dimensions of each head only (GPT-J,
+/// GPT-NeoX: `rotary_dim` / `rotary_pct`), the rest passed through; `interleaved`
+/// rotates pairs (GPT-J) rather than halves (NeoX).
+pub fn apply_partial_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Tensor {
+    let rot = cos.size()[cos.dim() - 1];
+    let head = x.size()[x.dim() - 1];
+    let (xr, pass) = (x.narrow(-1, 0, rot), x.narrow(-1, rot, head - rot));
+    let rotated = if interleaved {
+        &xr * cos + rotate_every_two(&xr) * sin
+    } else {
+        apply_rope(&xr, cos, sin)
+    };
+    if rot == head {
+        rotated
+    } else {
+        Tensor::cat(&[rotated, pass], -1)
+    }
+}
+
 fn rotate_half(x: &Tensor) -> Tensor {
     let half = x.size()[x.dim() - 1] / 2;
     let x1 = x.narrow(-1, 0, half);

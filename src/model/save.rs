@@ -166,6 +166,25 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
             "tie_word_embeddings": c.tie_word_embeddings,
             "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
         }),
+        ArchConfig::Gptj(c) => json!({
+            "architectures": ["GPTJForCausalLM"],
+            "model_type": "gptj", "vocab_size": c.vocab_size, "n_positions": c.n_positions,
+            "n_embd": c.n_embd, "n_layer": c.n_layer, "n_head": c.n_head, "n_inner": c.n_inner,
+            "rotary_dim": c.rotary_dim, "layer_norm_epsilon": c.layer_norm_epsilon,
+            "activation_function": "gelu_new", "tie_word_embeddings": false,
+            "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
+        }),
+        ArchConfig::GptNeox(c) => json!({
+            "architectures": ["GPTNeoXForCausalLM"],
+            "model_type": "gpt_neox", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
+            "intermediate_size": c.intermediate_size,
+            "max_position_embeddings": c.max_position_embeddings, "layer_norm_eps": c.layer_norm_eps,
+            "rotary_pct": c.rotary_ndims as f64 / c.head_dim() as f64, "rotary_emb_base": c.rope_theta,
+            "use_parallel_residual": c.use_parallel_residual, "attention_bias": c.attention_bias,
+            "hidden_act": if c.gelu_tanh { "gelu_new" } else { "gelu" }, "tie_word_embeddings": false,
+            "bos_token_id": bos, "eos_token_id": eos, "torch_dtype": "float32",
+        }),
     }
 }
 

@@ -36,7 +36,7 @@ pub fn ids(v: &serde_json::Value) -> Vec<u32> {
         .collect()
 }
 
-use ftedit::model::{ArchConfig, gemma3, gpt2, llama};
+use ftedit::model::{ArchConfig, gemma3, gpt_neox, gpt2, gptj, llama};
 use tch::{Device, Kind};
 
 /// The device tests run on: `$FTEDIT_TEST_DEVICE` (cpu, cuda), cpu by default.
@@ -119,6 +119,36 @@ pub fn tiny_gpt2() -> ArchConfig {
     })
 }
 
+pub fn tiny_gptj() -> ArchConfig {
+    ArchConfig::Gptj(gptj::Config {
+        vocab_size: 260,
+        n_positions: 64,
+        n_embd: 32,
+        n_layer: 2,
+        n_head: 4,
+        rotary_dim: 4,
+        n_inner: 64,
+        layer_norm_epsilon: 1e-5,
+    })
+}
+
+pub fn tiny_gpt_neox(parallel: bool) -> ArchConfig {
+    ArchConfig::GptNeox(gpt_neox::Config {
+        vocab_size: 260,
+        hidden_size: 32,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: 64,
+        layer_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        rotary_ndims: 4,
+        use_parallel_residual: parallel,
+        attention_bias: true,
+        gelu_tanh: false,
+    })
+}
+
 /// One tiny configuration of every architecture.
 pub fn tiny_configs() -> Vec<ArchConfig> {
     vec![
@@ -128,7 +158,16 @@ pub fn tiny_configs() -> Vec<ArchConfig> {
         tiny_phi3(),
         tiny_gemma3(4, false),
         tiny_gpt2(),
+        tiny_gptj(),
+        tiny_gpt_neox(true),
+        tiny_gpt_neox(false),
     ]
+}
+
+/// Whether ftedit reads and writes the architecture as GGUF (GPT-J and GPT-NeoX load
+/// from transformers folders only).
+pub fn has_gguf(config: &ArchConfig) -> bool {
+    !matches!(config, ArchConfig::Gptj(_) | ArchConfig::GptNeox(_))
 }
 
 pub fn random_model(config: ArchConfig, kind: Kind) -> Model {
@@ -317,6 +356,9 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
             c.n_head,
             c.n_head,
         ),
+        ArchConfig::Gptj(_) | ArchConfig::GptNeox(_) => {
+            panic!("{arch}: ftedit has no GGUF mapping for it (see has_gguf)")
+        }
     };
     for (k, v) in ints {
         w.add_metadata(a(k), Value::U32(v as u32));
