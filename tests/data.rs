@@ -211,6 +211,7 @@ fn record(id: &str) -> EditRecord {
         generation_prompts: vec!["Ann's office is".into()],
         relation_id: None,
         target_new_id: None,
+        portability: Vec::new(),
     }
 }
 
@@ -822,4 +823,139 @@ fn the_subject_span_is_the_subjects_tokens_in_the_rewrite_prompt() {
         rec("no slot", "Eiffel Tower").subject_span(&tok).unwrap(),
         None
     );
+}
+
+#[test]
+fn knowedit_files_load_with_their_probe_sets() {
+    // EasyEdit's KnowEdit WikiData_counterfact, detected from its fields.
+    let path = data("counterfact/knowedit/wiki_counterfact_train_cf.json");
+    let ke = data::load(&path, None).unwrap();
+    assert_eq!(ke.len(), 1427);
+    assert_eq!(data::load(&path, Some(Format::KnowEdit)).unwrap(), ke);
+    let r = &ke[0];
+    assert_eq!((r.id.as_str(), r.suite), ("0", Suite::Zsre));
+    // The subject is written verbatim in the prompt: it becomes the slot.
+    assert_eq!(
+        r.prompt,
+        "The name of the country which {} is associated with is"
+    );
+    assert_eq!(r.subject, "Goursez Vreizh");
+    assert_eq!(
+        (r.target_new.as_str(), r.target_true.as_deref()),
+        ("Franche-Comté", Some("France"))
+    );
+    let sets: Vec<(&str, &str)> = r
+        .portability
+        .iter()
+        .map(|p| (p.set.as_str(), p.target.as_str()))
+        .collect();
+    assert_eq!(
+        sets,
+        [
+            ("Reasoning", "Besançon"),
+            ("Subject_Aliasing", "Franche-Comté")
+        ]
+    );
+    assert_eq!(
+        r.neighborhood[0].prompt,
+        "The name of the founder of Goursez Vreizh is"
+    );
+    // Every probe of the file is kept (1.55 portability probes per record).
+    let probes: usize = ke.iter().map(|r| r.portability.len()).sum();
+    assert_eq!(probes, 2216);
+    // Record 629 has an empty ground truth: the old fact is unknown, not an error.
+    assert!(ke.iter().any(|r| r.target_true.is_none()));
+
+    // The list forms of other KnowEdit files: ground truths as lists, paired prompt and
+    // answer lists, nested answer lists; a rephrase prompt.
+    let dir = temp_dir("knowedit");
+    let file = dir.join("recent.json");
+    std::fs::write(
+        &file,
+        r#"[{"subject": "Ann", "prompt": "Ann lives in", "target_new": "Oslo",
+             "ground_truth": ["Rome", "Roma"], "rephrase_prompt": "The home of Ann is",
+             "portability": {"Reasoning": {"prompt": ["Ann's country is", "Ann's sea is"],
+                                           "ground_truth": [["Norway", "NO"], "the North Sea"]}},
+             "locality": {"Forgetfulness": [{"prompt": "Bob lives in", "ground_truth": "Paris"}]}}]"#,
+    )
+    .unwrap();
+    let r = &data::load(&file, None).unwrap()[0];
+    assert_eq!(r.target_true.as_deref(), Some("Rome"));
+    assert_eq!(r.paraphrases, ["The home of Ann is"]);
+    let got: Vec<(&str, &str)> = r
+        .portability
+        .iter()
+        .map(|p| (p.prompt.as_str(), p.target.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Ann's country is", "Norway"),
+            ("Ann's sea is", "the North Sea")
+        ]
+    );
+    assert_eq!(r.neighborhood[0].target, "Paris");
+    // Unpaired lists are named.
+    std::fs::write(
+        &file,
+        r#"[{"subject": "Ann", "prompt": "Ann lives in", "target_new": "Oslo", "ground_truth": "Rome",
+             "portability": {"Reasoning": {"prompt": ["a", "b"], "ground_truth": ["c"]}}}]"#,
+    )
+    .unwrap();
+    let err = data::load(&file, None).unwrap_err().to_string();
+    assert!(
+        err.contains("portability/Reasoning/0/ground_truth") && err.contains("2 prompts but 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn portability_is_the_token_accuracy_of_each_probe_set() {
+    let (model, tok) = common::load("smollm2");
+    let base = EditRecord {
+        suite: Suite::Zsre,
+        prompt: "The Eiffel Tower is located in the city of".replace("The Eiffel Tower", "{}"),
+        subject: "The Eiffel Tower".into(),
+        target_new: "Paris".into(),
+        target_true: None,
+        ..record("p")
+    };
+    // A probe that is the rewrite itself scores as efficacy does; one the model cannot
+    // know scores lower; the two sets are reported apart.
+    let mut r = base.clone();
+    r.portability = vec![
+        data::Probe {
+            set: "Same".into(),
+            prompt: base.rewrite_prompt(),
+            target: "Paris".into(),
+        },
+        data::Probe {
+            set: "Other".into(),
+            prompt: "The Eiffel Tower is located in the city of".into(),
+            target: "Zanzibar Qwerty".into(),
+        },
+    ];
+    let s = &ftedit::eval::zsre::score(&model, &tok, &[&r]).unwrap()[0];
+    assert_eq!(s.portability.get("Same").copied(), s.efficacy);
+    assert!(s.efficacy == Some(1.0), "{:?}", s.efficacy);
+    assert!(s.portability["Other"] < 0.5, "{:?}", s.portability);
+    let summary = ftedit::eval::Summary::new(&[ftedit::eval::RecordResult {
+        id: "p".into(),
+        suite: Suite::Zsre,
+        subject: r.subject.clone(),
+        prompt: r.rewrite_prompt(),
+        target_new: r.target_new.clone(),
+        target_true: None,
+        scores: Scores::Zsre(s.clone()),
+        exact: None,
+        generation: None,
+        subject_nll: None,
+        subject_nll_before: None,
+        chat: None,
+    }]);
+    let m = &summary.metrics;
+    assert_eq!(m["portability.Same"], Some(100.0));
+    let other = s.portability["Other"] * 100.0;
+    assert_eq!(m["portability.Other"], Some(other));
+    assert_eq!(m["portability"], Some((100.0 + other) / 2.0));
 }

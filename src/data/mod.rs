@@ -28,6 +28,15 @@ pub struct Neighbor {
     pub target: String,
 }
 
+/// A prompt of a named sub-set with its answer (KnowEdit's portability probes).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Probe {
+    /// The sub-set, e.g. `Reasoning`, `Subject_Aliasing`, `Logical_Generalization`.
+    pub set: String,
+    pub prompt: String,
+    pub target: String,
+}
+
 /// One edit request with everything needed to judge it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EditRecord {
@@ -54,6 +63,10 @@ pub struct EditRecord {
     pub relation_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_new_id: Option<String>,
+    /// Questions whose answer should follow from the edit (KnowEdit's portability),
+    /// scored on the edited model against their answers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub portability: Vec<Probe>,
 }
 
 /// The rewrite prompt's tokens through the end of the subject ([`EditRecord::subject_span`]).
@@ -94,6 +107,11 @@ pub enum Format {
     CounterFactMend,
     /// zsRE in the MEND format (`zsre_mend_eval.json`, `zsre_mend_train*.json`).
     Zsre,
+    /// EasyEdit's KnowEdit (`wiki_counterfact`, `wiki_recent`, `zsre`, …): `prompt`,
+    /// `subject`, `target_new`, `ground_truth` (a string or list), optional
+    /// `rephrase_prompt`, and `locality` / `portability` objects of named sub-sets of
+    /// `{prompt, ground_truth}` (strings or lists paired by position).
+    KnowEdit,
     /// One JSON object per line: `prompt` (with `{}` for the subject, or the subject
     /// written in it verbatim), `subject`, `target_new`, and
     /// optionally `id`, `target_true`, `paraphrases`, `neighborhood` (`[{prompt, target}]`),
@@ -109,9 +127,10 @@ impl std::str::FromStr for Format {
             "counterfact" | "rome" => Ok(Format::CounterFact),
             "counterfact-mend" | "easyedit" => Ok(Format::CounterFactMend),
             "zsre" | "mend" => Ok(Format::Zsre),
+            "knowedit" => Ok(Format::KnowEdit),
             "jsonl" => Ok(Format::Jsonl),
             other => Err(Error::Input(format!(
-                "unknown data format '{other}' (counterfact, counterfact-mend, zsre, jsonl)"
+                "unknown data format '{other}' (counterfact, counterfact-mend, zsre, knowedit, jsonl)"
             ))),
         }
     }
@@ -265,6 +284,7 @@ fn counterfact(f: &Fields) -> Result<EditRecord> {
         generation_prompts: f.str_list("generation_prompts", false)?,
         relation_id: f.opt_str("requested_rewrite/relation_id")?,
         target_new_id: f.opt_str("requested_rewrite/target_new/id")?,
+        portability: Vec::new(),
     })
 }
 
@@ -291,6 +311,7 @@ fn counterfact_mend(f: &Fields) -> Result<EditRecord> {
         generation_prompts: Vec::new(),
         relation_id: None,
         target_new_id: None,
+        portability: Vec::new(),
     })
 }
 
@@ -315,6 +336,115 @@ fn zsre(f: &Fields) -> Result<EditRecord> {
         generation_prompts: Vec::new(),
         relation_id: None,
         target_new_id: None,
+        portability: Vec::new(),
+    })
+}
+
+/// A KnowEdit `locality` / `portability` object: sub-set name → `{prompt, ground_truth}`
+/// items (one object or a list of them), each field a string or a list paired by position.
+fn probe_sets(f: &Fields, field: &str) -> Result<Vec<Probe>> {
+    let Some(v) = f.at(field) else {
+        return Ok(Vec::new());
+    };
+    let Json::Object(sets) = v else {
+        return Err(f.err(field, "not an object of named sub-sets"));
+    };
+    let mut out = Vec::new();
+    for (set, items) in sets {
+        let items: Vec<&Json> = match items {
+            Json::Array(a) => a.iter().collect(),
+            Json::Object(_) => vec![items],
+            _ => {
+                return Err(f.err(
+                    &format!("{field}/{set}"),
+                    "not a list of {prompt, ground_truth}",
+                ));
+            }
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let at = |k: &str| format!("{field}/{set}/{i}/{k}");
+            let strings = |k: &str| -> Result<Vec<String>> {
+                match item.get(k) {
+                    Some(Json::String(s)) => Ok(vec![s.clone()]),
+                    // Nested lists (several answers per prompt): the first answer.
+                    Some(Json::Array(a)) => a
+                        .iter()
+                        .map(|x| match x {
+                            Json::String(s) => Ok(s.clone()),
+                            Json::Array(inner) => inner
+                                .first()
+                                .and_then(Json::as_str)
+                                .map(str::to_owned)
+                                .ok_or_else(|| f.err(&at(k), "an empty or non-string answer list")),
+                            _ => Err(f.err(&at(k), "not a string or list of strings")),
+                        })
+                        .collect(),
+                    _ => Err(f.err(&at(k), "missing or not a string or list of strings")),
+                }
+            };
+            let (prompts, answers) = (strings("prompt")?, strings("ground_truth")?);
+            if prompts.len() != answers.len() {
+                return Err(f.err(
+                    &at("ground_truth"),
+                    format!("{} prompts but {} answers", prompts.len(), answers.len()),
+                ));
+            }
+            for (prompt, target) in prompts.into_iter().zip(answers) {
+                if !prompt.trim().is_empty() && !target.trim().is_empty() {
+                    out.push(Probe {
+                        set: set.clone(),
+                        prompt,
+                        target,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn knowedit(f: &Fields) -> Result<EditRecord> {
+    let subject = f.non_empty("subject", f.str("subject")?)?;
+    let prompt = slot(
+        f,
+        "prompt",
+        f.non_empty("prompt", f.str("prompt")?)?,
+        &subject,
+    )?;
+    // Some KnowEdit records have an empty ground truth: the old fact is then unknown.
+    let truth = Some(f.first_str("ground_truth")?).filter(|t| !t.trim().is_empty());
+    let mut paraphrases = Vec::new();
+    match f.at("rephrase_prompt") {
+        None | Some(Json::Null) => {}
+        Some(Json::String(s)) => paraphrases.push(s.clone()),
+        Some(_) => paraphrases = f.str_list("rephrase_prompt", false)?,
+    }
+    let neighborhood = probe_sets(f, "locality")?
+        .into_iter()
+        .map(|p| Neighbor {
+            prompt: p.prompt,
+            target: p.target,
+        })
+        .collect();
+    Ok(EditRecord {
+        id: f.id(if f.at("case_id").is_some() {
+            "case_id"
+        } else {
+            "id"
+        })?,
+        // EasyEdit scores every KnowEdit set by teacher-forced token accuracy.
+        suite: Suite::Zsre,
+        prompt,
+        subject,
+        target_new: f.non_empty("target_new", f.str("target_new")?)?,
+        target_true: truth,
+        paraphrases,
+        neighborhood,
+        attribute_prompts: Vec::new(),
+        generation_prompts: Vec::new(),
+        relation_id: None,
+        target_new_id: None,
+        portability: probe_sets(f, "portability")?,
     })
 }
 
@@ -368,6 +498,7 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
         generation_prompts: f.str_list("generation_prompts", false)?,
         relation_id: f.opt_str("relation_id")?,
         target_new_id: f.opt_str("target_new_id")?,
+        portability: Vec::new(),
     })
 }
 
@@ -381,6 +512,8 @@ pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
         Ok(Format::CounterFact)
     } else if has("src") && has("loc") {
         Ok(Format::Zsre)
+    } else if (has("locality") || has("portability")) && has("target_new") && has("prompt") {
+        Ok(Format::KnowEdit)
     } else if has("ground_truth") && has("prompt") {
         Ok(Format::CounterFactMend)
     } else if has("prompt") && has("target_new") {
@@ -389,7 +522,7 @@ pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
         Err(Error::Format {
             path: path.into(),
             reason: "not a data set we recognise (CounterFact, EasyEdit CounterFact, zsRE MEND, \
-                     or JSONL edit requests); name the format with --format"
+                     KnowEdit, or JSONL edit requests); name the format with --format"
                 .into(),
         })
     }
@@ -433,6 +566,7 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRe
         Format::CounterFact => counterfact,
         Format::CounterFactMend => counterfact_mend,
         Format::Zsre => zsre,
+        Format::KnowEdit => knowedit,
         Format::Jsonl => jsonl,
     };
     items

@@ -267,6 +267,7 @@ mod tests {
             generation_prompts: vec![],
             relation_id: None,
             target_new_id: None,
+            portability: vec![],
         };
         let picks = nearest_facts(&pool, std::slice::from_ref(&e), 2);
         assert_eq!(

@@ -352,6 +352,21 @@ impl Summary {
                 "paraphrase_exact".into(),
                 exact(Suite::Zsre, |e| e.paraphrase_rate),
             );
+            // KnowEdit's portability: each sub-set over the records that have it, and
+            // their mean (EasyEdit reports both).
+            let sets: std::collections::BTreeSet<&String> =
+                zs.iter().flat_map(|s| s.portability.keys()).collect();
+            let mut means = Vec::new();
+            for set in sets {
+                let v = pct(mean(
+                    zs.iter().filter_map(|s| s.portability.get(set).copied()),
+                ));
+                means.extend(v);
+                metrics.insert(format!("portability.{set}"), v);
+            }
+            if !means.is_empty() {
+                metrics.insert("portability".into(), mean(means));
+            }
         }
         let deltas = results
             .iter()

@@ -331,6 +331,7 @@ const ORDER: &[&str] = &[
     "efficacy",
     "paraphrase",
     "specificity",
+    "portability",
     "efficacy_exact",
     "paraphrase_exact",
     "edits",

@@ -403,6 +403,7 @@ pub fn cf_edit(subject: &str, prompt: &str, new: &str, truth: &str) -> EditRecor
         generation_prompts: vec![],
         relation_id: None,
         target_new_id: None,
+        portability: Vec::new(),
     }
 }
 
