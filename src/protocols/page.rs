@@ -363,7 +363,7 @@ pub fn escape(s: &str) -> String {
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#111;background:#fff}\
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ccc}\
 table{border-collapse:collapse;margin:.5em 0}th,td{border:1px solid #ddd;padding:3px 8px;\
-text-align:left;vertical-align:top}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+text-align:left;vertical-align:top;max-width:30em;overflow-wrap:anywhere}td.n{text-align:right;font-variant-numeric:tabular-nums}\
 th{background:#f3f3f3}table.records th{cursor:pointer;user-select:none}\
 tr.miss td{background:#fdecea}.mark{font-weight:bold}.ok{color:#1a7f37}.bad{color:#c62828}\
 .note{color:#555;font-size:.9em}label{margin-right:1em}";
@@ -391,6 +391,17 @@ fn summary_table(runs: &[Run], s: &mut String) {
         .collect();
     rest.sort_unstable();
     rest.dedup();
+    // A metric's sub-sets (`portability.Reasoning`) follow it; other names follow all.
+    for m in names.clone() {
+        let at = names.iter().position(|n| *n == m).unwrap_or(0) + 1;
+        let subs: Vec<&str> = rest
+            .iter()
+            .copied()
+            .filter(|r| r.strip_prefix(m).is_some_and(|t| t.starts_with('.')))
+            .collect();
+        rest.retain(|r| !subs.contains(r));
+        names.splice(at..at, subs);
+    }
     names.extend(rest);
     let mut info: Vec<&str> = Vec::new();
     for r in runs {
@@ -623,5 +634,19 @@ mod tests {
         assert!(s < es);
         assert!(page[s..es].contains("<td class=\"n\"></td><td class=\"n\">50.00</td>"));
         assert!(page.contains("id=\"records-0\"") && page.contains("id=\"records-1\""));
+    }
+
+    #[test]
+    fn a_metrics_sub_sets_follow_it() {
+        let mut r = run("one", &[]);
+        for m in ["portability.Reasoning", "portability", "zeta", "PPL_before"] {
+            r.metrics.insert(m.into(), Some(1.0));
+        }
+        let page = render("t", &[r]);
+        let at = |m: &str| page.find(&format!("<th>{m}</th>")).unwrap();
+        assert!(at("ES") < at("portability"));
+        assert!(at("portability") < at("portability.Reasoning"));
+        assert!(at("portability.Reasoning") < at("PPL_before"));
+        assert!(at("PPL") < at("zeta"));
     }
 }
