@@ -401,6 +401,63 @@ fn hugging_face_folders_load_with_their_names_and_layouts() {
     }
 }
 
+/// Real checkpoints are sharded and half precision: a folder whose weights are bf16
+/// shards listed in `model.safetensors.index.json` loads every tensor from its shard,
+/// as f32 (the bf16 values exactly) or kept in bf16; a shard the index names but the
+/// folder lacks is named.
+#[test]
+fn sharded_bf16_folders_load_from_their_index() {
+    for cfg in [tiny_llama(false), common::tiny_gptj()] {
+        let dir = temp_dir(&format!("sharded-{}", cfg.name()));
+        let m = random_model(cfg.clone(), Kind::Float);
+        write_hf_folder(&m, &dir);
+        std::fs::remove_file(dir.join("model.safetensors")).unwrap();
+        let names: Vec<String> = m.params.iter().map(|(n, _)| n.to_string()).collect();
+        let (first, second) = names.split_at(names.len() / 2);
+        let mut map = serde_json::Map::new();
+        for (shard, part) in [
+            ("model-00001-of-00002.safetensors", first),
+            ("model-00002-of-00002.safetensors", second),
+        ] {
+            let tensors: Vec<(String, tch::Tensor)> = part
+                .iter()
+                .map(|n| (n.clone(), m.params.get(n).unwrap().to_kind(Kind::BFloat16)))
+                .collect();
+            tch::Tensor::write_safetensors(&tensors, dir.join(shard)).unwrap();
+            for n in part {
+                map.insert(n.clone(), serde_json::json!(shard));
+            }
+        }
+        let index = serde_json::json!({"metadata": {}, "weight_map": map});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        let (f32s, _) = ftedit::load(&dir, &LoadOptions::default()).unwrap();
+        let bf16 = LoadOptions {
+            kind: Kind::BFloat16,
+            ..LoadOptions::default()
+        };
+        let (halves, _) = ftedit::load(&dir, &bf16).unwrap();
+        for (name, t) in m.params.iter() {
+            let want = t.to_kind(Kind::BFloat16);
+            let got = f32s.params.get(name).unwrap();
+            assert_eq!(got.kind(), Kind::Float, "{name}");
+            assert!(
+                got.equal(&want.to_kind(Kind::Float)),
+                "{}: {name}",
+                cfg.name()
+            );
+            let half = halves.params.get(name).unwrap();
+            assert_eq!(half.kind(), Kind::BFloat16, "{name}");
+            assert!(half.equal(&want), "{}: {name}", cfg.name());
+        }
+        std::fs::remove_file(dir.join("model-00002-of-00002.safetensors")).unwrap();
+        let err = ftedit::load(&dir, &LoadOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
+    }
+}
+
 /// `n` CounterFact-style JSONL records in the tiny model's vocabulary.
 fn counterfact_jsonl(dir: &Path, n: usize) -> std::path::PathBuf {
     let data = dir.join("edits.jsonl");
