@@ -6,7 +6,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{has_gguf, random_model, temp_dir, tiny_configs, tiny_llama, write_gguf};
+use common::{
+    counterfact_jsonl, has_gguf, random_model, temp_dir, tiny_configs, tiny_llama, write_gguf,
+};
 use ftedit::formats::gguf::{GgufFile, GgufWriter, Value};
 use ftedit::formats::quant::GgmlType;
 use ftedit::{Input, LoadOptions, LogitsAt};
@@ -456,18 +458,6 @@ fn sharded_bf16_folders_load_from_their_index() {
             .to_string();
         assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     }
-}
-
-/// `n` CounterFact-style JSONL records in the tiny model's vocabulary.
-fn counterfact_jsonl(dir: &Path, n: usize) -> std::path::PathBuf {
-    let data = dir.join("edits.jsonl");
-    let line = |i: usize| {
-        format!(
-            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}], \"generation_prompts\": [\"the {i}\"]}}\n"
-        )
-    };
-    std::fs::write(&data, (0..n).map(line).collect::<String>()).unwrap();
-    data
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{random_model, temp_dir, tiny_llama, write_gguf};
+use common::{counterfact_jsonl, random_model, temp_dir, tiny_llama, write_gguf};
 use tch::Kind;
 
 fn ftedit(args: &[&str]) -> String {
@@ -73,13 +73,7 @@ fn the_report_page_renders_in_chromium_with_the_runs_numbers() {
     let dir = temp_dir("report-page");
     let model = dir.join("tiny.gguf");
     write_gguf(&random_model(tiny_llama(false), Kind::Float), &model, 64);
-    let data = dir.join("edits.jsonl");
-    let line = |i: usize| {
-        format!(
-            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}], \"generation_prompts\": [\"the {i}\"]}}\n"
-        )
-    };
-    std::fs::write(&data, (0..4).map(line).collect::<String>()).unwrap();
+    let data = counterfact_jsonl(&dir, 4);
     let run = dir.join("run");
     ftedit(&[
         "eval",

@@ -232,31 +232,32 @@ fn template(text: &str, subject: &str) -> String {
     text.replacen(subject, "{}", 1)
 }
 
-/// A prompt's template: as given when it has `{}`, else with the subject (written
-/// verbatim, as in question-style edit files) replaced by `{}`.
-fn slot(f: &Fields, field: &str, prompt: String, subject: &str) -> Result<String> {
-    if prompt.contains("{}") {
-        Ok(prompt)
-    } else if prompt.contains(subject) {
-        Ok(prompt.replacen(subject, "{}", 1))
+/// The prompt's template and the subject: the prompt as given when it has `{}`, else
+/// with the subject (written verbatim, as in question-style edit files) replaced by
+/// `{}`.
+fn template_and_subject(
+    f: &Fields,
+    prompt_field: &str,
+    subject_field: &str,
+) -> Result<(String, String)> {
+    let prompt = f.non_empty(prompt_field, f.str(prompt_field)?)?;
+    let subject = f.non_empty(subject_field, f.str(subject_field)?)?;
+    let template = if prompt.contains("{}") {
+        prompt
+    } else if prompt.contains(&subject) {
+        prompt.replacen(&subject, "{}", 1)
     } else {
-        Err(f.err(
-            field,
+        return Err(f.err(
+            prompt_field,
             format!("has no {{}} for the subject and does not contain the subject {subject:?}"),
-        ))
-    }
+        ));
+    };
+    Ok((template, subject))
 }
 
 fn counterfact(f: &Fields) -> Result<EditRecord> {
-    let prompt = f.non_empty(
-        "requested_rewrite/prompt",
-        f.str("requested_rewrite/prompt")?,
-    )?;
-    let subject = f.non_empty(
-        "requested_rewrite/subject",
-        f.str("requested_rewrite/subject")?,
-    )?;
-    let prompt = slot(f, "requested_rewrite/prompt", prompt, &subject)?;
+    let (prompt, subject) =
+        template_and_subject(f, "requested_rewrite/prompt", "requested_rewrite/subject")?;
     let target_true = f.non_empty(
         "requested_rewrite/target_true/str",
         f.str("requested_rewrite/target_true/str")?,
@@ -404,13 +405,7 @@ fn probe_sets(f: &Fields, field: &str) -> Result<Vec<Probe>> {
 }
 
 fn knowedit(f: &Fields) -> Result<EditRecord> {
-    let subject = f.non_empty("subject", f.str("subject")?)?;
-    let prompt = slot(
-        f,
-        "prompt",
-        f.non_empty("prompt", f.str("prompt")?)?,
-        &subject,
-    )?;
+    let (prompt, subject) = template_and_subject(f, "prompt", "subject")?;
     // Some KnowEdit records have an empty ground truth: the old fact is then unknown.
     let truth = Some(f.first_str("ground_truth")?).filter(|t| !t.trim().is_empty());
     let mut paraphrases = Vec::new();
@@ -449,13 +444,7 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
 }
 
 fn jsonl(f: &Fields) -> Result<EditRecord> {
-    let subject = f.non_empty("subject", f.str("subject")?)?;
-    let prompt = slot(
-        f,
-        "prompt",
-        f.non_empty("prompt", f.str("prompt")?)?,
-        &subject,
-    )?;
+    let (prompt, subject) = template_and_subject(f, "prompt", "subject")?;
     let target_true = f.opt_str("target_true")?;
     let neighborhood = match f.at("neighborhood") {
         None => Vec::new(),

@@ -145,10 +145,13 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
     for (scores, record_probes) in out.iter_mut().zip(probes) {
         let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
         for (set, qs) in record_probes {
-            let correct = qs
+            // Every query takes its prediction, in order.
+            let correct: usize = qs
                 .iter()
-                .filter(|q| preds.next().expect("one prediction per input").argmax == q.answer_id)
-                .count();
+                .map(|q| {
+                    (preds.next().expect("one prediction per input").argmax == q.answer_id) as usize
+                })
+                .sum();
             let e = sums.entry(set).or_default();
             e.0 += correct as f64 / qs.len().max(1) as f64;
             e.1 += 1;

@@ -10,7 +10,7 @@ use tch::Tensor;
 
 use super::config::{JsonConfig, rope_theta};
 use super::nn::{
-    Ctx, LayerNorm, Linear, Rope, apply_partial_rope, attention, merge_heads, split_heads,
+    Ctx, GeluMlp, LayerNorm, Linear, Rope, apply_partial_rope, attention, merge_heads, split_heads,
 };
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
@@ -163,26 +163,11 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    dense_h_to_4h: Linear,
-    dense_4h_to_h: Linear,
-    approximate: &'static str,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let key = self.dense_h_to_4h.forward(x).gelu(self.approximate);
-        ctx.hook_key(layer, &key);
-        let out = self.dense_4h_to_h.forward(&key);
-        ctx.hook_output(layer, out)
-    }
-}
-
 struct Block {
     input_layernorm: LayerNorm,
     attention: Attention,
     post_attention_layernorm: LayerNorm,
-    mlp: Mlp,
+    mlp: GeluMlp,
     parallel: bool,
 }
 
@@ -210,11 +195,14 @@ impl Block {
                 head_dim: c.head_dim(),
             },
             post_attention_layernorm: LayerNorm::load(p, &pre("post_attention_layernorm"), d, eps)?,
-            mlp: Mlp {
-                dense_h_to_4h: Linear::load(p, &pre("mlp.dense_h_to_4h"), d, i, true)?,
-                dense_4h_to_h: Linear::load(p, &pre("mlp.dense_4h_to_h"), i, d, true)?,
-                approximate: if c.gelu_tanh { "tanh" } else { "none" },
-            },
+            mlp: GeluMlp::load(
+                p,
+                &pre("mlp"),
+                ["dense_h_to_4h", "dense_4h_to_h"],
+                d,
+                i,
+                c.gelu_tanh,
+            )?,
             parallel: c.use_parallel_residual,
         })
     }

@@ -8,7 +8,7 @@ use tch::Tensor;
 
 use super::config::JsonConfig;
 use super::nn::{
-    Ctx, LayerNorm, Linear, Rope, apply_partial_rope, attention, merge_heads, split_heads,
+    Ctx, GeluMlp, LayerNorm, Linear, Rope, apply_partial_rope, attention, merge_heads, split_heads,
 };
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
@@ -124,24 +124,10 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    fc_in: Linear,
-    fc_out: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let key = self.fc_in.forward(x).gelu("tanh");
-        ctx.hook_key(layer, &key);
-        let out = self.fc_out.forward(&key);
-        ctx.hook_output(layer, out)
-    }
-}
-
 struct Block {
     ln_1: LayerNorm,
     attn: Attention,
-    mlp: Mlp,
+    mlp: GeluMlp,
 }
 
 impl Block {
@@ -159,10 +145,7 @@ impl Block {
                 heads: c.n_head,
                 head_dim: d / c.n_head,
             },
-            mlp: Mlp {
-                fc_in: Linear::load(p, &pre("mlp.fc_in"), d, i, true)?,
-                fc_out: Linear::load(p, &pre("mlp.fc_out"), i, d, true)?,
-            },
+            mlp: GeluMlp::load(p, &pre("mlp"), ["fc_in", "fc_out"], d, i, true)?,
         })
     }
 

@@ -137,6 +137,40 @@ impl GatedMlp {
     }
 }
 
+/// A two-layer GELU MLP with biases (GPT-J's `fc_in`/`fc_out`, GPT-NeoX's
+/// `dense_h_to_4h`/`dense_4h_to_h`): its activation is the key a rank-one edit acts on.
+pub struct GeluMlp {
+    pub up: Linear,
+    pub down: Linear,
+    /// `"tanh"` or `"none"` (exact), as `Tensor::gelu` takes it.
+    pub approximate: &'static str,
+}
+
+impl GeluMlp {
+    /// Loads `{prefix}.{up}` (`hidden → inner`) and `{prefix}.{down}` (`inner → hidden`).
+    pub fn load(
+        p: &ParamStore,
+        prefix: &str,
+        [up, down]: [&str; 2],
+        hidden: i64,
+        inner: i64,
+        tanh: bool,
+    ) -> Result<Self> {
+        Ok(GeluMlp {
+            up: Linear::load(p, &format!("{prefix}.{up}"), hidden, inner, true)?,
+            down: Linear::load(p, &format!("{prefix}.{down}"), inner, hidden, true)?,
+            approximate: if tanh { "tanh" } else { "none" },
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
+        let key = self.up.forward(x).gelu(self.approximate);
+        ctx.hook_key(layer, &key);
+        let out = self.down.forward(&key);
+        ctx.hook_output(layer, out)
+    }
+}
+
 /// RMSNorm computed in f32, as Hugging Face does. Gemma scales by `1 + w` (its stored
 /// weights are offsets from one), the others by `w`.
 pub struct RmsNorm {
@@ -284,8 +318,17 @@ impl Rope {
 
     /// `(cos, sin)` of shape `[B, 1, T, head_dim]` for positions `[B, T]`, in `kind`.
     pub fn cos_sin(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
+        let freqs = self.angles(positions);
+        Self::cos_sin_of(&Tensor::cat(&[&freqs, &freqs], -1), kind)
+    }
+
+    /// Each position's angle for each frequency, `[B, T, dim / 2]`.
+    fn angles(&self, positions: &Tensor) -> Tensor {
+        positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq
+    }
+
+    fn cos_sin_of(emb: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+        let emb = emb.unsqueeze(1);
         (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
     }
 }
@@ -294,9 +337,8 @@ impl Rope {
     /// `(cos, sin)` for GPT-J's interleaved layout: each frequency repeated for the two
     /// dimensions of its pair, `[B, 1, T, dim]`.
     pub fn cos_sin_interleaved(&self, positions: &Tensor, kind: Kind) -> (Tensor, Tensor) {
-        let freqs = positions.to_kind(Kind::Float).unsqueeze(-1) * &self.inv_freq;
-        let emb = freqs.repeat_interleave_self_int(2, -1, None).unsqueeze(1);
-        (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+        let freqs = self.angles(positions);
+        Self::cos_sin_of(&freqs.repeat_interleave_self_int(2, -1, None), kind)
     }
 }
 

@@ -416,3 +416,15 @@ pub fn recipe(name: &str, sets: &[&str]) -> ftedit::edit::recipe::Recipe {
         .unwrap_or_else(|| panic!("{name} is not a fine-tuning recipe"))
         .clone()
 }
+
+/// `n` CounterFact-style JSONL records in the tiny model's vocabulary.
+pub fn counterfact_jsonl(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let data = dir.join("edits.jsonl");
+    let line = |i: usize| {
+        format!(
+            "{{\"id\": \"r{i}\", \"prompt\": \"{{}} is in\", \"subject\": \"the {i}\", \"target_new\": \"the tea\", \"target_true\": \"the hat\", \"paraphrases\": [\"so the {i} is in\"], \"neighborhood\": [{{\"prompt\": \"the ten is in\", \"target\": \"the hat\"}}], \"generation_prompts\": [\"the {i}\"]}}\n"
+        )
+    };
+    std::fs::write(&data, (0..n).map(line).collect::<String>()).unwrap();
+    data
+}
