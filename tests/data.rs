@@ -206,6 +206,7 @@ fn record(id: &str) -> EditRecord {
         neighborhood: vec![data::Neighbor {
             prompt: "Bob works in".into(),
             target: "the sea".into(),
+            set: None,
         }],
         attribute_prompts: vec![],
         generation_prompts: vec!["Ann's office is".into()],
@@ -936,9 +937,13 @@ fn portability_is_the_token_accuracy_of_each_probe_set() {
         },
     ];
     let s = &ftedit::eval::zsre::score(&model, &tok, &[&r]).unwrap()[0];
-    assert_eq!(s.portability.get("Same").copied(), s.efficacy);
+    let portability = ftedit::eval::easyedit::portability(&model, &tok, &[&r])
+        .unwrap()
+        .remove(0);
+    assert_eq!(portability.get("Same").copied(), s.efficacy);
     assert!(s.efficacy == Some(1.0), "{:?}", s.efficacy);
-    assert!(s.portability["Other"] < 0.5, "{:?}", s.portability);
+    assert!(portability["Other"] < 0.5, "{portability:?}");
+    let other = portability["Other"] * 100.0;
     let summary = ftedit::eval::Summary::new(&[ftedit::eval::RecordResult {
         id: "p".into(),
         suite: Suite::Zsre,
@@ -952,10 +957,157 @@ fn portability_is_the_token_accuracy_of_each_probe_set() {
         subject_nll: None,
         subject_nll_before: None,
         chat: None,
+        portability,
+        locality: None,
     }]);
     let m = &summary.metrics;
     assert_eq!(m["portability.Same"], Some(100.0));
-    let other = s.portability["Other"] * 100.0;
     assert_eq!(m["portability.Other"], Some(other));
     assert_eq!(m["portability"], Some((100.0 + other) / 2.0));
+    // Portability is scored on records of any suite (EasyEdit's CounterFact release).
+    let cf = EditRecord {
+        portability: r.portability.clone(),
+        ..record("cf")
+    };
+    let p = ftedit::eval::easyedit::portability(&model, &tok, &[&cf]).unwrap();
+    assert_eq!(p[0]["Same"], 1.0);
+}
+
+#[test]
+fn locality_compares_the_neighbours_predictions_before_and_after_the_edit() {
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..3)
+        .map(|i| {
+            let mut r = record(&i.to_string());
+            r.neighborhood.push(data::Neighbor {
+                prompt: "Carl lives in".into(),
+                // The answer is not what is compared: the predictions are.
+                target: "a place nobody knows".into(),
+                set: Some("Forgetfulness".into()),
+            });
+            r
+        })
+        .collect();
+    let opts = EvalOptions {
+        exact_match: false,
+        generation: false,
+        ..EvalOptions::default()
+    };
+    let summary = |editor: &mut dyn Editor, dir: &str, m: &mut Model| {
+        let out = OutputDir::open(temp_dir(dir), None).unwrap();
+        protocols::run(m, &tok, &recs, editor, Protocol::Batch, &opts, &out).unwrap();
+        let records = out.records().unwrap();
+        let l = records[0].locality.as_ref().unwrap();
+        assert_eq!(l.neighbours.len(), 2);
+        assert_eq!(l.neighbours[0].set, "neighborhood");
+        assert_eq!(l.neighbours[0].before.len(), l.neighbours[0].after.len());
+        ftedit::eval::Summary::new(&records).metrics
+    };
+    // Nothing edited: every prediction is kept, whatever the answers are.
+    let kept = summary(&mut NoEdit, "locality-none", &mut m);
+    assert_eq!(kept["locality"], Some(100.0));
+    assert_eq!(kept["locality.neighborhood"], Some(100.0));
+    assert_eq!(kept["locality.Forgetfulness"], Some(100.0));
+    // A scrambled model changes most of them.
+    let snapshot = m.params.snapshot();
+    let scrambled = summary(&mut Scramble, "locality-scramble", &mut m);
+    m.params.restore(&snapshot).unwrap();
+    assert!(scrambled["locality"].unwrap() < 50.0, "{scrambled:?}");
+    let sets = [
+        scrambled["locality.neighborhood"].unwrap(),
+        scrambled["locality.Forgetfulness"].unwrap(),
+    ];
+    assert!(
+        (scrambled["locality"].unwrap() - (sets[0] + sets[1]) / 2.0).abs() < 1e-9,
+        "the mean of the sets"
+    );
+}
+
+#[test]
+fn easyedit_portability_and_wikibigedit_fields_load() {
+    // zsRE dev: every record carries a one-hop question answered through the edit.
+    let zs = data::load(data("zsre/zsre_eval_dev.json"), None).unwrap();
+    assert!(zs.iter().all(|r| r.portability.len() == 1));
+    let p = &zs[0].portability[0];
+    assert_eq!(p.set, "one_hop");
+    assert!(
+        p.prompt
+            .starts_with("What type of sports event is the IAAF")
+    );
+    assert_eq!(p.target, "Athletics");
+
+    // EasyEdit's other portability fields, in a CounterFact (EasyEdit reduced) record.
+    let dir = temp_dir("easyedit-portability");
+    let file = dir.join("cf.json");
+    std::fs::write(
+        &file,
+        r#"[{"case_id": 7, "prompt": "Ann lives in", "subject": "Ann", "target_new": "Oslo",
+             "ground_truth": "Rome", "rephrase_prompt": "The home of Ann is",
+             "locality_prompt": "Bob lives in", "locality_ground_truth": "Paris",
+             "alternative_subject": ["Annie"],
+             "alter_subject_question": "Where does Annie live?",
+             "inverse question": "Who lives in Oslo?"}]"#,
+    )
+    .unwrap();
+    let r = &data::load(&file, None).unwrap()[0];
+    assert_eq!(r.suite, Suite::CounterFact);
+    let got: Vec<(&str, &str, &str)> = r
+        .portability
+        .iter()
+        .map(|p| (p.set.as_str(), p.prompt.as_str(), p.target.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("subject_replace", "Annie lives in", "Oslo"),
+            ("subject_replace", "Where does Annie live?", "Oslo"),
+            ("inverse_relation", "Who lives in Oslo?", "Ann"),
+        ]
+    );
+
+    // WikiBigEdit-style: question prompts naming the subject, lists of rephrasings and
+    // locality probes, personas, a portability object; no ground truth (zsRE-like).
+    let file = dir.join("wikibig.json");
+    std::fs::write(
+        &file,
+        r#"[{"prompt": "Who is the head coach of Ann FC?", "subject": "Ann FC",
+             "target_new": "Bo Li", "rephrase_prompt": ["Ann FC's coach is who?"],
+             "locality_prompt": ["Who wrote Hamlet?", "What is 2+2?"],
+             "locality_ground_truth": ["Shakespeare", "4"],
+             "personas": {"child": "who coaches Ann FC??"},
+             "portability": {"multi_hop": {"prompt": "Where was Ann FC's coach born?",
+                                           "ground_truth": "Wuhan"}}}]"#,
+    )
+    .unwrap();
+    let r = &data::load(&file, None).unwrap()[0];
+    assert_eq!(r.suite, Suite::Zsre);
+    assert_eq!(r.prompt, "Who is the head coach of {}?");
+    assert_eq!(r.paraphrases, ["Ann FC's coach is who?"]);
+    let n: Vec<(&str, &str)> = r
+        .neighborhood
+        .iter()
+        .map(|n| (n.prompt.as_str(), n.target.as_str()))
+        .collect();
+    assert_eq!(
+        n,
+        [("Who wrote Hamlet?", "Shakespeare"), ("What is 2+2?", "4")]
+    );
+    let sets: Vec<(&str, &str)> = r
+        .portability
+        .iter()
+        .map(|p| (p.set.as_str(), p.target.as_str()))
+        .collect();
+    assert_eq!(sets, [("multi_hop", "Wuhan"), ("personas", "Bo Li")]);
+    // Unpaired locality lists are named.
+    std::fs::write(
+        &file,
+        r#"[{"prompt": "Who coaches {}?", "subject": "Ann FC", "target_new": "Bo Li",
+             "locality_prompt": ["a", "b"], "locality_ground_truth": "c"}]"#,
+    )
+    .unwrap();
+    let err = data::load(&file, None).unwrap_err().to_string();
+    assert!(
+        err.contains("locality_ground_truth") && err.contains("2 locality prompts but 1"),
+        "{err}"
+    );
 }

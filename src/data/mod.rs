@@ -26,9 +26,15 @@ pub enum Suite {
 pub struct Neighbor {
     pub prompt: String,
     pub target: String,
+    /// The named locality sub-set it comes from (KnowEdit's `Relation_Specificity`,
+    /// `Forgetfulness`); `None` for a data set's own neighbourhood.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set: Option<String>,
 }
 
-/// A prompt of a named sub-set with its answer (KnowEdit's portability probes).
+/// A prompt of a named sub-set with its answer (portability probes: KnowEdit's sets, and
+/// EasyEdit's `one_hop`, `subject_replace` and `inverse_relation` in its CounterFact and
+/// zsRE releases).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Probe {
     /// The sub-set, e.g. `Reasoning`, `Subject_Aliasing`, `Logical_Generalization`.
@@ -112,11 +118,13 @@ pub enum Format {
     /// `rephrase_prompt`, and `locality` / `portability` objects of named sub-sets of
     /// `{prompt, ground_truth}` (strings or lists paired by position).
     KnowEdit,
-    /// One JSON object per line: `prompt` (with `{}` for the subject, or the subject
-    /// written in it verbatim), `subject`, `target_new`, and
+    /// One JSON object per line (or a JSON list of them): `prompt` (with `{}` for the
+    /// subject, or the subject written in it verbatim), `subject`, `target_new`, and
     /// optionally `id`, `target_true`, `paraphrases`, `neighborhood` (`[{prompt, target}]`),
-    /// `attribute_prompts`, `generation_prompts`. With `target_true` it is scored like
-    /// CounterFact, without like zsRE.
+    /// `attribute_prompts`, `generation_prompts`, and EasyEdit's flat fields as
+    /// WikiBigEdit writes them (`rephrase_prompt`, `locality_prompt` /
+    /// `locality_ground_truth`, `portability`, `personas`). With `target_true` it is
+    /// scored like CounterFact, without like zsRE.
     Jsonl,
 }
 
@@ -262,15 +270,17 @@ fn counterfact(f: &Fields) -> Result<EditRecord> {
         "requested_rewrite/target_true/str",
         f.str("requested_rewrite/target_true/str")?,
     )?;
+    let target_new = f.non_empty(
+        "requested_rewrite/target_new/str",
+        f.str("requested_rewrite/target_new/str")?,
+    )?;
     Ok(EditRecord {
         id: f.id("case_id")?,
         suite: Suite::CounterFact,
+        portability: easyedit_portability(f, &prompt, &subject, &target_new)?,
         prompt,
         subject,
-        target_new: f.non_empty(
-            "requested_rewrite/target_new/str",
-            f.str("requested_rewrite/target_new/str")?,
-        )?,
+        target_new,
         paraphrases: f.str_list("paraphrase_prompts", true)?,
         neighborhood: f
             .str_list("neighborhood_prompts", true)?
@@ -278,6 +288,7 @@ fn counterfact(f: &Fields) -> Result<EditRecord> {
             .map(|prompt| Neighbor {
                 prompt,
                 target: target_true.clone(),
+                set: None,
             })
             .collect(),
         target_true: Some(target_true),
@@ -285,59 +296,168 @@ fn counterfact(f: &Fields) -> Result<EditRecord> {
         generation_prompts: f.str_list("generation_prompts", false)?,
         relation_id: f.opt_str("requested_rewrite/relation_id")?,
         target_new_id: f.opt_str("requested_rewrite/target_new/id")?,
-        portability: Vec::new(),
     })
 }
 
 fn counterfact_mend(f: &Fields) -> Result<EditRecord> {
-    let subject = f.non_empty("subject", f.str("subject")?)?;
-    let filled = f.non_empty("prompt", f.str("prompt")?)?;
-    let mut neighborhood = Vec::new();
-    if let Some(prompt) = f.opt_str("locality_prompt")? {
-        neighborhood.push(Neighbor {
-            prompt,
-            target: f.str("locality_ground_truth")?,
-        });
-    }
+    let (prompt, subject) = template_and_subject(f, "prompt", "subject")?;
+    let target_new = f.non_empty("target_new", f.str("target_new")?)?;
+    let (paraphrases, neighborhood) = easyedit_flat(f)?;
     Ok(EditRecord {
         id: f.id("case_id")?,
         suite: Suite::CounterFact,
-        prompt: template(&filled, &subject),
+        portability: easyedit_portability(f, &prompt, &subject, &target_new)?,
+        prompt,
         subject,
-        target_new: f.non_empty("target_new", f.str("target_new")?)?,
-        target_true: Some(f.non_empty("ground_truth", f.str("ground_truth")?)?),
-        paraphrases: f.opt_str("rephrase_prompt")?.into_iter().collect(),
+        target_new,
+        target_true: Some(f.non_empty("ground_truth", f.first_str("ground_truth")?)?),
+        paraphrases,
         neighborhood,
         attribute_prompts: Vec::new(),
         generation_prompts: Vec::new(),
         relation_id: None,
         target_new_id: None,
-        portability: Vec::new(),
     })
+}
+
+/// A string, or each string of a list.
+fn one_or_many(f: &Fields, field: &str) -> Result<Vec<String>> {
+    match f.at(field) {
+        None => Ok(Vec::new()),
+        Some(Json::String(s)) => Ok(vec![s.clone()]),
+        Some(_) => f.str_list(field, false),
+    }
+}
+
+/// EasyEdit's flat fields (its CounterFact release, WikiBigEdit): `rephrase_prompt` (one
+/// or a list) as paraphrases, and `locality_prompt` / `locality_ground_truth` (strings
+/// or lists paired by position) as the neighbourhood.
+fn easyedit_flat(f: &Fields) -> Result<(Vec<String>, Vec<Neighbor>)> {
+    let paraphrases = one_or_many(f, "rephrase_prompt")?;
+    let prompts = one_or_many(f, "locality_prompt")?;
+    let answers = one_or_many(f, "locality_ground_truth")?;
+    if prompts.len() != answers.len() {
+        return Err(f.err(
+            "locality_ground_truth",
+            format!(
+                "{} locality prompts but {} answers",
+                prompts.len(),
+                answers.len()
+            ),
+        ));
+    }
+    let neighborhood = prompts
+        .into_iter()
+        .zip(answers)
+        .map(|(prompt, target)| Neighbor {
+            prompt,
+            target,
+            set: None,
+        })
+        .collect();
+    Ok((paraphrases, neighborhood))
+}
+
+/// Portability probes in any of EasyEdit's layouts:
+/// - a `portability` object of named sub-sets of `{prompt, ground_truth}` (KnowEdit), or
+///   one one-hop question `{"New Question", "New Answer"}` (its zsRE and CounterFact
+///   releases; set `one_hop`);
+/// - `alternative_subject` (another name of the subject, put into the rewrite prompt)
+///   and `alter_subject_question` (the edit asked with that name), both answered by the
+///   new target (set `subject_replace`);
+/// - `inverse question` (the question about the new object whose answer is the subject;
+///   set `inverse_relation`);
+/// - `personas` (WikiBigEdit: the question as other people would ask it, a list or an
+///   object of persona → question), answered by the new target (set `personas`).
+fn easyedit_portability(
+    f: &Fields,
+    template: &str,
+    subject: &str,
+    target_new: &str,
+) -> Result<Vec<Probe>> {
+    let mut out = match f.at("portability") {
+        Some(Json::Object(o)) if o.contains_key("New Question") => vec![Probe {
+            set: "one_hop".into(),
+            prompt: f.non_empty(
+                "portability/New Question",
+                f.str("portability/New Question")?,
+            )?,
+            target: f.non_empty(
+                "portability/New Answer",
+                f.first_str("portability/New Answer")?,
+            )?,
+        }],
+        _ => probe_sets(f, "portability")?,
+    };
+    let probe = |set: &str, prompt: String, target: &str| Probe {
+        set: set.into(),
+        prompt,
+        target: target.into(),
+    };
+    for alias in one_or_many(f, "alternative_subject")? {
+        if !template.contains("{}") {
+            return Err(f.err(
+                "alternative_subject",
+                "the prompt has no place for the subject to put the other name in",
+            ));
+        }
+        out.push(probe(
+            "subject_replace",
+            template.replacen("{}", &alias, 1),
+            target_new,
+        ));
+    }
+    for q in one_or_many(f, "alter_subject_question")? {
+        out.push(probe("subject_replace", q, target_new));
+    }
+    for field in ["inverse question", "inverse_question"] {
+        for q in one_or_many(f, field)? {
+            out.push(probe("inverse_relation", q, subject));
+        }
+    }
+    let personas = match f.at("personas") {
+        Some(Json::Object(o)) => o
+            .iter()
+            .map(|(k, v)| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| f.err(&format!("personas/{k}"), "not a string"))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        _ => one_or_many(f, "personas")?,
+    };
+    for q in personas {
+        out.push(probe("personas", q, target_new));
+    }
+    out.retain(|p| !p.prompt.trim().is_empty() && !p.target.trim().is_empty());
+    Ok(out)
 }
 
 fn zsre(f: &Fields) -> Result<EditRecord> {
     let subject = f.non_empty("subject", f.str("subject")?)?;
     let src = f.non_empty("src", f.str("src")?)?;
     let loc = f.str("loc")?;
+    let prompt = template(&src, &subject);
+    let target_new = f.non_empty("answers", f.first_str("answers")?)?;
     Ok(EditRecord {
         id: f.index.to_string(),
         suite: Suite::Zsre,
-        prompt: template(&src, &subject),
+        portability: easyedit_portability(f, &prompt, &subject, &target_new)?,
+        prompt,
         subject,
-        target_new: f.non_empty("answers", f.first_str("answers")?)?,
+        target_new,
         target_true: None,
         paraphrases: vec![f.non_empty("rephrase", f.str("rephrase")?)?],
         // MEMIT's zsRE specificity prompt is the NQ question with "?" appended.
         neighborhood: vec![Neighbor {
             prompt: format!("{loc}?"),
             target: f.non_empty("loc_ans", f.str("loc_ans")?)?,
+            set: None,
         }],
         attribute_prompts: Vec::new(),
         generation_prompts: Vec::new(),
         relation_id: None,
         target_new_id: None,
-        portability: Vec::new(),
     })
 }
 
@@ -419,9 +539,12 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
         .map(|p| Neighbor {
             prompt: p.prompt,
             target: p.target,
+            set: Some(p.set),
         })
         .collect();
+    let target_new = f.non_empty("target_new", f.str("target_new")?)?;
     Ok(EditRecord {
+        portability: easyedit_portability(f, &prompt, &subject, &target_new)?,
         id: f.id(if f.at("case_id").is_some() {
             "case_id"
         } else {
@@ -431,7 +554,7 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
         suite: Suite::Zsre,
         prompt,
         subject,
-        target_new: f.non_empty("target_new", f.str("target_new")?)?,
+        target_new,
         target_true: truth,
         paraphrases,
         neighborhood,
@@ -439,7 +562,6 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
         generation_prompts: Vec::new(),
         relation_id: None,
         target_new_id: None,
-        portability: probe_sets(f, "portability")?,
     })
 }
 
@@ -465,12 +587,20 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
                     target: sub
                         .str("target")
                         .map_err(|_| f.err(&field("target"), "missing or not a string"))?,
+                    set: sub.opt_str("set")?,
                 })
             })
             .collect::<Result<_>>()?,
         Some(_) => return Err(f.err("neighborhood", "not a list of {prompt, target} objects")),
     };
+    let (rephrased, localities) = easyedit_flat(f)?;
+    let mut neighborhood = neighborhood;
+    neighborhood.extend(localities);
+    let mut paraphrases = f.str_list("paraphrases", false)?;
+    paraphrases.extend(rephrased);
+    let target_new = f.non_empty("target_new", f.str("target_new")?)?;
     Ok(EditRecord {
+        portability: easyedit_portability(f, &prompt, &subject, &target_new)?,
         id: f.id("id")?,
         suite: if target_true.is_some() {
             Suite::CounterFact
@@ -479,15 +609,14 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
         },
         prompt,
         subject,
-        target_new: f.non_empty("target_new", f.str("target_new")?)?,
+        target_new,
         target_true,
-        paraphrases: f.str_list("paraphrases", false)?,
+        paraphrases,
         neighborhood,
         attribute_prompts: f.str_list("attribute_prompts", false)?,
         generation_prompts: f.str_list("generation_prompts", false)?,
         relation_id: f.opt_str("relation_id")?,
         target_new_id: f.opt_str("target_new_id")?,
-        portability: Vec::new(),
     })
 }
 
@@ -501,7 +630,11 @@ pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
         Ok(Format::CounterFact)
     } else if has("src") && has("loc") {
         Ok(Format::Zsre)
-    } else if (has("locality") || has("portability")) && has("target_new") && has("prompt") {
+    } else if has("target_new")
+        && has("prompt")
+        && !has("locality_prompt")
+        && (has("locality") || (has("portability") && has("ground_truth")))
+    {
         Ok(Format::KnowEdit)
     } else if has("ground_truth") && has("prompt") {
         Ok(Format::CounterFactMend)

@@ -10,6 +10,7 @@
 pub mod chat;
 pub mod check;
 pub mod counterfact;
+pub mod easyedit;
 pub mod generation;
 pub mod health;
 pub mod metrics;
@@ -62,6 +63,13 @@ pub struct RecordResult {
     /// The question asked through the chat template (instruct models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chat: Option<chat::ChatScores>,
+    /// EasyEdit's portability per probe set (fractions; records with probes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub portability: BTreeMap<String, f64>,
+    /// EasyEdit's locality: the neighbours' predictions after the edit, and (filled in
+    /// by the protocol, which saw the model before) the share unchanged per set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locality: Option<easyedit::Locality>,
 }
 
 /// What to measure beyond the teacher-forced scores.
@@ -143,6 +151,9 @@ pub fn evaluate(
         }
         .into_iter();
         let mut subject = check::subject_nlls(model, tok, chunk)?.into_iter();
+        let all: Vec<&EditRecord> = chunk.iter().collect();
+        let mut portability = easyedit::portability(model, tok, &all)?.into_iter();
+        let mut locality = easyedit::neighbour_argmax(model, tok, &all)?.into_iter();
         let mut chats = if opts.chat {
             chat::chat_scores(model, tok, chunk)?
                 .into_iter()
@@ -172,6 +183,8 @@ pub fn evaluate(
                 chat: chats.next().flatten(),
                 subject_nll: subject.next().flatten(),
                 subject_nll_before: None,
+                portability: portability.next().unwrap_or_default(),
+                locality: locality.next().flatten(),
             })?;
         }
     }
@@ -352,21 +365,18 @@ impl Summary {
                 "paraphrase_exact".into(),
                 exact(Suite::Zsre, |e| e.paraphrase_rate),
             );
-            // KnowEdit's portability: each sub-set over the records that have it, and
-            // their mean (EasyEdit reports both).
-            let sets: std::collections::BTreeSet<&String> =
-                zs.iter().flat_map(|s| s.portability.keys()).collect();
-            let mut means = Vec::new();
-            for set in sets {
-                let v = pct(mean(
-                    zs.iter().filter_map(|s| s.portability.get(set).copied()),
-                ));
-                means.extend(v);
-                metrics.insert(format!("portability.{set}"), v);
-            }
-            if !means.is_empty() {
-                metrics.insert("portability".into(), mean(means));
-            }
+        }
+        // EasyEdit's probe metrics, over the records of any suite that have them.
+        let portability =
+            easyedit::summarize("portability", results.iter().map(|r| &r.portability));
+        let locality = easyedit::summarize(
+            "locality",
+            results
+                .iter()
+                .filter_map(|r| r.locality.as_ref().map(|l| &l.sets)),
+        );
+        for (k, v) in portability.into_iter().chain(locality) {
+            metrics.insert(k, Some(v));
         }
         let deltas = results
             .iter()

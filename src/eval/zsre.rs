@@ -37,22 +37,24 @@ pub struct AccScores {
     pub efficacy: Option<f64>,
     pub paraphrase: Option<f64>,
     pub specificity: Option<f64>,
-    /// KnowEdit's portability: per sub-set, the mean over its probes of each probe's
-    /// token accuracy against its answer (EasyEdit's `{set}_acc`).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub portability: std::collections::BTreeMap<String, f64>,
 }
 
-struct Query {
-    input: String,
-    input_ids: Vec<u32>,
-    answer_id: u32,
+/// One teacher-forced input and the token that counts as correct after it.
+pub(crate) struct Query {
+    pub input: String,
+    pub input_ids: Vec<u32>,
+    pub answer_id: u32,
 }
 
 /// Teacher-forced inputs of `prompt` continued by `target` token by token; `gold`
 /// scores against the target's own tokens, otherwise against the re-tokenized decode
 /// of each (MEMIT's `tok(decode(t[i]))[0]`).
-fn queries(tok: &Tokenizer, prompt: &str, target: &str, gold: bool) -> Result<Vec<Query>> {
+pub(crate) fn queries(
+    tok: &Tokenizer,
+    prompt: &str,
+    target: &str,
+    gold: bool,
+) -> Result<Vec<Query>> {
     let t = tok.encode(&format!(" {target}"), false)?;
     if t.is_empty() {
         return Err(Error::Input(format!(
@@ -82,8 +84,6 @@ fn queries(tok: &Tokenizer, prompt: &str, target: &str, gold: bool) -> Result<Ve
 /// Scores many records at once.
 pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<Vec<AccScores>> {
     let mut all: Vec<[Vec<Query>; 3]> = Vec::with_capacity(records.len());
-    // Each record's portability probes: (set, its queries).
-    let mut probes: Vec<Vec<(String, Vec<Query>)>> = Vec::with_capacity(records.len());
     for r in records {
         let rewrite = queries(tok, &r.rewrite_prompt(), &r.target_new, false)?;
         let mut paraphrase = Vec::new();
@@ -95,18 +95,11 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
             specificity.extend(queries(tok, &n.prompt, &n.target, true)?);
         }
         all.push([rewrite, paraphrase, specificity]);
-        probes.push(
-            r.portability
-                .iter()
-                .map(|p| Ok((p.set.clone(), queries(tok, &p.prompt, &p.target, true)?)))
-                .collect::<Result<_>>()?,
-        );
     }
     let inputs: Vec<Vec<u32>> = all
         .iter()
         .flatten()
         .flatten()
-        .chain(probes.iter().flatten().flat_map(|(_, q)| q))
         .map(|q| q.input_ids.clone())
         .collect();
     let mut preds = predictions(model, &inputs)?.into_iter();
@@ -138,28 +131,7 @@ pub fn score(model: &Model, tok: &Tokenizer, records: &[&EditRecord]) -> Result<
             rewrite_positions: rewrite,
             paraphrase_positions: paraphrase,
             specificity_positions: specificity,
-            portability: Default::default(),
         });
-    }
-    // The probes' predictions come after every record's three groups.
-    for (scores, record_probes) in out.iter_mut().zip(probes) {
-        let mut sums: std::collections::BTreeMap<String, (f64, usize)> = Default::default();
-        for (set, qs) in record_probes {
-            // Every query takes its prediction, in order.
-            let correct: usize = qs
-                .iter()
-                .map(|q| {
-                    (preds.next().expect("one prediction per input").argmax == q.answer_id) as usize
-                })
-                .sum();
-            let e = sums.entry(set).or_default();
-            e.0 += correct as f64 / qs.len().max(1) as f64;
-            e.1 += 1;
-        }
-        scores.portability = sums
-            .into_iter()
-            .map(|(k, (s, n))| (k, s / n as f64))
-            .collect();
     }
     Ok(out)
 }

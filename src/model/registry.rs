@@ -9,7 +9,11 @@ pub const DEFAULT_MODELS: &[(&str, &str)] = &[
     ("smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
     ("gemma3", "gemma-3-270m-q4_k_m.gguf"),
     ("qwen2", "qwen2.5-coder-0.5b-instruct.gguf"),
+    ("qwen2-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf"),
 ];
+
+/// The models `./setup.sh` fetches unless `FTEDIT_MODELS` names others.
+const FETCHED_BY_DEFAULT: &[&str] = &["smollm2", "gemma3"];
 
 /// The models folder: `$FTEDIT_MODELS`, else `./models`, else the repository's `models/`.
 pub fn models_dir() -> PathBuf {
@@ -38,10 +42,10 @@ pub fn resolve(name: &str) -> Result<PathBuf> {
                 Err(Error::Input(format!(
                     "default model '{short}' is not in {} (run ./setup.sh{})",
                     models_dir().display(),
-                    if *short == "qwen2" {
-                        " with FTEDIT_MODELS=\"smollm2 gemma3 qwen2\""
+                    if FETCHED_BY_DEFAULT.contains(short) {
+                        String::new()
                     } else {
-                        ""
+                        format!(" with FTEDIT_MODELS=\"smollm2 gemma3 {short}\"")
                     }
                 )))
             }

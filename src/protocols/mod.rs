@@ -136,8 +136,21 @@ pub fn run(
         .map(|r| r.id.clone())
         .zip(crate::eval::check::subject_nlls(model, tok, records)?)
         .collect();
+    // The neighbours' predictions on the unedited model, for EasyEdit's locality.
+    let todo_refs: Vec<&EditRecord> = todo.iter().collect();
+    let locality_before: HashMap<String, Vec<Vec<u32>>> = todo
+        .iter()
+        .map(|r| r.id.clone())
+        .zip(crate::eval::easyedit::neighbour_argmax(
+            model, tok, &todo_refs,
+        )?)
+        .filter_map(|(id, l)| Some((id, l?.neighbours.into_iter().map(|n| n.after).collect())))
+        .collect();
     let mut write = |mut r: RecordResult| -> Result<()> {
         r.subject_nll_before = subject_before.get(&r.id).copied().flatten();
+        if let (Some(l), Some(before)) = (r.locality.as_mut(), locality_before.get(&r.id)) {
+            l.compare(before);
+        }
         out.append(&r)?;
         pb.inc(1);
         Ok(())

@@ -332,6 +332,7 @@ const ORDER: &[&str] = &[
     "paraphrase",
     "specificity",
     "portability",
+    "locality",
     "efficacy_exact",
     "paraphrase_exact",
     "edits",
