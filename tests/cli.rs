@@ -1209,3 +1209,124 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
         "no curve.jsonl",
     );
 }
+
+/// The dtype of every tensor in a safetensors file, read from its header.
+fn safetensors_dtypes(path: &Path) -> std::collections::BTreeSet<String> {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .map(|(_, v)| v["dtype"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn written_folders_keep_the_chat_template_generation_config_and_dtype() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("cli-folder-out");
+    let model = tiny_model_file(&dir, 64);
+    let edits = two_edits(&dir);
+    let edit = |from: &str, to: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args = vec![
+            "edit",
+            "--model",
+            from,
+            "--edits",
+            edits.to_str().unwrap(),
+            "--out",
+            to.to_str().unwrap(),
+            "--set",
+            "augment.facts=none",
+            "--set",
+            "train.layers=1..1",
+            "--set",
+            "optim.epochs=1",
+            "--no-health",
+            "--quiet",
+        ];
+        args.extend_from_slice(extra);
+        args.into_iter().map(String::from).collect()
+    };
+    // GGUF in, bf16 asked for.
+    let a = dir.join("a");
+    let (code, _, err) = ftedit(&edit(&model, &a, &["--out-dtype", "bf16"]));
+    assert_eq!(code, 0, "{err}");
+    let st = a.join("model.safetensors");
+    assert_eq!(safetensors_dtypes(&st), ["BF16".to_string()].into());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    // Without a source generation config, one from the tokenizer's BOS and EOS.
+    let generation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(a.join("generation_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(generation["eos_token_id"], config["eos_token_id"]);
+    // The weights file gets the mode every other file gets (the umask's), not 0600.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let plain = dir.join("plain.txt");
+    std::fs::write(&plain, "x").unwrap();
+    assert_eq!(mode(&st), mode(&plain));
+    assert_eq!(mode(&st), mode(&a.join("tokenizer.json")));
+    let (bf, _) = ftedit::load(&a, &LoadOptions::default()).unwrap();
+
+    // A folder with a chat template and its own generation config, edited again: the
+    // template, the generation config and the bf16 dtype (the input's) survive.
+    let template = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}{% endfor %}";
+    let tc = a.join("tokenizer_config.json");
+    let mut j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc).unwrap()).unwrap();
+    j["chat_template"] = template.into();
+    std::fs::write(&tc, j.to_string()).unwrap();
+    std::fs::write(
+        a.join("generation_config.json"),
+        r#"{"eos_token_id": [2, 3], "temperature": 0.7}"#,
+    )
+    .unwrap();
+    let b = dir.join("b");
+    let (code, _, err) = ftedit(&edit(a.to_str().unwrap(), &b, &[]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        safetensors_dtypes(&b.join("model.safetensors")),
+        ["BF16".to_string()].into()
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("chat_template.jinja")).unwrap(),
+        template
+    );
+    let (reloaded, tok) = ftedit::load(&b, &LoadOptions::default()).unwrap();
+    assert_eq!(tok.chat_template.as_deref(), Some(template));
+    let generation: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.join("generation_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(generation["temperature"], 0.7);
+    // The layers the edit did not touch hold the same bf16 values.
+    let name = "model.layers.0.self_attn.q_proj.weight";
+    assert!(
+        reloaded
+            .params
+            .get(name)
+            .unwrap()
+            .equal(&bf.params.get(name).unwrap())
+    );
+
+    // f16 on request; a .gguf output has no dtype to choose.
+    let c = dir.join("c");
+    let (code, _, err) = ftedit(&edit(&model, &c, &["--out-dtype", "f16"]));
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        safetensors_dtypes(&c.join("model.safetensors")),
+        ["F16".to_string()].into()
+    );
+    expect_failure(
+        &edit(&model, &dir.join("d.gguf"), &["--out-dtype", "bf16"]),
+        "--out-dtype is for folder output",
+    );
+    expect_failure(
+        &edit(&model, &dir.join("e"), &["--out-dtype", "fp8"]),
+        "unknown dtype 'fp8'",
+    );
+}

@@ -362,6 +362,43 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     Ok((Model::from_params(config, params, dir)?, tokenizer))
 }
 
+/// The dtype a checkpoint stores its weights in: that of most tensors of a folder's
+/// safetensors files (read from their headers), f32 for GGUF (whose quantized tensors
+/// load as f32).
+pub fn stored_dtype(path: &Path) -> Result<Kind> {
+    if !path.is_dir() {
+        return Ok(Kind::Float);
+    }
+    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    for file in safetensors_files(path)? {
+        use std::io::Read;
+        let mut f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(|e| Error::io(&file, e))?;
+        let mut header = vec![0u8; u64::from_le_bytes(n).min(100 << 20) as usize];
+        f.read_exact(&mut header).map_err(|e| Error::io(&file, e))?;
+        let j: Json = serde_json::from_slice(&header).map_err(|e| Error::Corrupt {
+            path: file.clone(),
+            reason: format!("safetensors header: {e}"),
+        })?;
+        for (name, t) in j.as_object().into_iter().flatten() {
+            let kind = match t.get("dtype").and_then(Json::as_str) {
+                _ if name == "__metadata__" => continue,
+                Some("BF16") => "bf16",
+                Some("F16") => "f16",
+                Some("F32") => "f32",
+                _ => continue,
+            };
+            *counts.entry(kind).or_default() += 1;
+        }
+    }
+    Ok(match counts.into_iter().max_by_key(|&(k, n)| (n, k)) {
+        Some(("bf16", _)) => Kind::BFloat16,
+        Some(("f16", _)) => Kind::Half,
+        _ => Kind::Float,
+    })
+}
+
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
 pub use generate::{GenerateOptions, Sampling, generate};
-pub use load::{LoadOptions, load};
+pub use load::{LoadOptions, load, stored_dtype};
 pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
 pub use params::{ParamStore, glob_match};
 

@@ -3,8 +3,9 @@
 //! - [`save_gguf`]: GGUF in, GGUF out. Every tensor the edit did not change keeps its
 //!   original bytes (and quantization); changed tensors are written in F32 (or Q8_0 if
 //!   asked) in llama.cpp's layout, so llama.cpp runs the result.
-//! - [`save_hf`]: a Hugging Face folder (`config.json`, `model.safetensors`,
-//!   `tokenizer.json`, `tokenizer_config.json`) that transformers loads.
+//! - [`save_hf`]: a Hugging Face folder (`config.json`, `generation_config.json`,
+//!   `model.safetensors` in the dtype asked for, `tokenizer.json`, `tokenizer_config.json`
+//!   and `chat_template.jinja` with the model's chat template) that transformers loads.
 //!
 //! Both write to a temporary name and rename at the end: an interrupted save never
 //! leaves a half-written model under the final name.
@@ -31,6 +32,34 @@ pub struct GgufSaveReport {
     pub changed: Vec<String>,
     /// Tensors copied byte for byte.
     pub unchanged: usize,
+}
+
+/// A tensor's values as little-endian bytes of `kind` (f32, bf16 or f16).
+fn tensor_bytes(t: &Tensor, kind: Kind) -> Result<Vec<u8>> {
+    if kind == Kind::Float {
+        return f32_bytes(t);
+    }
+    // Half-precision values reinterpreted as i16 keep their bits.
+    let bits = Vec::<i16>::try_from(
+        t.to_device(Device::Cpu)
+            .to_kind(kind)
+            .contiguous()
+            .view(-1)
+            .view_dtype(Kind::Int16),
+    )?;
+    Ok(bits.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+/// The safetensors dtype and transformers' name for a tensor kind ftedit writes.
+fn dtype_names(kind: Kind) -> Result<(safetensors::Dtype, &'static str)> {
+    match kind {
+        Kind::Float => Ok((safetensors::Dtype::F32, "float32")),
+        Kind::BFloat16 => Ok((safetensors::Dtype::BF16, "bfloat16")),
+        Kind::Half => Ok((safetensors::Dtype::F16, "float16")),
+        other => Err(Error::Input(format!(
+            "cannot write tensors as {other:?} (f32, bf16 or f16)"
+        ))),
+    }
 }
 
 fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
@@ -188,17 +217,21 @@ pub fn hf_config(config: &ArchConfig, tok: &Tokenizer) -> serde_json::Value {
     }
 }
 
-/// Writes a Hugging Face folder for `model`.
-pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path) -> Result<()> {
-    if let ArchConfig::Llama(c) = model.config()
-        && matches!(c.rope_scaling, RopeScaling::Factors(_))
-    {
-        return Err(Error::Input(
-            "this GGUF stores its rope scaling as llama.cpp's rope_freqs factors, which a \
-             transformers config.json cannot express; write a .gguf instead"
-                .into(),
-        ));
-    }
+/// How [`save_hf`] writes a folder.
+#[derive(Debug, Clone, Default)]
+pub struct HfSaveOptions {
+    /// The tensors' dtype (f32, bf16 or f16); `None`: f32.
+    pub dtype: Option<Kind>,
+    /// The checkpoint the model came from: a folder's `generation_config.json` is carried
+    /// over (otherwise one is written from the tokenizer's BOS and EOS).
+    pub source: Option<PathBuf>,
+}
+
+/// Writes a Hugging Face folder for `model`. Files are created as any other file would
+/// be (the process's umask decides their mode).
+pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions) -> Result<()> {
+    let kind = opts.dtype.unwrap_or(Kind::Float);
+    let (st_dtype, dtype_name) = dtype_names(kind)?;
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -206,23 +239,38 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path) -> Result<()> {
         let p = tmp.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
     };
+    let mut config = hf_config(model.config(), tok);
+    config["torch_dtype"] = json!(dtype_name);
     write(
         "config.json",
-        serde_json::to_string_pretty(&hf_config(model.config(), tok)).expect("json"),
+        serde_json::to_string_pretty(&config).expect("json"),
     )?;
+    let carried = opts
+        .source
+        .as_ref()
+        .map(|s| s.join("generation_config.json"))
+        .filter(|p| p.is_file());
+    let generation = match carried {
+        Some(p) => std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?,
+        None => serde_json::to_string_pretty(&json!({
+            "bos_token_id": tok.bos_id, "eos_token_id": tok.eos_id, "_from_model_config": true,
+        }))
+        .expect("json"),
+    };
+    write("generation_config.json", generation)?;
     let _g = tch::no_grad_guard();
     let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     for (name, t) in model.params.iter() {
         data.push((
             name.to_owned(),
-            f32_bytes(t)?,
+            tensor_bytes(t, kind)?,
             t.size().iter().map(|&d| d as usize).collect(),
         ));
     }
     let views = data
         .iter()
         .map(|(n, bytes, shape)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+            safetensors::tensor::TensorView::new(st_dtype, shape.clone(), bytes)
                 .map(|v| (n.as_str(), v))
                 .map_err(|e| Error::Input(format!("{n}: {e}")))
         })
@@ -231,6 +279,13 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path) -> Result<()> {
     let st = tmp.join("model.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &st)
         .map_err(|e| Error::Input(format!("{}: {e}", st.display())))?;
+    // safetensors creates its file private (0600); give it the mode the umask gives
+    // every other file of the folder.
+    let like = tmp.join("config.json");
+    let mode = std::fs::metadata(&like)
+        .map_err(|e| Error::io(&like, e))?
+        .permissions();
+    std::fs::set_permissions(&st, mode).map_err(|e| Error::io(&st, e))?;
     tok.save_hf(&tmp)?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -348,7 +348,13 @@ impl Tokenizer {
         });
         let path = dir.join("tokenizer_config.json");
         std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
-            .map_err(|e| Error::io(&path, e))
+            .map_err(|e| Error::io(&path, e))?;
+        // transformers 5 reads the template from its own file (and 4.4x writes it there).
+        if let Some(t) = &self.chat_template {
+            let path = dir.join("chat_template.jinja");
+            std::fs::write(&path, t).map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     }
 
     /// Whether model inputs get BOS prepended.

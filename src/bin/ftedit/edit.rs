@@ -30,6 +30,10 @@ pub struct EditArgs {
     /// GGUF output: store changed tensors as Q8_0 instead of F32.
     #[arg(long)]
     quantize: bool,
+    /// Folder output: the tensors' dtype, f32, bf16 or f16 (default: the input folder's
+    /// dtype; f32 for GGUF input).
+    #[arg(long)]
+    out_dtype: Option<String>,
     /// No progress bar, no table: one line.
     #[arg(long)]
     quiet: bool,
@@ -76,6 +80,13 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     if gguf_out && !is_gguf(&source) {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
+    let out_dtype = match &args.out_dtype {
+        Some(_) if gguf_out => anyhow::bail!(
+            "--out-dtype is for folder output; a .gguf keeps its tensors' types (see --quantize)"
+        ),
+        Some(name) => ftedit::runtime::parse_kind(name)?,
+        None => ftedit::model::stored_dtype(&source)?,
+    };
     let (mut model, tok) = args.model.load()?;
     phases.lap("load", start);
     let config = args.method.config("ft", &model)?;
@@ -117,8 +128,12 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
     } else {
-        save::save_hf(&model, &tok, &args.out)?;
-        serde_json::json!({"format": "safetensors"})
+        let opts = save::HfSaveOptions {
+            dtype: Some(out_dtype),
+            source: Some(source.clone()),
+        };
+        save::save_hf(&model, &tok, &args.out, &opts)?;
+        serde_json::json!({"format": "safetensors", "dtype": format!("{out_dtype:?}")})
     };
     phases.lap("save", start);
     let report = serde_json::json!({
