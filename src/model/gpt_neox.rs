@@ -15,6 +15,7 @@ use super::nn::{
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
 
 /// Hyper-parameters under their Hugging Face `config.json` names.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +92,46 @@ impl Config {
             use_parallel_residual: c.bool_or("use_parallel_residual", true),
             attention_bias: c.bool_or("attention_bias", true),
             gelu_tanh,
+        })
+    }
+
+    /// From llama.cpp's `gptneox` metadata. GGUF does not say which GELU the model
+    /// uses; Pythia's (exact) is taken. llama.cpp stores the fused QKV as all heads' q,
+    /// then k, then v; the loader puts it back per head.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let key = |k: &str| format!("gptneox.{k}");
+        let d = g.get_u64(&key("embedding_length"))? as i64;
+        let heads = g.get_u64(&key("attention.head_count"))? as i64;
+        if heads == 0 || d % heads != 0 {
+            return Err(Error::Config(format!(
+                "hidden_size {d} is not a multiple of num_attention_heads {heads}"
+            )));
+        }
+        let head_dim = d / heads;
+        Ok(Config {
+            vocab_size: g
+                .tensor_info("token_embd.weight")
+                .map_or(0, |t| t.dims[1] as i64),
+            hidden_size: d,
+            num_hidden_layers: g.get_u64(&key("block_count"))? as i64,
+            num_attention_heads: heads,
+            intermediate_size: g
+                .get_u64(&key("feed_forward_length"))
+                .map_or(4 * d, |i| i as i64),
+            max_position_embeddings: g.get_u64(&key("context_length"))? as i64,
+            layer_norm_eps: g
+                .get_f64(&key("attention.layer_norm_epsilon"))
+                .unwrap_or(1e-5),
+            rope_theta: g.get_f64(&key("rope.freq_base")).unwrap_or(10_000.0),
+            rotary_ndims: g
+                .get_u64(&key("rope.dimension_count"))
+                .map_or(head_dim / 4, |r| r as i64),
+            use_parallel_residual: !matches!(
+                g.get(&key("use_parallel_residual")),
+                Some(crate::formats::gguf::Value::Bool(false))
+            ),
+            attention_bias: g.tensor_info("blk.0.attn_qkv.bias").is_some(),
+            gelu_tanh: false,
         })
     }
 

@@ -13,6 +13,7 @@ use super::nn::{
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
 use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
 
 /// Hyper-parameters under their Hugging Face `config.json` names.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +66,37 @@ impl Config {
             rotary_dim,
             n_inner: c.opt_int("n_inner").unwrap_or(4 * n_embd),
             layer_norm_epsilon: c.float_or("layer_norm_epsilon", 1e-5),
+        })
+    }
+
+    /// From llama.cpp's `gptj` metadata. Its rotary layout (adjacent pairs) is GPT-J's
+    /// own, so no tensor is reordered.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self> {
+        let key = |k: &str| format!("gptj.{k}");
+        let n_embd = g.get_u64(&key("embedding_length"))? as i64;
+        let n_head = g.get_u64(&key("attention.head_count"))? as i64;
+        if n_head == 0 || n_embd % n_head != 0 {
+            return Err(Error::Config(format!(
+                "n_embd {n_embd} is not a multiple of n_head {n_head}"
+            )));
+        }
+        Ok(Config {
+            vocab_size: g
+                .tensor_info("token_embd.weight")
+                .map_or(0, |t| t.dims[1] as i64),
+            n_positions: g.get_u64(&key("context_length"))? as i64,
+            n_embd,
+            n_layer: g.get_u64(&key("block_count"))? as i64,
+            n_head,
+            rotary_dim: g
+                .get_u64(&key("rope.dimension_count"))
+                .map_or(n_embd / n_head, |d| d as i64),
+            n_inner: g
+                .get_u64(&key("feed_forward_length"))
+                .map_or(4 * n_embd, |d| d as i64),
+            layer_norm_epsilon: g
+                .get_f64(&key("attention.layer_norm_epsilon"))
+                .unwrap_or(1e-5),
         })
     }
 

@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 
 use super::config::token_id;
 use super::params::ParamStore;
-use super::{ArchConfig, Model, gemma3, gpt2, llama};
+use super::{ArchConfig, Model, gemma3, gpt_neox, gpt2, gptj, llama};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, TensorInfo};
 use crate::tokenizer::Tokenizer;
@@ -74,6 +74,10 @@ pub(crate) enum Fix {
     MinusOne,
     /// GPT-2 Conv1D weights are `(in, out)`.
     Transpose,
+    /// GPT-NeoX's fused QKV (weight or bias) for `n` heads: llama.cpp stores all q rows,
+    /// then all k, then all v; transformers lays them out per head (q, k, v of head 0,
+    /// then head 1, …).
+    QkvPerHead(i64),
 }
 
 /// The Hugging Face name and fix for a GGUF tensor name, per architecture.
@@ -161,8 +165,46 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
             }
             format!("transformer.h.{l}.{m}")
         }
-        // Loaded from transformers folders only: no llama.cpp names.
-        (ArchConfig::Gptj(_) | ArchConfig::GptNeox(_), _) => return None,
+        (ArchConfig::Gptj(_), Some(l)) => {
+            let m = match base {
+                "attn_norm" => "ln_1",
+                "attn_q" => "attn.q_proj",
+                "attn_k" => "attn.k_proj",
+                "attn_v" => "attn.v_proj",
+                "attn_output" => "attn.out_proj",
+                "ffn_up" => "mlp.fc_in",
+                "ffn_down" => "mlp.fc_out",
+                _ => return None,
+            };
+            format!("transformer.h.{l}.{m}")
+        }
+        (ArchConfig::Gptj(_), None) => match base {
+            "token_embd" => "transformer.wte".into(),
+            "output_norm" => "transformer.ln_f".into(),
+            "output" => "lm_head".into(),
+            _ => return None,
+        },
+        (ArchConfig::GptNeox(c), Some(l)) => {
+            let m = match base {
+                "attn_norm" => "input_layernorm",
+                "attn_qkv" => {
+                    fix = Fix::QkvPerHead(c.num_attention_heads);
+                    "attention.query_key_value"
+                }
+                "attn_output" => "attention.dense",
+                "ffn_norm" => "post_attention_layernorm",
+                "ffn_up" => "mlp.dense_h_to_4h",
+                "ffn_down" => "mlp.dense_4h_to_h",
+                _ => return None,
+            };
+            format!("gpt_neox.layers.{l}.{m}")
+        }
+        (ArchConfig::GptNeox(_), None) => match base {
+            "token_embd" => "gpt_neox.embed_in".into(),
+            "output_norm" => "gpt_neox.final_layer_norm".into(),
+            "output" => "embed_out".into(),
+            _ => return None,
+        },
         (ArchConfig::Gpt2(_), None) => match base {
             "token_embd" => "transformer.wte".into(),
             "position_embd" => "transformer.wpe".into(),
@@ -185,9 +227,22 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
     Some((format!("{hf}.{suffix}"), fix))
 }
 
+/// `t`'s rows (a `[3·heads·head_dim, …]` weight or bias) regrouped from `from` blocks
+/// of `to` blocks to `to` blocks of `from` (the swap of the two leading groupings).
+fn swap_row_groups(t: Tensor, from: i64, to: i64) -> Tensor {
+    let s = t.size();
+    let mut shape = vec![from, to, s[0] / from / to];
+    shape.extend_from_slice(&s[1..]);
+    t.reshape(shape.as_slice())
+        .transpose(0, 1)
+        .contiguous()
+        .reshape(s.as_slice())
+}
+
 /// The inverse of [`apply_fix`]: from the Hugging Face layout back to llama.cpp's.
 pub(crate) fn undo_fix(t: Tensor, fix: Fix) -> Tensor {
     match fix {
+        Fix::QkvPerHead(heads) => swap_row_groups(t, heads, 3),
         Fix::None => t,
         Fix::MinusOne => t + 1.0,
         Fix::Transpose => t.tr().contiguous(),
@@ -203,6 +258,7 @@ pub(crate) fn undo_fix(t: Tensor, fix: Fix) -> Tensor {
 
 pub(crate) fn apply_fix(t: Tensor, fix: Fix) -> Tensor {
     match fix {
+        Fix::QkvPerHead(heads) => swap_row_groups(t, 3, heads),
         Fix::None => t,
         Fix::MinusOne => t - 1.0,
         Fix::Transpose => t.tr().contiguous(),
@@ -235,6 +291,8 @@ fn load_gguf(path: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
         }
         "gemma3" => ArchConfig::Gemma3(gemma3::Config::from_gguf(&g)?),
         "gpt2" => ArchConfig::Gpt2(gpt2::Config::from_gguf(&g)?),
+        "gptj" => ArchConfig::Gptj(gptj::Config::from_gguf(&g)?),
+        "gptneox" => ArchConfig::GptNeox(gpt_neox::Config::from_gguf(&g)?),
         other => return Err(Error::UnknownArchitecture(other.into())),
     };
     let specs: HashMap<String, Vec<i64>> = config

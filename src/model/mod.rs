@@ -99,6 +99,14 @@ impl ArchConfig {
         }
     }
 
+    /// The architecture's name in GGUF's `general.architecture` (llama.cpp's).
+    pub fn gguf_name(&self) -> &'static str {
+        match self {
+            ArchConfig::GptNeox(_) => "gptneox",
+            other => other.name(),
+        }
+    }
+
     /// Every parameter with its shape, under Hugging Face names.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         match self {

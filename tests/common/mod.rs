@@ -164,12 +164,6 @@ pub fn tiny_configs() -> Vec<ArchConfig> {
     ]
 }
 
-/// Whether ftedit reads and writes the architecture as GGUF (GPT-J and GPT-NeoX load
-/// from transformers folders only).
-pub fn has_gguf(config: &ArchConfig) -> bool {
-    !matches!(config, ArchConfig::Gptj(_) | ArchConfig::GptNeox(_))
-}
-
 pub fn random_model(config: ArchConfig, kind: Kind) -> Model {
     Model::random(config, 7, 0.2, kind, test_device()).unwrap()
 }
@@ -231,6 +225,11 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("transformer.wpe.weight", "position_embd.weight"),
         ("transformer.ln_f.weight", "output_norm.weight"),
         ("transformer.ln_f.bias", "output_norm.bias"),
+        ("lm_head.bias", "output.bias"),
+        ("gpt_neox.embed_in.weight", "token_embd.weight"),
+        ("gpt_neox.final_layer_norm.weight", "output_norm.weight"),
+        ("gpt_neox.final_layer_norm.bias", "output_norm.bias"),
+        ("embed_out.weight", "output.weight"),
     ];
     let layer = [
         ("input_layernorm", "attn_norm"),
@@ -261,6 +260,16 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("ln_2", "ffn_norm"),
         ("mlp.c_fc", "ffn_up"),
         ("mlp.c_proj", "ffn_down"),
+        ("attn.q_proj", "attn_q"),
+        ("attn.k_proj", "attn_k"),
+        ("attn.v_proj", "attn_v"),
+        ("attn.out_proj", "attn_output"),
+        ("mlp.fc_in", "ffn_up"),
+        ("mlp.fc_out", "ffn_down"),
+        ("attention.query_key_value", "attn_qkv"),
+        ("attention.dense", "attn_output"),
+        ("mlp.dense_h_to_4h", "ffn_up"),
+        ("mlp.dense_4h_to_h", "ffn_down"),
     ];
     if let Some((_, g)) = global.iter().find(|(h, _)| *h == name) {
         let t = if arch == "gemma3" && name == "model.norm.weight" {
@@ -273,6 +282,7 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
     let rest = name
         .strip_prefix("model.layers.")
         .or_else(|| name.strip_prefix("transformer.h."))
+        .or_else(|| name.strip_prefix("gpt_neox.layers."))
         .unwrap();
     let (l, field) = rest.split_once('.').unwrap();
     let (base, suffix) = field.rsplit_once('.').unwrap();
@@ -292,6 +302,13 @@ fn to_gguf(arch: &str, name: &str, t: &Tensor, heads: i64, kv_heads: i64) -> (St
         ("llama", "self_attn.k_proj", "weight") => permute(t, kv_heads),
         ("gemma3", b, _) if b.ends_with("norm") => t + 1.0,
         ("gpt2", b, "weight") if !b.starts_with("ln_") => t.tr().contiguous(),
+        // llama.cpp's convert_hf_to_gguf.py: each head's [q k v] rows regrouped as all
+        // q rows, then all k, then all v (weight and bias alike).
+        ("gptneox", "attention.query_key_value", _) => {
+            let per_head = t.reshape([heads, 3, -1]);
+            Tensor::cat(&[0, 1, 2].map(|j| per_head.select(1, j).reshape([-1])), 0)
+                .reshape(t.size().as_slice())
+        }
         _ => t.shallow_clone(),
     };
     (format!("blk.{l}.{g}.{suffix}"), t)
@@ -308,7 +325,7 @@ type Meta = (Vec<(&'static str, i64)>, Vec<(&'static str, f64)>, i64, i64);
 /// Writes `model` (Hugging Face layout) as an F32 GGUF file in llama.cpp's layout,
 /// with the tiny byte-level tokenizer.
 pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
-    let arch = model.arch_name();
+    let arch = model.config().gguf_name();
     let mut w = GgufWriter::new();
     let a = |k: &str| format!("{arch}.{k}");
     w.add_metadata("general.architecture", Value::String(arch.into()));
@@ -356,8 +373,38 @@ pub fn write_gguf(model: &Model, path: &std::path::Path, context: u64) {
             c.n_head,
             c.n_head,
         ),
-        ArchConfig::Gptj(_) | ArchConfig::GptNeox(_) => {
-            panic!("{arch}: ftedit has no GGUF mapping for it (see has_gguf)")
+        ArchConfig::Gptj(c) => (
+            vec![
+                ("block_count", c.n_layer),
+                ("embedding_length", c.n_embd),
+                ("feed_forward_length", c.n_inner),
+                ("attention.head_count", c.n_head),
+                ("rope.dimension_count", c.rotary_dim),
+            ],
+            vec![("attention.layer_norm_epsilon", c.layer_norm_epsilon)],
+            c.n_head,
+            c.n_head,
+        ),
+        ArchConfig::GptNeox(c) => {
+            w.add_metadata(
+                a("use_parallel_residual"),
+                Value::Bool(c.use_parallel_residual),
+            );
+            (
+                vec![
+                    ("block_count", c.num_hidden_layers),
+                    ("embedding_length", c.hidden_size),
+                    ("feed_forward_length", c.intermediate_size),
+                    ("attention.head_count", c.num_attention_heads),
+                    ("rope.dimension_count", c.rotary_ndims),
+                ],
+                vec![
+                    ("attention.layer_norm_epsilon", c.layer_norm_eps),
+                    ("rope.freq_base", c.rope_theta),
+                ],
+                c.num_attention_heads,
+                c.num_attention_heads,
+            )
         }
     };
     for (k, v) in ints {
