@@ -96,6 +96,9 @@ pub struct EvalOptions {
     /// Ask each edit's question through the chat template ([`chat`]); needs a model
     /// with one.
     pub chat: bool,
+    /// Record the neighbours' predictions for EasyEdit's locality ([`easyedit`]); the
+    /// protocol compares them with the unedited model's.
+    pub locality: bool,
 }
 
 impl Default for EvalOptions {
@@ -111,6 +114,7 @@ impl Default for EvalOptions {
             health: None,
             curve_sample: 200,
             chat: false,
+            locality: true,
         }
     }
 }
@@ -153,7 +157,12 @@ pub fn evaluate(
         let mut subject = check::subject_nlls(model, tok, chunk)?.into_iter();
         let all: Vec<&EditRecord> = chunk.iter().collect();
         let mut portability = easyedit::portability(model, tok, &all)?.into_iter();
-        let mut locality = easyedit::neighbour_argmax(model, tok, &all)?.into_iter();
+        let mut locality = if opts.locality {
+            easyedit::neighbour_argmax(model, tok, &all)?
+        } else {
+            vec![None; chunk.len()]
+        }
+        .into_iter();
         let mut chats = if opts.chat {
             chat::chat_scores(model, tok, chunk)?
                 .into_iter()

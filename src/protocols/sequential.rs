@@ -99,6 +99,8 @@ impl<'a> Curve<'a> {
             health: None,
             curve_sample: opts.curve_sample,
             chat: false,
+            // Checkpoints have no unedited predictions to compare with.
+            locality: false,
         };
         Ok(Curve {
             path,

@@ -58,6 +58,9 @@ pub struct EvalFlags {
     /// Skip exact match (greedy generation from the rewrite and paraphrase prompts).
     #[arg(long)]
     no_exact_match: bool,
+    /// Skip EasyEdit's locality (the neighbours' predictions before and after the edit).
+    #[arg(long)]
+    no_locality: bool,
     /// Folder with MEMIT's attribute_snippets.json, idf.npy, tfidf_vocab.json (for RS).
     #[arg(long)]
     attributes: Option<PathBuf>,
@@ -113,6 +116,7 @@ impl EvalFlags {
             health: None,
             curve_sample: self.curve_sample,
             chat: false,
+            locality: !self.no_locality,
         })
     }
 
