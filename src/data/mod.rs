@@ -1,5 +1,7 @@
 //! Edit data sets: CounterFact (ROME schema and EasyEdit's reduced format), zsRE (MEND
-//! format) and plain JSONL edit requests, read into one [`EditRecord`] type.
+//! format), EasyEdit's KnowEdit, and JSONL edit requests (also EasyEdit's flat fields
+//! as WikiBigEdit writes them), read into one [`EditRecord`] type, with the portability
+//! probes of EasyEdit's releases wherever a file carries them.
 //!
 //! The format is detected from the file or named. A malformed record is an error that
 //! names the file, the record's index and the field at fault; nothing is dropped.
