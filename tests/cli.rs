@@ -1346,4 +1346,17 @@ fn written_folders_keep_the_chat_template_generation_config_and_dtype() {
         &edit(&model, &dir.join("e"), &["--out-dtype", "fp8"]),
         "unknown dtype 'fp8'",
     );
+
+    // llama.cpp's per-frequency rope factors have no config.json form: refused, nothing
+    // written.
+    let ftedit::model::ArchConfig::Llama(mut c) = tiny_llama(false) else {
+        unreachable!()
+    };
+    c.rope_scaling = ftedit::model::nn::RopeScaling::Factors(vec![1.0; (c.head_dim / 2) as usize]);
+    let scaled = random_model(ftedit::model::ArchConfig::Llama(c), Kind::Float);
+    let (_, tok) = ftedit::load(&model, &LoadOptions::default()).unwrap();
+    let to = dir.join("factors");
+    let err = ftedit::model::save::save_hf(&scaled, &tok, &to, &Default::default()).unwrap_err();
+    assert!(err.to_string().contains("rope_freqs"), "{err}");
+    assert!(!to.exists());
 }

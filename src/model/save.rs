@@ -230,6 +230,15 @@ pub struct HfSaveOptions {
 /// Writes a Hugging Face folder for `model`. Files are created as any other file would
 /// be (the process's umask decides their mode).
 pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions) -> Result<()> {
+    if let ArchConfig::Llama(c) = model.config()
+        && matches!(c.rope_scaling, RopeScaling::Factors(_))
+    {
+        return Err(Error::Input(
+            "this GGUF stores its rope scaling as llama.cpp's rope_freqs factors, which a \
+             transformers config.json cannot express; write a .gguf instead"
+                .into(),
+        ));
+    }
     let kind = opts.dtype.unwrap_or(Kind::Float);
     let (st_dtype, dtype_name) = dtype_names(kind)?;
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));

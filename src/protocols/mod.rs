@@ -138,12 +138,15 @@ pub fn run(
         .collect();
     // The neighbours' predictions on the unedited model, for EasyEdit's locality.
     let todo_refs: Vec<&EditRecord> = todo.iter().collect();
+    let unedited = if opts.locality {
+        crate::eval::easyedit::neighbour_argmax(model, tok, &todo_refs)?
+    } else {
+        Vec::new()
+    };
     let locality_before: HashMap<String, Vec<Vec<u32>>> = todo
         .iter()
         .map(|r| r.id.clone())
-        .zip(crate::eval::easyedit::neighbour_argmax(
-            model, tok, &todo_refs,
-        )?)
+        .zip(unedited)
         .filter_map(|(id, l)| Some((id, l?.neighbours.into_iter().map(|n| n.after).collect())))
         .collect();
     let mut write = |mut r: RecordResult| -> Result<()> {
