@@ -530,12 +530,7 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
     let (prompt, subject) = template_and_subject(f, "prompt", "subject")?;
     // Some KnowEdit records have an empty ground truth: the old fact is then unknown.
     let truth = Some(f.first_str("ground_truth")?).filter(|t| !t.trim().is_empty());
-    let mut paraphrases = Vec::new();
-    match f.at("rephrase_prompt") {
-        None | Some(Json::Null) => {}
-        Some(Json::String(s)) => paraphrases.push(s.clone()),
-        Some(_) => paraphrases = f.str_list("rephrase_prompt", false)?,
-    }
+    let paraphrases = one_or_many(f, "rephrase_prompt")?;
     let neighborhood = probe_sets(f, "locality")?
         .into_iter()
         .map(|p| Neighbor {
@@ -570,7 +565,7 @@ fn knowedit(f: &Fields) -> Result<EditRecord> {
 fn jsonl(f: &Fields) -> Result<EditRecord> {
     let (prompt, subject) = template_and_subject(f, "prompt", "subject")?;
     let target_true = f.opt_str("target_true")?;
-    let neighborhood = match f.at("neighborhood") {
+    let mut neighborhood: Vec<Neighbor> = match f.at("neighborhood") {
         None => Vec::new(),
         Some(Json::Array(items)) => items
             .iter()
@@ -596,7 +591,6 @@ fn jsonl(f: &Fields) -> Result<EditRecord> {
         Some(_) => return Err(f.err("neighborhood", "not a list of {prompt, target} objects")),
     };
     let (rephrased, localities) = easyedit_flat(f)?;
-    let mut neighborhood = neighborhood;
     neighborhood.extend(localities);
     let mut paraphrases = f.str_list("paraphrases", false)?;
     paraphrases.extend(rephrased);

@@ -178,12 +178,6 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
             };
             format!("transformer.h.{l}.{m}")
         }
-        (ArchConfig::Gptj(_), None) => match base {
-            "token_embd" => "transformer.wte".into(),
-            "output_norm" => "transformer.ln_f".into(),
-            "output" => "lm_head".into(),
-            _ => return None,
-        },
         (ArchConfig::GptNeox(c), Some(l)) => {
             let m = match base {
                 "attn_norm" => "input_layernorm",
@@ -205,7 +199,8 @@ pub(crate) fn hf_name(config: &ArchConfig, gguf_arch: &str, name: &str) -> Optio
             "output" => "embed_out".into(),
             _ => return None,
         },
-        (ArchConfig::Gpt2(_), None) => match base {
+        // GPT-J has no position embedding; the rest is named as GPT-2's.
+        (ArchConfig::Gpt2(_) | ArchConfig::Gptj(_), None) => match base {
             "token_embd" => "transformer.wte".into(),
             "position_embd" => "transformer.wpe".into(),
             "output_norm" => "transformer.ln_f".into(),
@@ -371,9 +366,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     let gpt2 = matches!(config, ArchConfig::Gpt2(_));
     let mut params = ParamStore::new();
     for file in &files {
-        let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
-        // SAFETY: read-only map of a file we do not modify.
-        let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))?;
+        let mmap = map(file)?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Corrupt {
             path: file.clone(),
             reason: e.to_string(),
@@ -388,16 +381,11 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
             let Some(shape) = specs.get(&name) else {
                 continue;
             };
-            let kind = match view.dtype() {
-                safetensors::Dtype::F32 => Kind::Float,
-                safetensors::Dtype::F16 => Kind::Half,
-                safetensors::Dtype::BF16 => Kind::BFloat16,
-                other => {
-                    return Err(Error::UnsupportedType {
-                        name,
-                        dtype: format!("{other:?}"),
-                    });
-                }
+            let Some(kind) = kind_of(view.dtype()) else {
+                return Err(Error::UnsupportedType {
+                    name,
+                    dtype: format!("{:?}", view.dtype()),
+                });
             };
             let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
             if &found != shape {
@@ -427,34 +415,46 @@ pub fn stored_dtype(path: &Path) -> Result<Kind> {
     if !path.is_dir() {
         return Ok(Kind::Float);
     }
-    let mut counts: HashMap<&'static str, usize> = HashMap::new();
+    let mut counts: HashMap<Kind, usize> = HashMap::new();
     for file in safetensors_files(path)? {
-        use std::io::Read;
-        let mut f = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
-        let mut n = [0u8; 8];
-        f.read_exact(&mut n).map_err(|e| Error::io(&file, e))?;
-        let mut header = vec![0u8; u64::from_le_bytes(n).min(100 << 20) as usize];
-        f.read_exact(&mut header).map_err(|e| Error::io(&file, e))?;
-        let j: Json = serde_json::from_slice(&header).map_err(|e| Error::Corrupt {
+        let mmap = map(&file)?;
+        let (_, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| Error::Corrupt {
             path: file.clone(),
-            reason: format!("safetensors header: {e}"),
+            reason: e.to_string(),
         })?;
-        for (name, t) in j.as_object().into_iter().flatten() {
-            let kind = match t.get("dtype").and_then(Json::as_str) {
-                _ if name == "__metadata__" => continue,
-                Some("BF16") => "bf16",
-                Some("F16") => "f16",
-                Some("F32") => "f32",
-                _ => continue,
-            };
-            *counts.entry(kind).or_default() += 1;
+        for info in meta.tensors().values() {
+            if let Some(kind) = kind_of(info.dtype) {
+                *counts.entry(kind).or_default() += 1;
+            }
         }
     }
-    Ok(match counts.into_iter().max_by_key(|&(k, n)| (n, k)) {
-        Some(("bf16", _)) => Kind::BFloat16,
-        Some(("f16", _)) => Kind::Half,
-        _ => Kind::Float,
-    })
+    // Ties go to f32, then f16, so a mixed folder is not narrowed.
+    let width = |k: Kind| match k {
+        Kind::Float => 2,
+        Kind::Half => 1,
+        _ => 0,
+    };
+    Ok(counts
+        .into_iter()
+        .max_by_key(|&(k, n)| (n, width(k)))
+        .map_or(Kind::Float, |(k, _)| k))
+}
+
+/// The tensor kind of a safetensors dtype ftedit reads (floating point only).
+fn kind_of(dtype: safetensors::Dtype) -> Option<Kind> {
+    match dtype {
+        safetensors::Dtype::F32 => Some(Kind::Float),
+        safetensors::Dtype::F16 => Some(Kind::Half),
+        safetensors::Dtype::BF16 => Some(Kind::BFloat16),
+        _ => None,
+    }
+}
+
+/// A read-only map of a checkpoint file.
+fn map(file: &Path) -> Result<memmap2::Mmap> {
+    let f = std::fs::File::open(file).map_err(|e| Error::io(file, e))?;
+    // SAFETY: read-only map of a file we do not modify.
+    unsafe { memmap2::Mmap::map(&f) }.map_err(|e| Error::io(file, e))
 }
 
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
