@@ -215,6 +215,7 @@ fn no_autograd_graph_below_the_lowest_trainable_layer() {
             hooks: Some(&mut hooks),
             cache: None,
             grad_from: None,
+            ..Default::default()
         };
         let logits = m.forward_with(&input, &LogitsAt::Last, extras).unwrap();
         assert!(logits.requires_grad());
@@ -244,6 +245,40 @@ fn no_autograd_graph_below_the_lowest_trainable_layer() {
     }
 }
 
+/// Observes every layer but declares layer 0 its last.
+struct SeenLayers(Vec<usize>);
+
+impl ftedit::model::LayerHooks for SeenLayers {
+    fn wants(&self, _layer: usize) -> bool {
+        true
+    }
+    fn mlp_key(&mut self, layer: usize, _key: &Tensor) {
+        self.0.push(layer);
+    }
+    fn last_layer(&self) -> Option<usize> {
+        Some(0)
+    }
+}
+
+#[test]
+fn a_pass_for_hooks_stops_at_their_last_layer() {
+    for cfg in tiny_configs() {
+        let m = random_model(cfg.clone(), Kind::Float);
+        let input = Input::right_padded(&seqs(), m.device()).unwrap();
+        let mut seen = SeenLayers(Vec::new());
+        m.run_hooks(&input, &mut seen).unwrap();
+        assert_eq!(seen.0, [0], "{}", cfg.name());
+        // Logits need every layer.
+        let mut seen = SeenLayers(Vec::new());
+        let extras = ForwardExtras {
+            hooks: Some(&mut seen),
+            stop_after: Some(0),
+            ..Default::default()
+        };
+        assert!(m.forward_with(&input, &LogitsAt::Last, extras).is_err());
+    }
+}
+
 #[test]
 fn hooks_read_keys_and_add_to_the_mlp_output() {
     for cfg in tiny_configs() {
@@ -260,10 +295,23 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
             hooks: Some(&mut capture),
             cache: None,
             grad_from: None,
+            ..Default::default()
         };
         let _ = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
         assert_eq!(capture.keys.len(), 1);
         let key = &capture.keys[0].1;
+        // A pass for the hooks alone stops at layer 1 and sees the same keys.
+        let mut early = CaptureKeys {
+            layers: vec![1],
+            keys: vec![],
+        };
+        m.run_hooks(&input, &mut early).unwrap();
+        assert_eq!(
+            max_diff(&early.keys[0].1, key),
+            0.0,
+            "{}: run_hooks",
+            cfg.name()
+        );
         let out_proj = m.params.get(&m.mlp_out_proj(1)).unwrap();
         assert_eq!(key.size()[..2], [3, 10]);
         assert!(
@@ -287,6 +335,7 @@ fn hooks_read_keys_and_add_to_the_mlp_output() {
             hooks: Some(&mut add),
             cache: None,
             grad_from: None,
+            ..Default::default()
         };
         let edited = m.forward_with(&input, &LogitsAt::All, extras).unwrap();
         let n = cfg.name();
@@ -504,6 +553,7 @@ fn prefilled_tails_give_the_logits_and_gradients_of_whole_sequences() {
             hooks: Some(&mut full_probe),
             cache: None,
             grad_from: Some(2),
+            ..Default::default()
         };
         let want = m
             .forward_with(&input, &LogitsAt::Positions(whole), extras)
@@ -535,6 +585,33 @@ fn prefilled_tails_give_the_logits_and_gradients_of_whole_sequences() {
             want_grad[0].abs().max().double_value(&[]) > 0.0,
             "{n}: no gradient"
         );
+        // Starting the tails at the probed layer (its input computed once) changes
+        // nothing either.
+        batch.start_at(&m, 1).unwrap();
+        let mut start_probe = probe((0..3).map(|r| (r * tt) as i64).collect());
+        let started = batch
+            .forward(
+                &m,
+                &LogitsAt::Positions(tail.clone()),
+                Some(&mut start_probe),
+                Some(2),
+            )
+            .unwrap();
+        let started_grad = Tensor::run_backward(
+            &[started.square().sum(Kind::Double)],
+            &[&delta],
+            false,
+            false,
+        );
+        assert!(
+            max_diff(&started, &want) < 1e-9,
+            "{n}: logits from layer 1 {}",
+            max_diff(&started, &want)
+        );
+        let g =
+            max_diff(&started_grad[0], &want_grad[0]) / want_grad[0].abs().max().double_value(&[]);
+        assert!(g < 1e-9, "{n}: gradient from layer 1 {g}");
+        batch.start_at(&m, 0).unwrap();
         // The cache is read-only: a second pass gives the same logits.
         let again = batch
             .forward(&m, &LogitsAt::Positions(tail), None, None)

@@ -203,6 +203,8 @@ pub(crate) fn contexts(model: &Model, tok: &Tokenizer, cfg: &ValueConfig) -> Res
 }
 
 /// The mean key `[records, intermediate]` of each record at `layer`, over `contexts`.
+/// Records run together, up to [`KEY_BATCH`] sequences a pass, each pass stopping at
+/// `layer`.
 pub(crate) fn mean_keys(
     model: &Model,
     tok: &Tokenizer,
@@ -211,13 +213,16 @@ pub(crate) fn mean_keys(
     contexts: &[String],
 ) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
+    let per_pass = (KEY_BATCH / contexts.len().max(1)).max(1);
     let mut means = Vec::with_capacity(records.len());
-    for rec in records {
-        let located: Vec<Located> = contexts
-            .iter()
-            .map(|c| locate(tok, c, rec, &[]))
-            .collect::<Result<_>>()?;
-        let seqs: Vec<Vec<u32>> = located.iter().map(|l| l.ids.clone()).collect();
+    for chunk in records.chunks(per_pass) {
+        let mut located = Vec::with_capacity(chunk.len() * contexts.len());
+        for rec in chunk {
+            for c in contexts {
+                located.push(locate(tok, c, rec, &[])?);
+            }
+        }
+        let seqs: Vec<&[u32]> = located.iter().map(|l| l.ids.as_slice()).collect();
         let input = Input::right_padded(&seqs, model.device())?;
         let t = input.seq_len();
         let mut capture = crate::model::CaptureKeys {
@@ -241,11 +246,16 @@ pub(crate) fn mean_keys(
         means.push(
             picked
                 .to_kind(Kind::Double)
-                .mean_dim(0, false, Kind::Double),
+                .view([chunk.len() as i64, contexts.len() as i64, width])
+                .mean_dim(1, false, Kind::Double),
         );
     }
-    Ok(Tensor::stack(&means, 0))
+    Ok(Tensor::cat(&means, 0))
 }
+
+/// Sequences per forward pass when collecting keys: big enough that the matrix products
+/// run near their peak, small enough that the activations stay well under a gigabyte.
+const KEY_BATCH: usize = 192;
 
 /// Optimises the vector added at `site` of `layer` at the subject's last token so the
 /// model states the record's target; returns `(original value, optimised value)`, both
@@ -289,6 +299,7 @@ pub(crate) fn optimize_value(
     // Nothing before the subject's last token depends on δ: those tokens run once, and
     // each step runs only what follows (from the subject's last token on).
     let mut batch = model.prefill(&seqs, &subject)?;
+    batch.start_at(model, layer)?;
     let t = batch.tails.seq_len();
     let positions: Vec<i64> = (0..seqs.len()).map(|r| (r * t) as i64).collect();
     let at = LogitsAt::Positions(at.into_iter().map(|(r, p)| (r, p - subject[r])).collect());

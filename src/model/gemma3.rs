@@ -350,19 +350,19 @@ impl Model {
 
 impl Architecture for Model {
     fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor {
-        let mut h = {
-            let _g = (ctx.grad_from > 0).then(tch::no_grad_guard);
+        let (start, mut h) = ctx.start(|| {
             let e = Tensor::embedding(&self.embed_tokens, ids, -1, false, false);
             // transformers multiplies by the scale rounded to the activation dtype.
             let scale = Tensor::from((self.config.hidden_size as f64).sqrt())
                 .to_kind(e.kind())
                 .to_device(e.device());
             e * scale
-        };
+        });
         let kind = h.kind();
         let global = self.rope_global.cos_sin(&ctx.positions, kind);
         let local = self.rope_local.cos_sin(&ctx.positions, kind);
-        for (i, block) in self.layers.iter().enumerate() {
+        let end = ctx.end(self.layers.len());
+        for (i, block) in self.layers.iter().enumerate().take(end).skip(start) {
             let _g = ctx.layer_guard(i);
             let (cos_sin, window) = if block.sliding {
                 (&local, Some(self.config.sliding_window))

@@ -150,6 +150,7 @@ pub fn generate(
             hooks: None,
             cache: Some(&mut cache),
             grad_from: None,
+            ..Default::default()
         };
         let logits = model.forward_with(&input, &LogitsAt::Last, extras)?;
         let next = choose(&logits, opts.sampling, &mut rngs)?;

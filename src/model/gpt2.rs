@@ -222,12 +222,13 @@ impl Model {
 
 impl Architecture for Model {
     fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor {
-        let mut h = {
-            let _g = (ctx.grad_from > 0).then(tch::no_grad_guard);
+        let positions = ctx.positions.shallow_clone();
+        let (start, mut h) = ctx.start(|| {
             Tensor::embedding(&self.wte, ids, -1, false, false)
-                + Tensor::embedding(&self.wpe, &ctx.positions, -1, false, false)
-        };
-        for (i, block) in self.h.iter().enumerate() {
+                + Tensor::embedding(&self.wpe, &positions, -1, false, false)
+        });
+        let end = ctx.end(self.h.len());
+        for (i, block) in self.h.iter().enumerate().take(end).skip(start) {
             let _g = ctx.layer_guard(i);
             h = block.forward(&h, i, ctx);
             h = ctx.hook_block(i, h);

@@ -305,12 +305,10 @@ impl Model {
 
 impl Architecture for Model {
     fn hidden_states(&self, ids: &Tensor, ctx: &mut Ctx) -> Tensor {
-        let mut h = {
-            let _g = (ctx.grad_from > 0).then(tch::no_grad_guard);
-            Tensor::embedding(&self.embed_in, ids, -1, false, false)
-        };
+        let (start, mut h) = ctx.start(|| Tensor::embedding(&self.embed_in, ids, -1, false, false));
         let cos_sin = self.rope.cos_sin(&ctx.positions, h.kind());
-        for (i, block) in self.layers.iter().enumerate() {
+        let end = ctx.end(self.layers.len());
+        for (i, block) in self.layers.iter().enumerate().take(end).skip(start) {
             let _g = ctx.layer_guard(i);
             h = block.forward(&h, i, &cos_sin, ctx);
             h = ctx.hook_block(i, h);

@@ -422,9 +422,36 @@ pub struct Prefilled {
     /// The tails, right-padded, with their positions and a key mask over head + tail:
     /// position `p` of row `r` is tail position `p - split[r]`.
     pub tails: Input,
+    /// The tails' input to a layer, once [`Prefilled::start_at`] ran.
+    start: Option<(usize, Tensor)>,
 }
 
 impl Prefilled {
+    /// Runs the tails through the layers below `layer` once, without autograd, so that
+    /// later passes start at `layer`: what ROME and MEMIT add inside `layer` cannot reach
+    /// those layers, and skipping them saves their share of every optimisation step.
+    pub fn start_at(&mut self, model: &Model, layer: usize) -> Result<()> {
+        if layer > model.num_layers() {
+            return Err(Error::Input(format!(
+                "start at layer {layer} of a {}-layer model",
+                model.num_layers()
+            )));
+        }
+        self.start = None;
+        if layer == 0 {
+            return Ok(());
+        }
+        let _g = tch::no_grad_guard();
+        let extras = ForwardExtras {
+            cache: self.cache.as_mut(),
+            stop_after: Some(layer - 1),
+            ..Default::default()
+        };
+        let h = model.hidden_states(&self.tails, extras)?;
+        self.start = Some((layer, h));
+        Ok(())
+    }
+
     /// Logits of the tails at `at` (tail coordinates), with hooks; `grad_from` as in
     /// [`ForwardExtras`].
     pub fn forward<'a>(
@@ -438,6 +465,8 @@ impl Prefilled {
             hooks,
             cache: self.cache.as_mut(),
             grad_from,
+            resume: self.start.as_ref().map(|(l, h)| (*l, h.shallow_clone())),
+            stop_after: None,
         };
         model.forward_with(&self.tails, at, extras)
     }
@@ -464,6 +493,13 @@ pub struct ForwardExtras<'a> {
     /// even where no parameter is trainable: ROME and MEMIT optimise a vector added
     /// inside layer `i`, not a weight.
     pub grad_from: Option<usize>,
+    /// Start at layer `i` from its input `[B, T, hidden]` instead of at the embedding
+    /// (what [`Prefilled::start_at`] keeps: layers below the one ROME and MEMIT probe do
+    /// not depend on the vector they optimise).
+    pub resume: Option<(usize, Tensor)>,
+    /// Stop after this layer: the returned hidden states are its output (only hooks that
+    /// read early layers use it; [`Model::run_hooks`] sets it from [`LayerHooks::last_layer`]).
+    pub stop_after: Option<usize>,
 }
 
 /// A loaded causal language model.
@@ -626,6 +662,11 @@ impl Model {
         extras: ForwardExtras,
     ) -> Result<Tensor> {
         let (b, t) = (input.batch_size(), input.seq_len());
+        if extras.stop_after.is_some() {
+            return Err(Error::Input(
+                "logits need every layer: stop_after is for hooks only".into(),
+            ));
+        }
         let grad_from = extras
             .grad_from
             .map_or(self.grad_from(), |g| g.min(self.grad_from()));
@@ -670,8 +711,11 @@ impl Model {
 
     /// Runs the layers only for what `hooks` record (keys, values); no logits.
     pub fn run_hooks(&self, input: &Input, hooks: &mut dyn LayerHooks) -> Result<()> {
+        // Layers after the last one the hooks read cannot change what they see.
+        let stop_after = hooks.last_layer();
         let extras = ForwardExtras {
             hooks: Some(hooks),
+            stop_after,
             ..Default::default()
         };
         self.hidden_states(input, extras).map(drop)
@@ -702,13 +746,28 @@ impl Model {
             hooks,
             cache,
             grad_from,
+            resume,
+            stop_after,
         } = extras;
+        if let Some((layer, h)) = &resume
+            && (*layer > self.num_layers()
+                || h.size()[..2] != [input.batch_size() as i64, t as i64])
+        {
+            return Err(Error::Input(format!(
+                "resume at layer {layer} of {} with hidden states {:?} for a [{}, {t}] input",
+                self.num_layers(),
+                h.size(),
+                input.batch_size()
+            )));
+        }
         let grad_from = grad_from.map_or(self.grad_from(), |g| g.min(self.grad_from()));
         let masks = nn::MaskInputs {
             key_mask: input.key_mask.as_ref().map(Tensor::shallow_clone),
             segments: input.segments.as_ref().map(Tensor::shallow_clone),
         };
         let mut ctx = Ctx::new(positions, past, masks, cache, hooks, grad_from);
+        ctx.resume = resume;
+        ctx.stop_after = stop_after;
         let _autocast = match self.precision() {
             Precision::F32 => None,
             Precision::Bf16Mixed => Some(Autocast::bf16(device)?),
@@ -797,7 +856,11 @@ impl Model {
             positions: Some(tensor(pos, t).to_device(device)),
             segments: None,
         };
-        Ok(Prefilled { cache, tails })
+        Ok(Prefilled {
+            cache,
+            tails,
+            start: None,
+        })
     }
 
     /// Log-probabilities (f64, `[vocab]`) of the token after `ids`, computed from the

@@ -497,6 +497,11 @@ impl KvCache {
 pub trait LayerHooks {
     /// Whether `layer` needs the hooks at all (skipped calls cost nothing).
     fn wants(&self, layer: usize) -> bool;
+    /// The last layer whose hooks read anything, if they only observe: a pass run for
+    /// the hooks alone ([`crate::model::Model::run_hooks`]) stops there.
+    fn last_layer(&self) -> Option<usize> {
+        None
+    }
     /// Sees the input of the MLP output projection, `[B, T, intermediate]`.
     fn mlp_key(&mut self, _layer: usize, _key: &Tensor) {}
     /// May change the output of the MLP output projection, `[B, T, hidden]`.
@@ -521,6 +526,9 @@ impl LayerHooks for CaptureKeys {
     }
     fn mlp_key(&mut self, layer: usize, key: &Tensor) {
         self.keys.push((layer, key.shallow_clone()));
+    }
+    fn last_layer(&self) -> Option<usize> {
+        self.layers.iter().copied().max()
     }
 }
 
@@ -569,6 +577,9 @@ impl LayerHooks for Probe {
     fn wants(&self, layer: usize) -> bool {
         layer == self.layer
     }
+    fn last_layer(&self) -> Option<usize> {
+        Some(self.layer)
+    }
     fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
         if self.site == Site::MlpOutput {
             self.apply(out)
@@ -604,6 +615,10 @@ pub struct Ctx<'a> {
     pub hooks: Option<&'a mut dyn LayerHooks>,
     /// First stage that needs an autograd graph: 0 = embedding, `i + 1` = layer `i`.
     pub grad_from: usize,
+    /// Start at this layer from its input instead of at the embedding.
+    pub resume: Option<(usize, Tensor)>,
+    /// The last layer to run.
+    pub stop_after: Option<usize>,
     masks: Vec<(Option<usize>, AttnMaskCached)>,
 }
 
@@ -629,8 +644,27 @@ impl<'a> Ctx<'a> {
             cache,
             hooks,
             grad_from,
+            resume: None,
+            stop_after: None,
             masks: Vec::new(),
         }
+    }
+
+    /// Where the layers start: the resumed layer and its input, or layer 0 and the
+    /// embedding `embed` computes (under no-grad where the graph starts later).
+    pub fn start(&mut self, embed: impl FnOnce() -> Tensor) -> (usize, Tensor) {
+        match self.resume.take() {
+            Some(r) => r,
+            None => {
+                let _g = (self.grad_from > 0).then(tch::no_grad_guard);
+                (0, embed())
+            }
+        }
+    }
+
+    /// How many of `n` layers run: all, or up to [`Ctx::stop_after`].
+    pub fn end(&self, n: usize) -> usize {
+        self.stop_after.map_or(n, |s| (s + 1).min(n))
     }
 
     /// The attention mask for layers with the given sliding window (built once per
