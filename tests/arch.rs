@@ -563,54 +563,34 @@ fn prefilled_tails_give_the_logits_and_gradients_of_whole_sequences() {
 
         let mut batch = m.prefill(&s, &split).unwrap();
         let tt = batch.tails.seq_len();
-        let mut tail_probe = probe((0..3).map(|r| (r * tt) as i64).collect());
-        let got = batch
-            .forward(
-                &m,
-                &LogitsAt::Positions(tail.clone()),
-                Some(&mut tail_probe),
-                Some(2),
-            )
-            .unwrap();
-        let got_grad =
-            Tensor::run_backward(&[got.square().sum(Kind::Double)], &[&delta], false, false);
-        assert!(
-            max_diff(&got, &want) < 1e-9,
-            "{n}: logits {}",
-            max_diff(&got, &want)
-        );
-        let g = max_diff(&got_grad[0], &want_grad[0]) / want_grad[0].abs().max().double_value(&[]);
-        assert!(g < 1e-9, "{n}: gradient {g}");
+        // From the tails' first layer, and from the probed layer (its input computed
+        // once by start_at): the same logits and gradient either way.
+        for start in [0, 1] {
+            batch.start_at(&m, start).unwrap();
+            let mut tail_probe = probe((0..3).map(|r| (r * tt) as i64).collect());
+            let got = batch
+                .forward(
+                    &m,
+                    &LogitsAt::Positions(tail.clone()),
+                    Some(&mut tail_probe),
+                    Some(2),
+                )
+                .unwrap();
+            let got_grad =
+                Tensor::run_backward(&[got.square().sum(Kind::Double)], &[&delta], false, false);
+            assert!(
+                max_diff(&got, &want) < 1e-9,
+                "{n}, start {start}: logits {}",
+                max_diff(&got, &want)
+            );
+            let g =
+                max_diff(&got_grad[0], &want_grad[0]) / want_grad[0].abs().max().double_value(&[]);
+            assert!(g < 1e-9, "{n}, start {start}: gradient {g}");
+        }
         assert!(
             want_grad[0].abs().max().double_value(&[]) > 0.0,
             "{n}: no gradient"
         );
-        // Starting the tails at the probed layer (its input computed once) changes
-        // nothing either.
-        batch.start_at(&m, 1).unwrap();
-        let mut start_probe = probe((0..3).map(|r| (r * tt) as i64).collect());
-        let started = batch
-            .forward(
-                &m,
-                &LogitsAt::Positions(tail.clone()),
-                Some(&mut start_probe),
-                Some(2),
-            )
-            .unwrap();
-        let started_grad = Tensor::run_backward(
-            &[started.square().sum(Kind::Double)],
-            &[&delta],
-            false,
-            false,
-        );
-        assert!(
-            max_diff(&started, &want) < 1e-9,
-            "{n}: logits from layer 1 {}",
-            max_diff(&started, &want)
-        );
-        let g =
-            max_diff(&started_grad[0], &want_grad[0]) / want_grad[0].abs().max().double_value(&[]);
-        assert!(g < 1e-9, "{n}: gradient from layer 1 {g}");
         batch.start_at(&m, 0).unwrap();
         // The cache is read-only: a second pass gives the same logits.
         let again = batch
