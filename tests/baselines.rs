@@ -234,6 +234,64 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
 }
 
 #[test]
+fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
+    let (cache, mut sets) = small_stats("memit-value-batch");
+    sets.push("cache_z=false".into());
+    // Tails of different lengths, so the joint batch is padded; two-token targets.
+    let records = [
+        eiffel(),
+        cf_edit(
+            "Danielle Darrieux",
+            "The mother tongue of {} is",
+            "English",
+            "French",
+        ),
+        cf_edit("Toko Yasuda", "{}, who plays the", "piano", "guitar"),
+        cf_edit(
+            "Autonomous University of Madrid",
+            "{}, which is located in",
+            "Sweden",
+            "Spain",
+        ),
+    ];
+    let (m0, tok) = load("smollm2");
+    let layers: Vec<String> = (0..m0.num_layers()).map(|l| m0.mlp_out_proj(l)).collect();
+    let before: Vec<Tensor> = layers
+        .iter()
+        .map(|n| m0.params.get(n).unwrap().copy())
+        .collect();
+    drop(m0);
+    let deltas = |batch: usize| -> Vec<Tensor> {
+        let mut sets = sets.clone();
+        sets.push(format!("value.batch={batch}"));
+        let (mut m, _) = load("smollm2");
+        editor("memit", &sets, &tok)
+            .edit(&mut m, &tok, &records)
+            .unwrap();
+        layers
+            .iter()
+            .zip(&before)
+            .map(|(n, b)| m.params.get(n).unwrap() - b)
+            .collect()
+    };
+    let (alone, together) = (deltas(1), deltas(4));
+    let mut edited = 0;
+    for (l, (a, t)) in alone.iter().zip(&together).enumerate() {
+        let scale = max_abs(a);
+        if scale == 0.0 {
+            assert_eq!(max_abs(t), 0.0, "layer {l} moved only in the joint run");
+            continue;
+        }
+        edited += 1;
+        // f32 rounding of the padded batch, carried through 25 Adam steps.
+        let diff = max_abs(&(a - t));
+        assert!(diff < 1e-3 * scale, "layer {l}: {diff} against {scale}");
+    }
+    assert_eq!(edited, 6, "MEMIT's llama range is six layers of SmolLM2");
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
+#[test]
 fn memit_carries_a_residual_change_through_a_post_mlp_norm() {
     tch::manual_seed(3);
     // Gemma-like gains: stored as gain − 1, one of them zero (a dead component).

@@ -2,10 +2,11 @@
 //! output projections (METHOD.md).
 //!
 //! For each edit, a target z for the residual stream after the range's last layer at the
-//! subject's last token is optimised as in ROME ([`super::rome::optimize_value`]). Then,
-//! from the lowest layer up, each layer takes its share of what is still missing,
-//! R = (z − current) / (layers left), and solves ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ with K the
-//! edits' keys at that layer ([`super::rome::memit_delta`]).
+//! subject's last token is optimised as in ROME, several edits a batch
+//! ([`super::rome::optimize_values`]). Then, from the lowest layer up, each layer takes
+//! its share of what is still missing, R = (z − current) / (layers left), and solves
+//! ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ with K the edits' keys at that layer
+//! ([`super::rome::memit_delta`]).
 //!
 //! Where the MLP output passes through a norm before it joins the residual stream
 //! (Gemma 3), R is not what the output projection must add: R is carried through the
@@ -25,7 +26,7 @@ use super::Editor;
 use super::config::layer_range;
 use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
-    memit_delta, optimize_value,
+    memit_delta, optimize_values, tail_len,
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
@@ -264,25 +265,33 @@ pub(crate) fn targets(
         None => None,
     };
     let pb = crate::progress::bar(progress, records.len(), "z");
-    let mut zs = Vec::with_capacity(records.len());
-    let mut from_cache = 0;
-    for r in records {
-        let z = match cache.as_ref().and_then(|c| c.get(r)) {
-            Some(z) => {
-                from_cache += 1;
-                z
-            }
-            None => {
-                let (_, z) = optimize_value(model, tok, r, hi, Site::BlockOutput, ctx, value)?;
-                if let Some(c) = &mut cache {
-                    c.insert(r, &z)?;
-                }
-                z
-            }
-        };
-        zs.push(z);
-        pb.inc(1);
+    let mut zs: Vec<Option<Tensor>> = records
+        .iter()
+        .map(|r| cache.as_ref().and_then(|c| c.get(r)))
+        .collect();
+    let from_cache = zs.iter().filter(|z| z.is_some()).count();
+    pb.inc(from_cache as u64);
+    // Records with tails of similar length share a batch, so little of it is padding.
+    let mut missing = Vec::new();
+    for (i, r) in records.iter().enumerate() {
+        if zs[i].is_none() {
+            missing.push((tail_len(tok, r)?, i));
+        }
     }
+    missing.sort_unstable();
+    let missing: Vec<usize> = missing.into_iter().map(|(_, i)| i).collect();
+    for chunk in missing.chunks(value.batch) {
+        let group: Vec<EditRecord> = chunk.iter().map(|&i| records[i].clone()).collect();
+        let values = optimize_values(model, tok, &group, hi, Site::BlockOutput, ctx, value)?;
+        for (&i, (_, z)) in chunk.iter().zip(values) {
+            if let Some(c) = &mut cache {
+                c.insert(&records[i], &z)?;
+            }
+            zs[i] = Some(z);
+        }
+        pb.inc(chunk.len() as u64);
+    }
+    let zs: Vec<Tensor> = zs.into_iter().map(|z| z.expect("every z made")).collect();
     if let Some(c) = &mut cache {
         c.save()?;
     }

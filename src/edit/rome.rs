@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{COptimizer, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use super::Editor;
 use super::augment;
@@ -24,7 +24,7 @@ use super::config::layer_range;
 use super::stats::{StatsOptions, second_moments};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
-use crate::model::{Input, LogitsAt, Model, Probe, Site};
+use crate::model::{Input, LogitsAt, Model, Prefilled, Probe, Site};
 use crate::tokenizer::Tokenizer;
 
 /// How v* (ROME) or z (MEMIT) is optimised (`[value]` in their recipes).
@@ -45,6 +45,15 @@ pub struct ValueConfig {
     /// `[count, tokens]` of random-prefix contexts (besides the bare prompt).
     pub contexts: Vec<[usize; 2]>,
     pub seed: u64,
+    /// Edits whose values are optimised together in one batch (MEMIT, AlphaEdit: their
+    /// values are independent of each other). ROME ignores it: each of its edits changes
+    /// the model the next one is optimised on.
+    #[serde(default = "default_value_batch")]
+    pub batch: usize,
+}
+
+fn default_value_batch() -> usize {
+    16
 }
 
 impl ValueConfig {
@@ -61,6 +70,9 @@ impl ValueConfig {
         }
         if self.kl_factor < 0.0 || self.weight_decay < 0.0 {
             return bad("value.kl_factor and value.weight_decay must not be negative".into());
+        }
+        if self.batch == 0 {
+            return bad("value.batch must be at least 1".into());
         }
         Ok(())
     }
@@ -178,6 +190,14 @@ pub(crate) fn locate(
     Ok(Located { ids, subject_last })
 }
 
+/// How many tokens of the record's bare prompt and target the value optimisation runs
+/// each step: from the subject's last token to the target's second last.
+pub(crate) fn tail_len(tok: &Tokenizer, record: &EditRecord) -> Result<usize> {
+    let target = target_ids(tok, record)?;
+    let l = locate(tok, "", record, &target[..target.len() - 1])?;
+    Ok(l.ids.len() - l.subject_last)
+}
+
 /// The target's tokens (with a leading space, as every editor scores them).
 pub(crate) fn target_ids(tok: &Tokenizer, record: &EditRecord) -> Result<Vec<u32>> {
     let ids = tok.encode(&format!(" {}", record.target_new), false)?;
@@ -269,110 +289,260 @@ pub(crate) fn optimize_value(
     contexts: &[String],
     cfg: &ValueConfig,
 ) -> Result<(Tensor, Tensor)> {
-    let target = target_ids(tok, record)?;
-    let tail = &target[..target.len() - 1];
-    let mut seqs = Vec::new();
-    let mut subject = Vec::new();
-    let mut at = Vec::new();
-    let mut labels = Vec::new();
-    for (row, c) in contexts.iter().enumerate() {
-        let l = locate(tok, c, record, tail)?;
-        let prompt_len = l.ids.len() - tail.len();
-        for (j, &t) in target.iter().enumerate() {
-            at.push((row, prompt_len - 1 + j));
-            labels.push(t as i64);
-        }
-        subject.push(l.subject_last);
-        seqs.push(l.ids);
-    }
-    // The KL prompt keeps the subject's other properties ("{subject} is a").
-    let kl_record = EditRecord {
-        prompt: "{} is a".into(),
-        ..record.clone()
-    };
-    let kl = locate(tok, "", &kl_record, &[])?;
-    let kl_row = seqs.len();
-    at.push((kl_row, kl.ids.len() - 1));
-    subject.push(kl.subject_last);
-    seqs.push(kl.ids);
-
-    // Nothing before the subject's last token depends on δ: those tokens run once, and
-    // each step runs only what follows (from the subject's last token on).
-    let mut batch = model.prefill(&seqs, &subject)?;
-    batch.start_at(model, layer)?;
-    let t = batch.tails.seq_len();
-    let positions: Vec<i64> = (0..seqs.len()).map(|r| (r * t) as i64).collect();
-    let at = LogitsAt::Positions(at.into_iter().map(|(r, p)| (r, p - subject[r])).collect());
-    let device = model.device();
-    let labels = Tensor::from_slice(&labels).to_device(device);
-    let n_tok = target.len() as f64;
-    let n_ctx = contexts.len() as f64;
-    // The graph starts at the probed layer: nothing below it depends on δ.
-    let stage = layer + 1;
-
-    // The unedited value and KL distribution.
-    let mut probe = Probe {
+    let mut out = optimize_values(
+        model,
+        tok,
+        std::slice::from_ref(record),
         layer,
         site,
-        positions,
-        delta: None,
-        seen: None,
-    };
+        contexts,
+        cfg,
+    )?;
+    Ok(out.pop().expect("one record, one value"))
+}
+
+/// [`optimize_value`] for several records in one batch: each record has its own δ, loss,
+/// Adam state and stopping point, and the sum of the losses separates by record, so every
+/// δ follows the path it would follow alone, up to the float rounding of a padded batch.
+/// Running records together amortises each step's fixed cost; records that have stopped
+/// leave the batch once a quarter of it has, so their rows cost nothing after that.
+pub(crate) fn optimize_values(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    layer: usize,
+    site: Site,
+    contexts: &[String],
+    cfg: &ValueConfig,
+) -> Result<Vec<(Tensor, Tensor)>> {
+    let device = model.device();
+    let all: Vec<usize> = (0..records.len()).collect();
+    let mut batch = ValueBatch::new(model, tok, records, &all, layer, site, contexts)?;
+
+    // The unedited values (each record's bare prompt) and KL distributions.
     let (v0, kl_init) = {
         let _g = tch::no_grad_guard();
-        let logits = batch.forward(model, &at, Some(&mut probe), None)?;
-        let v0 = probe
-            .seen
-            .take()
-            .expect("probe ran")
-            .get(0)
+        let logits = batch.forward(model, None)?;
+        let seen = batch.probe.seen.take().expect("probe ran");
+        let first_rows: Vec<i64> = (0..records.len() as i64)
+            .map(|e| e * contexts.len() as i64)
+            .collect();
+        let v0 = seen
+            .index_select(0, &Tensor::from_slice(&first_rows).to_device(device))
             .to_kind(Kind::Double);
-        let last = logits.size()[0] - 1;
         let kl_init = logits
-            .get(last)
+            .narrow(0, batch.n_labels, records.len() as i64)
             .to_kind(Kind::Float)
             .log_softmax(-1, Kind::Float);
         (v0, kl_init)
     };
-    let v0_norm = v0.norm().double_value(&[]);
-    let max_norm = cfg.clamp_norm_factor * v0_norm;
-    let delta = Tensor::zeros([v0.size()[0]], (Kind::Float, device)).set_requires_grad(true);
-    let mut opt = COptimizer::adam(cfg.lr, 0.9, 0.999, 0.0, 1e-8, false)?;
-    opt.add_parameters(&delta, 0)?;
-    for _ in 0..cfg.steps {
-        opt.zero_grad()?;
-        probe.delta = Some(delta.shallow_clone());
-        let logits = batch
-            .forward(model, &at, Some(&mut probe), Some(stage))?
-            .to_kind(Kind::Float);
-        let n = labels.size()[0];
-        let logp = logits.narrow(0, 0, n).log_softmax(-1, Kind::Float);
-        let tok_nll = -logp.gather(1, &labels.unsqueeze(1), false).squeeze_dim(1);
-        let nll = tok_nll.sum(Kind::Float) / (n_tok * n_ctx);
-        let kl_new = logits.get(n).log_softmax(-1, Kind::Float);
-        let kl = (kl_new.exp() * (&kl_new - &kl_init)).sum(Kind::Float);
-        let wd = delta.square().sum(Kind::Float) / (v0_norm * v0_norm);
-        let nll_value = nll.double_value(&[]);
-        if !nll_value.is_finite() {
-            return Err(Error::Input(format!(
-                "record {}: the value optimisation diverged (NLL {nll_value})",
-                record.id
-            )));
+    let v0_sq = v0
+        .square()
+        .sum_dim_intlist(-1, false, Kind::Double)
+        .to_kind(Kind::Float);
+    let max_norm = v0_sq.sqrt() * cfg.clamp_norm_factor;
+    // δ and Adam's moments, one row per record (libtorch's Adam, written out so that
+    // records can leave the batch without losing their state).
+    let delta = Tensor::zeros([records.len() as i64, v0.size()[1]], (Kind::Float, device));
+    let (m, v) = (delta.zeros_like(), delta.zeros_like());
+    let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+    let mut active = vec![true; records.len()];
+    for step in 0..cfg.steps {
+        let idx = Tensor::from_slice(&batch.records_idx()).to_device(device);
+        let d = delta.index_select(0, &idx).set_requires_grad(true);
+        let logits = batch.forward(model, Some(&d))?.to_kind(Kind::Float);
+        let edits = batch.records.len() as i64;
+        let logp = logits
+            .narrow(0, 0, batch.n_labels)
+            .log_softmax(-1, Kind::Float);
+        let tok_nll = -logp
+            .gather(1, &batch.labels.unsqueeze(1), false)
+            .squeeze_dim(1);
+        let nll = Tensor::zeros([edits], (Kind::Float, device)).index_add(
+            0,
+            &batch.label_record,
+            &tok_nll,
+        ) / &batch.per_record;
+        let kl_new = logits
+            .narrow(0, batch.n_labels, edits)
+            .log_softmax(-1, Kind::Float);
+        let kl = (kl_new.exp() * (&kl_new - kl_init.index_select(0, &idx))).sum_dim_intlist(
+            -1,
+            false,
+            Kind::Float,
+        );
+        let wd = d.square().sum_dim_intlist(-1, false, Kind::Float) / v0_sq.index_select(0, &idx);
+        let nll_values = Vec::<f64>::try_from(nll.to_kind(Kind::Double).detach())?;
+        let mut live = Vec::with_capacity(batch.records.len());
+        for (&r, &value) in batch.records.iter().zip(&nll_values) {
+            if !value.is_finite() {
+                return Err(Error::Input(format!(
+                    "record {}: the value optimisation diverged (NLL {value})",
+                    records[r].id
+                )));
+            }
+            // A record stops for good the first time its NLL is low enough, as alone.
+            if value < cfg.stop_nll {
+                active[r] = false;
+            }
+            live.push(active[r]);
         }
-        if nll_value < cfg.stop_nll {
+        if !live.iter().any(|&a| a) {
             break;
         }
-        let loss = nll + kl * cfg.kl_factor + wd * cfg.weight_decay;
+        let live_t = Tensor::from_slice(&live).to_device(device);
+        let loss = ((nll + kl * cfg.kl_factor + wd * cfg.weight_decay)
+            * live_t.to_kind(Kind::Float))
+        .sum(Kind::Float);
         loss.backward();
-        opt.step()?;
         let _g = tch::no_grad_guard();
-        let norm = delta.norm().double_value(&[]);
-        if norm > max_norm {
-            let _ = delta.shallow_clone().g_mul_scalar_(max_norm / norm);
+        let g = d.grad();
+        let t = (step + 1) as i32;
+        let (bc1, bc2) = (1.0 - b1.powi(t), 1.0 - b2.powi(t));
+        let m_new = m.index_select(0, &idx) * b1 + &g * (1.0 - b1);
+        let v_new = v.index_select(0, &idx) * b2 + g.square() * (1.0 - b2);
+        let denom = v_new.sqrt() / bc2.sqrt() + eps;
+        let d_new = d.detach() - &m_new / denom * (cfg.lr / bc1);
+        // ‖δ‖ is clamped row by row.
+        let norm = d_new.norm_scalaropt_dim(2, [-1], true);
+        let scale = (max_norm.index_select(0, &idx).unsqueeze(1) / norm).clamp_max(1.0);
+        let d_new = d_new * scale;
+        // Only the records still running move.
+        let local: Vec<i64> = (0..live.len() as i64)
+            .filter(|&i| live[i as usize])
+            .collect();
+        let local = Tensor::from_slice(&local).to_device(device);
+        let global = idx.index_select(0, &local);
+        for (state, new) in [(&delta, &d_new), (&m, &m_new), (&v, &v_new)] {
+            let _ = state
+                .shallow_clone()
+                .index_copy_(0, &global, &new.index_select(0, &local));
+        }
+        let running: Vec<usize> = batch
+            .records
+            .iter()
+            .copied()
+            .filter(|&r| active[r])
+            .collect();
+        if step + 1 < cfg.steps && running.len() * 4 <= batch.records.len() * 3 {
+            batch = ValueBatch::new(model, tok, records, &running, layer, site, contexts)?;
         }
     }
-    let v = &v0 + delta.detach().to_kind(Kind::Double);
-    Ok((v0, v))
+    let v = &v0 + delta.to_kind(Kind::Double);
+    Ok((0..records.len() as i64)
+        .map(|e| (v0.get(e), v.get(e)))
+        .collect())
+}
+
+/// The sequences of some records' value optimisation, prefilled up to the subject and
+/// run through the layers below the probed one: per record, its target after each
+/// context, then every record's KL prompt ("{subject} is a"), whose logits come after all
+/// the target tokens'.
+struct ValueBatch {
+    /// The records in the batch (indices into the caller's records), in row order.
+    records: Vec<usize>,
+    batch: Prefilled,
+    at: LogitsAt,
+    probe: Probe,
+    /// For every row, the record (position in `records`) whose δ it gets.
+    row_record: Tensor,
+    labels: Tensor,
+    /// For every label, the record (position in `records`) it belongs to.
+    label_record: Tensor,
+    /// Each record's NLL divisor: target tokens × contexts.
+    per_record: Tensor,
+    n_labels: i64,
+    /// The graph starts above the probed layer: nothing below it depends on δ.
+    stage: usize,
+}
+
+impl ValueBatch {
+    fn new(
+        model: &Model,
+        tok: &Tokenizer,
+        all: &[EditRecord],
+        records: &[usize],
+        layer: usize,
+        site: Site,
+        contexts: &[String],
+    ) -> Result<Self> {
+        let mut seqs = Vec::new();
+        let mut subject = Vec::new();
+        let mut at = Vec::new();
+        let mut labels = Vec::new();
+        let mut label_record = Vec::new();
+        let mut row_record = Vec::new();
+        let mut per_record = Vec::with_capacity(records.len());
+        for (e, &r) in records.iter().enumerate() {
+            let record = &all[r];
+            let target = target_ids(tok, record)?;
+            let tail = &target[..target.len() - 1];
+            for c in contexts {
+                let row = seqs.len();
+                let l = locate(tok, c, record, tail)?;
+                let prompt_len = l.ids.len() - tail.len();
+                for (j, &t) in target.iter().enumerate() {
+                    at.push((row, prompt_len - 1 + j));
+                    labels.push(t as i64);
+                    label_record.push(e as i64);
+                }
+                subject.push(l.subject_last);
+                seqs.push(l.ids);
+                row_record.push(e as i64);
+            }
+            per_record.push((target.len() * contexts.len()) as f32);
+        }
+        let n_labels = labels.len() as i64;
+        for (e, &r) in records.iter().enumerate() {
+            let kl_record = EditRecord {
+                prompt: "{} is a".into(),
+                ..all[r].clone()
+            };
+            let kl = locate(tok, "", &kl_record, &[])?;
+            at.push((seqs.len(), kl.ids.len() - 1));
+            subject.push(kl.subject_last);
+            seqs.push(kl.ids);
+            row_record.push(e as i64);
+        }
+        // Nothing before the subject's last token depends on δ: those tokens run once,
+        // and each step runs only what follows (from the subject's last token on).
+        let mut batch = model.prefill(&seqs, &subject)?;
+        batch.start_at(model, layer)?;
+        let t = batch.tails.seq_len();
+        let device = model.device();
+        let tensor = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+        Ok(ValueBatch {
+            records: records.to_vec(),
+            batch,
+            at: LogitsAt::Positions(at.into_iter().map(|(r, p)| (r, p - subject[r])).collect()),
+            probe: Probe {
+                layer,
+                site,
+                positions: (0..seqs.len()).map(|r| (r * t) as i64).collect(),
+                delta: None,
+                seen: None,
+            },
+            row_record: tensor(&row_record),
+            labels: tensor(&labels),
+            label_record: tensor(&label_record),
+            per_record: Tensor::from_slice(&per_record).to_device(device),
+            n_labels,
+            stage: layer + 1,
+        })
+    }
+
+    fn records_idx(&self) -> Vec<i64> {
+        self.records.iter().map(|&r| r as i64).collect()
+    }
+
+    /// The logits at the labels' and the KL prompts' positions with `delta` (`[records,
+    /// hidden]`, or none: a read without autograd) added at the subject.
+    fn forward(&mut self, model: &Model, delta: Option<&Tensor>) -> Result<Tensor> {
+        self.probe.delta = delta.map(|d| d.index_select(0, &self.row_record));
+        let grad_from = delta.map(|_| self.stage);
+        self.batch
+            .forward(model, &self.at, Some(&mut self.probe), grad_from)
+    }
 }
 
 /// ROME's closed form: ΔW `[out, in]` = (v − W k)(C⁻¹k)ᵀ / ((C⁻¹k)ᵀ k), so that
