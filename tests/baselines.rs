@@ -291,6 +291,87 @@ fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
+/// Every MLP output projection's change since `before`.
+fn out_proj_changes(m: &ftedit::Model, before: &[Tensor]) -> Vec<Tensor> {
+    (0..m.num_layers())
+        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap() - &before[l])
+        .collect()
+}
+
+/// The largest difference between two sets of changes, against the largest change.
+fn relative_gap(a: &[Tensor], b: &[Tensor]) -> f64 {
+    let scale = a.iter().map(max_abs).fold(0.0, f64::max);
+    assert!(scale > 0.0, "nothing was edited");
+    let gap = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| max_abs(&(x - y)))
+        .fold(0.0, f64::max);
+    gap / scale
+}
+
+fn values_ahead(editor: &dyn Editor) -> Vec<u64> {
+    editor.report().unwrap()["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["values_from_cache"].as_u64().unwrap())
+        .collect()
+}
+
+#[test]
+fn rome_values_prepared_together_equal_one_edit_at_a_time_and_go_stale_with_the_weights() {
+    let (cache, mut stats) = small_stats("rome-prepare");
+    // Fewer value steps keep the test short; the paths are the same.
+    stats.push("value.steps=8".into());
+    let records = [
+        eiffel(),
+        cf_edit(
+            "Danielle Darrieux",
+            "The mother tongue of {} is",
+            "English",
+            "French",
+        ),
+        cf_edit("Toko Yasuda", "{}, who plays the", "piano", "guitar"),
+    ];
+    let (mut m, tok) = load("smollm2");
+    let snapshot = m.params.snapshot();
+    let before: Vec<Tensor> = (0..m.num_layers())
+        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap().copy())
+        .collect();
+    let mut alone = editor("rome", &stats, &tok);
+    let mut ahead = editor("rome", &stats, &tok);
+    ahead.prepare(&m, &tok, &records).unwrap();
+    // The single protocol: every edit from the unedited model.
+    for r in &records {
+        alone.edit(&mut m, &tok, std::slice::from_ref(r)).unwrap();
+        let a = out_proj_changes(&m, &before);
+        m.params.restore(&snapshot).unwrap();
+        ahead.edit(&mut m, &tok, std::slice::from_ref(r)).unwrap();
+        let b = out_proj_changes(&m, &before);
+        m.params.restore(&snapshot).unwrap();
+        // f32 rounding of the padded batch, carried through the Adam steps.
+        let gap = relative_gap(&a, &b);
+        assert!(gap < 1e-3, "record {}: {gap}", r.id);
+    }
+    assert_eq!(values_ahead(alone.as_ref()), [0, 0, 0]);
+    assert_eq!(values_ahead(ahead.as_ref()), [1, 1, 1]);
+
+    // Edits that follow one another: the second starts from the first's model, so the
+    // values prepared on the unedited one must not be used.
+    let mut ahead = editor("rome", &stats, &tok);
+    ahead.prepare(&m, &tok, &records[..2]).unwrap();
+    ahead.edit(&mut m, &tok, &records[..1]).unwrap();
+    ahead.edit(&mut m, &tok, &records[1..2]).unwrap();
+    let b = out_proj_changes(&m, &before);
+    m.params.restore(&snapshot).unwrap();
+    alone.edit(&mut m, &tok, &records[..2]).unwrap();
+    let a = out_proj_changes(&m, &before);
+    assert!(relative_gap(&a, &b) < 1e-3);
+    assert_eq!(values_ahead(ahead.as_ref()), [1, 0]);
+    let _ = std::fs::remove_dir_all(&cache);
+}
+
 #[test]
 fn memit_carries_a_residual_change_through_a_post_mlp_norm() {
     tch::manual_seed(3);

@@ -3,7 +3,7 @@
 //!
 //! For each edit, a target z for the residual stream after the range's last layer at the
 //! subject's last token is optimised as in ROME, several edits a batch
-//! ([`super::rome::optimize_values`]). Then, from the lowest layer up, each layer takes
+//! ([`super::rome::values_in_batches`]). Then, from the lowest layer up, each layer takes
 //! its share of what is still missing, R = (z − current) / (layers left), and solves
 //! ΔW = R Kᵀ (λC + K Kᵀ)⁻¹ with K the edits' keys at that layer
 //! ([`super::rome::memit_delta`]).
@@ -26,7 +26,7 @@ use super::Editor;
 use super::config::layer_range;
 use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
-    memit_delta, optimize_values, tail_len,
+    memit_delta, record_key, values_in_batches,
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
@@ -207,22 +207,16 @@ impl ZCache {
         })
     }
 
-    fn key(r: &EditRecord) -> String {
-        let mut h = DefaultHasher::new();
-        (&r.prompt, &r.subject, &r.target_new).hash(&mut h);
-        format!("r{:016x}", h.finish())
-    }
-
     fn get(&self, r: &EditRecord) -> Option<Tensor> {
         self.entries
-            .get(&Self::key(r))
+            .get(&record_key(r))
             .map(|z| z.to_device(self.device))
     }
 
     /// Adds `z`, saving every 16 new entries so a killed run keeps most of its work.
     fn insert(&mut self, r: &EditRecord, z: &Tensor) -> Result<()> {
         self.entries
-            .insert(Self::key(r), z.to_device(tch::Device::Cpu));
+            .insert(record_key(r), z.to_device(tch::Device::Cpu));
         self.unsaved += 1;
         if self.unsaved >= 16 {
             self.save()?;
@@ -271,26 +265,18 @@ pub(crate) fn targets(
         .collect();
     let from_cache = zs.iter().filter(|z| z.is_some()).count();
     pb.inc(from_cache as u64);
-    // Records with tails of similar length share a batch, so little of it is padding.
-    let mut missing = Vec::new();
-    for (i, r) in records.iter().enumerate() {
-        if zs[i].is_none() {
-            missing.push((tail_len(tok, r)?, i));
+    let missing: Vec<usize> = (0..records.len()).filter(|&i| zs[i].is_none()).collect();
+    let todo: Vec<EditRecord> = missing.iter().map(|&i| records[i].clone()).collect();
+    let site = Site::BlockOutput;
+    values_in_batches(model, tok, &todo, hi, site, ctx, value, |j, z| {
+        let i = missing[j];
+        if let Some(c) = &mut cache {
+            c.insert(&records[i], &z)?;
         }
-    }
-    missing.sort_unstable();
-    let missing: Vec<usize> = missing.into_iter().map(|(_, i)| i).collect();
-    for chunk in missing.chunks(value.batch) {
-        let group: Vec<EditRecord> = chunk.iter().map(|&i| records[i].clone()).collect();
-        let values = optimize_values(model, tok, &group, hi, Site::BlockOutput, ctx, value)?;
-        for (&i, (_, z)) in chunk.iter().zip(values) {
-            if let Some(c) = &mut cache {
-                c.insert(&records[i], &z)?;
-            }
-            zs[i] = Some(z);
-        }
-        pb.inc(chunk.len() as u64);
-    }
+        zs[i] = Some(z);
+        pb.inc(1);
+        Ok(())
+    })?;
     let zs: Vec<Tensor> = zs.into_iter().map(|z| z.expect("every z made")).collect();
     if let Some(c) = &mut cache {
         c.save()?;

@@ -35,6 +35,13 @@ pub trait Editor {
     fn changes_weights(&self) -> bool {
         true
     }
+    /// Told that the next `edit` calls get `records` one at a time, each on the model as
+    /// it is now (the single protocol restores the weights after every edit), so that an
+    /// editor can do their independent work together (ROME optimises their values in
+    /// batches). Nothing by default.
+    fn prepare(&mut self, _model: &Model, _tok: &Tokenizer, _records: &[EditRecord]) -> Result<()> {
+        Ok(())
+    }
     /// Applies the edits of `records` to `model`, in place.
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
     /// What the edits so far did (training curves, timings), for the run's report.

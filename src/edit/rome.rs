@@ -12,6 +12,8 @@
 //! The pieces (keys, value optimisation, closed forms) are shared with MEMIT
 //! ([`super::memit`]).
 
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -45,9 +47,10 @@ pub struct ValueConfig {
     /// `[count, tokens]` of random-prefix contexts (besides the bare prompt).
     pub contexts: Vec<[usize; 2]>,
     pub seed: u64,
-    /// Edits whose values are optimised together in one batch (MEMIT, AlphaEdit: their
-    /// values are independent of each other). ROME ignores it: each of its edits changes
-    /// the model the next one is optimised on.
+    /// Edits whose values are optimised together in one batch: MEMIT's and AlphaEdit's
+    /// are independent of each other; ROME's only where each edit starts from the same
+    /// model (the single protocol, [`Editor::prepare`]), not when its edits follow one
+    /// another.
     #[serde(default = "default_value_batch")]
     pub batch: usize,
 }
@@ -276,6 +279,56 @@ pub(crate) fn mean_keys(
 /// Sequences per forward pass when collecting keys: big enough that the matrix products
 /// run near their peak, small enough that the activations stay well under a gigabyte.
 const KEY_BATCH: usize = 192;
+
+/// Logit entries (positions × vocabulary) one batch of value optimisations may hold: a
+/// few hundred megabytes of f32 with their log-softmax and gradients.
+const VALUE_LOGITS: usize = 48 << 20;
+
+/// The values of all `records` ([`optimize_values`]), up to `cfg.batch` records a batch
+/// (fewer where their logits would pass [`VALUE_LOGITS`]), records of similar tail length
+/// together so little of a batch is padding; `done(i, v)` gets record `i`'s optimised
+/// value as soon as its batch is through.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn values_in_batches(
+    model: &Model,
+    tok: &Tokenizer,
+    records: &[EditRecord],
+    layer: usize,
+    site: Site,
+    contexts: &[String],
+    cfg: &ValueConfig,
+    mut done: impl FnMut(usize, Tensor) -> Result<()>,
+) -> Result<()> {
+    let mut order = Vec::with_capacity(records.len());
+    for (i, r) in records.iter().enumerate() {
+        order.push((tail_len(tok, r)?, target_ids(tok, r)?.len(), i));
+    }
+    order.sort_unstable();
+    let vocab = model.config().vocab_size().max(1) as usize;
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        let mut logits = 0;
+        while end < order.len() && end - start < cfg.batch {
+            let per_record = (order[end].1 * contexts.len() + 1) * vocab;
+            if end > start && logits + per_record > VALUE_LOGITS {
+                break;
+            }
+            logits += per_record;
+            end += 1;
+        }
+        let group: Vec<EditRecord> = order[start..end]
+            .iter()
+            .map(|&(_, _, i)| records[i].clone())
+            .collect();
+        let values = optimize_values(model, tok, &group, layer, site, contexts, cfg)?;
+        for (&(_, _, i), (_, v)) in order[start..end].iter().zip(values) {
+            done(i, v)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
 
 /// Optimises the vector added at `site` of `layer` at the subject's last token so the
 /// model states the record's target; returns `(original value, optimised value)`, both
@@ -609,7 +662,8 @@ pub struct LocateReport {
     pub stats_seconds: f64,
     pub edit_seconds: f64,
     pub seconds_per_edit: f64,
-    /// Values read from the cache instead of optimised (MEMIT's `cache_z`).
+    /// Values read from the cache instead of optimised (MEMIT's `cache_z`), or optimised
+    /// ahead with other records' (ROME under the single protocol).
     #[serde(default)]
     pub values_from_cache: usize,
     pub value: ValueConfig,
@@ -690,6 +744,7 @@ pub struct RomeEditor {
     pub progress: bool,
     prepared: Prepared,
     reports: Vec<LocateReport>,
+    ahead: Ahead,
 }
 
 impl RomeEditor {
@@ -699,13 +754,67 @@ impl RomeEditor {
             progress: false,
             prepared: Prepared::default(),
             reports: Vec::new(),
+            ahead: Ahead::default(),
         }
     }
+}
+
+/// Keys and values of records computed together by [`Editor::prepare`], each used by
+/// the one-record edit of its record while the edited matrix is still the one they were
+/// computed on (the single protocol restores it after every edit).
+#[derive(Default)]
+struct Ahead {
+    /// The hash of the edited matrix they were computed on.
+    weights: u64,
+    /// Each record's (k*, v*) by [`record_key`].
+    entries: HashMap<String, (Tensor, Tensor)>,
+    /// The preparation's time, per record, charged to each record's edit.
+    seconds: f64,
+    /// Key statistics time spent while preparing, charged to the first edit.
+    stats_seconds: f64,
+}
+
+/// A record's identity for caches: its prompt, subject and new target.
+pub(crate) fn record_key(r: &EditRecord) -> String {
+    let mut h = DefaultHasher::new();
+    (&r.prompt, &r.subject, &r.target_new).hash(&mut h);
+    format!("r{:016x}", h.finish())
 }
 
 impl Editor for RomeEditor {
     fn name(&self) -> &str {
         "rome"
+    }
+
+    fn prepare(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
+        self.ahead = Ahead::default();
+        if records.len() < 2 || self.config.value.batch < 2 {
+            return Ok(());
+        }
+        let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
+        let cfg = &self.config;
+        let stats_seconds =
+            self.prepared
+                .ensure(model, tok, &[layer], &cfg.value, &cfg.stats, self.progress)?;
+        let (_, ctx) = self.prepared.get();
+        let t = Instant::now();
+        let keys = mean_keys(model, tok, records, layer, ctx)?;
+        let mut entries = HashMap::with_capacity(records.len());
+        let pb = crate::progress::bar(self.progress, records.len(), "rome values");
+        let site = Site::MlpOutput;
+        values_in_batches(model, tok, records, layer, site, ctx, &cfg.value, |i, v| {
+            entries.insert(record_key(&records[i]), (keys.get(i as i64), v));
+            pb.inc(1);
+            Ok(())
+        })?;
+        pb.finish_and_clear();
+        self.ahead = Ahead {
+            weights: model.params.value_hash(&model.mlp_out_proj(layer))?,
+            entries,
+            seconds: t.elapsed().as_secs_f64() / records.len() as f64,
+            stats_seconds,
+        };
+        Ok(())
     }
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
@@ -717,12 +826,33 @@ impl Editor for RomeEditor {
         let stats_seconds =
             self.prepared
                 .ensure(model, tok, &[layer], &cfg.value, &cfg.stats, self.progress)?;
+        let stats_seconds = stats_seconds + std::mem::take(&mut self.ahead.stats_seconds);
         let (mom2, ctx) = self.prepared.get();
         let t1 = Instant::now();
+        let (mut charged, mut used) = (0.0, 0);
         let pb = crate::progress::bar(self.progress && records.len() > 1, records.len(), "rome");
         for rec in records {
-            let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
-            let (_, v) = optimize_value(model, tok, rec, layer, Site::MlpOutput, ctx, &cfg.value)?;
+            let ahead = if records.len() == 1 && !self.ahead.entries.is_empty() {
+                let current = model.params.value_hash(&model.mlp_out_proj(layer))?;
+                (current == self.ahead.weights)
+                    .then(|| self.ahead.entries.remove(&record_key(rec)))
+                    .flatten()
+            } else {
+                None
+            };
+            let (k, v) = match ahead {
+                Some(kv) => {
+                    charged += self.ahead.seconds;
+                    used += 1;
+                    kv
+                }
+                None => {
+                    let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
+                    let site = Site::MlpOutput;
+                    let (_, v) = optimize_value(model, tok, rec, layer, site, ctx, &cfg.value)?;
+                    (k, v)
+                }
+            };
             let w = out_proj(model, layer)?;
             add_to_out_proj(model, layer, &rome_delta(&w, &mom2[0], &k, &v))?;
             pb.inc(1);
@@ -733,10 +863,14 @@ impl Editor for RomeEditor {
             vec![layer],
             records.len(),
             stats_seconds,
-            t1.elapsed().as_secs_f64(),
+            t1.elapsed().as_secs_f64() + charged,
             &cfg.value,
             ctx,
         );
+        let report = LocateReport {
+            values_from_cache: used,
+            ..report
+        };
         self.reports.push(report);
         Ok(())
     }

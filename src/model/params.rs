@@ -180,6 +180,14 @@ impl ParamStore {
         Ok(h.finish())
     }
 
+    /// A hash of one parameter's values.
+    pub fn value_hash(&self, name: &str) -> Result<u64> {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        hash_values(&self.get(name)?, &mut h)?;
+        Ok(h.finish())
+    }
+
     /// A hash of each parameter's values, in store order: comparing two lists tells
     /// which parameters changed (a sequential run's checkpoint keeps only those).
     pub fn value_hashes(&self) -> Result<Vec<u64>> {

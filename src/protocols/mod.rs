@@ -205,6 +205,7 @@ pub fn run(
             } else {
                 out.train_runs()?
             };
+            editing.prepare(model, tok, &todo)?;
             for r in &todo {
                 editing.edit(model, tok, std::slice::from_ref(r))?;
                 let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
@@ -329,6 +330,13 @@ struct Editing<'a> {
 }
 
 impl Editing<'_> {
+    fn prepare(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
+        let t = Instant::now();
+        let r = self.editor.prepare(model, tok, records);
+        self.seconds += t.elapsed().as_secs_f64();
+        r
+    }
+
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, batch: &[EditRecord]) -> Result<()> {
         let t = Instant::now();
         let r = self.editor.edit(model, tok, batch);
