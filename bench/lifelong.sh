@@ -2,7 +2,8 @@
 # Lifelong editing (issue 14): the same edits applied in sequential batches by the
 # paper's recipe, LocFT-BF, AlphaEdit, MEMIT and ROME, each run's curve (metrics, the
 # first batch's, perplexity and known facts at every checkpoint) in curve.jsonl, the same
-# edits as one mass edit by the paper's recipe beside them, and one plot per data set.
+# edits as one mass edit by the paper's recipe and by MEMIT beside them, and one plot per
+# data set.
 #
 #   bench/lifelong.sh [model] [dataset] [edits] [batch]
 #
@@ -46,12 +47,15 @@ for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
     --protocol sequential --batch-size "$B" --eval-every 1 --generation-n 50 \
     --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$dir" > /dev/null
 done
-mass="$OUT/$DATASET-0-ft-mass"
-if [[ "0-ft-mass" =~ ${ONLY:-.} ]] && [ ! -f "$mass/summary.json" ]; then
-  echo "== $DATASET ft, all $N edits at once"
-  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method ft --protocol batch \
+# The same edits all at once, by the paper's recipe and by MEMIT.
+for method in ft memit; do
+  run="0-$method-mass"
+  mass="$OUT/$DATASET-$run"
+  [[ "$run" =~ ${ONLY:-.} ]] && [ ! -f "$mass/summary.json" ] || continue
+  echo "== $DATASET $method, all $N edits at once"
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method "$method" --protocol batch \
     --generation-n 50 --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$mass" > /dev/null
-fi
+done
 runs=()
 for d in "$OUT/$DATASET"-*; do [ -f "$d/summary.json" ] && runs+=("$d"); done
 [ ${#runs[@]} -gt 0 ] && "$FTEDIT" report plot "${runs[@]}" --out "$OUT/$DATASET.svg" \
