@@ -607,6 +607,26 @@ fn prefilled_tails_give_the_logits_and_gradients_of_whole_sequences() {
             )
             .unwrap();
         assert!(max_diff(&again, &plain) < 1e-9, "{n}: second pass");
+        // Some rows, in another order, taken out of the batch (a value optimisation
+        // dropping the records that stopped), its layer-1 input included: their logits.
+        batch.start_at(&m, 1).unwrap();
+        let rows = [2usize, 0];
+        let mut picked = batch.select_rows(&rows).unwrap();
+        let at = |tail: bool| -> Vec<(usize, usize)> {
+            rows.iter()
+                .enumerate()
+                .flat_map(|(i, &r)| {
+                    (split[r]..s[r].len())
+                        .map(move |p| if tail { (i, p - split[r]) } else { (r, p) })
+                })
+                .collect()
+        };
+        let got = picked
+            .forward(&m, &LogitsAt::Positions(at(true)), None, None)
+            .unwrap();
+        let want = m.forward(&input, &LogitsAt::Positions(at(false))).unwrap();
+        assert!(max_diff(&got, &want) < 1e-9, "{n}: selected rows");
+        assert!(batch.select_rows(&[3]).is_err());
     }
 }
 

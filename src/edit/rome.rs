@@ -358,7 +358,8 @@ pub(crate) fn optimize_value(
 /// Adam state and stopping point, and the sum of the losses separates by record, so every
 /// δ follows the path it would follow alone, up to the float rounding of a padded batch.
 /// Running records together amortises each step's fixed cost; records that have stopped
-/// leave the batch once a quarter of it has, so their rows cost nothing after that.
+/// leave the batch (their rows taken out of the prefilled batch), so they cost nothing
+/// after that.
 pub(crate) fn optimize_values(
     model: &Model,
     tok: &Tokenizer,
@@ -477,8 +478,8 @@ pub(crate) fn optimize_values(
             .copied()
             .filter(|&r| active[r])
             .collect();
-        if step + 1 < cfg.steps && running.len() * 4 <= batch.records.len() * 3 {
-            batch = ValueBatch::new(model, tok, records, &running, layer, site, contexts)?;
+        if step + 1 < cfg.steps && running.len() < batch.records.len() {
+            batch = batch.keep(model, tok, records, &running, contexts)?;
         }
     }
     let v = &v0 + delta.to_kind(Kind::Double);
@@ -509,6 +510,68 @@ struct ValueBatch {
     stage: usize,
 }
 
+/// A value batch's sequences before they run: per record its target after each context,
+/// then every record's KL prompt.
+struct Layout {
+    seqs: Vec<Vec<u32>>,
+    subject: Vec<usize>,
+    at: Vec<(usize, usize)>,
+    labels: Vec<i64>,
+    label_record: Vec<i64>,
+    row_record: Vec<i64>,
+    per_record: Vec<f32>,
+}
+
+impl Layout {
+    fn new(
+        tok: &Tokenizer,
+        all: &[EditRecord],
+        records: &[usize],
+        contexts: &[String],
+    ) -> Result<Self> {
+        let mut l = Layout {
+            seqs: Vec::new(),
+            subject: Vec::new(),
+            at: Vec::new(),
+            labels: Vec::new(),
+            label_record: Vec::new(),
+            row_record: Vec::new(),
+            per_record: Vec::with_capacity(records.len()),
+        };
+        for (e, &r) in records.iter().enumerate() {
+            let record = &all[r];
+            let target = target_ids(tok, record)?;
+            let tail = &target[..target.len() - 1];
+            for c in contexts {
+                let row = l.seqs.len();
+                let located = locate(tok, c, record, tail)?;
+                let prompt_len = located.ids.len() - tail.len();
+                for (j, &t) in target.iter().enumerate() {
+                    l.at.push((row, prompt_len - 1 + j));
+                    l.labels.push(t as i64);
+                    l.label_record.push(e as i64);
+                }
+                l.subject.push(located.subject_last);
+                l.seqs.push(located.ids);
+                l.row_record.push(e as i64);
+            }
+            l.per_record.push((target.len() * contexts.len()) as f32);
+        }
+        for (e, &r) in records.iter().enumerate() {
+            let kl_record = EditRecord {
+                prompt: "{} is a".into(),
+                ..all[r].clone()
+            };
+            let kl = locate(tok, "", &kl_record, &[])?;
+            l.at.push((l.seqs.len(), kl.ids.len() - 1));
+            l.subject.push(kl.subject_last);
+            l.seqs.push(kl.ids);
+            l.row_record.push(e as i64);
+        }
+        Ok(l)
+    }
+}
+
 impl ValueBatch {
     fn new(
         model: &Model,
@@ -519,69 +582,71 @@ impl ValueBatch {
         site: Site,
         contexts: &[String],
     ) -> Result<Self> {
-        let mut seqs = Vec::new();
-        let mut subject = Vec::new();
-        let mut at = Vec::new();
-        let mut labels = Vec::new();
-        let mut label_record = Vec::new();
-        let mut row_record = Vec::new();
-        let mut per_record = Vec::with_capacity(records.len());
-        for (e, &r) in records.iter().enumerate() {
-            let record = &all[r];
-            let target = target_ids(tok, record)?;
-            let tail = &target[..target.len() - 1];
-            for c in contexts {
-                let row = seqs.len();
-                let l = locate(tok, c, record, tail)?;
-                let prompt_len = l.ids.len() - tail.len();
-                for (j, &t) in target.iter().enumerate() {
-                    at.push((row, prompt_len - 1 + j));
-                    labels.push(t as i64);
-                    label_record.push(e as i64);
-                }
-                subject.push(l.subject_last);
-                seqs.push(l.ids);
-                row_record.push(e as i64);
-            }
-            per_record.push((target.len() * contexts.len()) as f32);
-        }
-        let n_labels = labels.len() as i64;
-        for (e, &r) in records.iter().enumerate() {
-            let kl_record = EditRecord {
-                prompt: "{} is a".into(),
-                ..all[r].clone()
-            };
-            let kl = locate(tok, "", &kl_record, &[])?;
-            at.push((seqs.len(), kl.ids.len() - 1));
-            subject.push(kl.subject_last);
-            seqs.push(kl.ids);
-            row_record.push(e as i64);
-        }
+        let layout = Layout::new(tok, all, records, contexts)?;
         // Nothing before the subject's last token depends on δ: those tokens run once,
         // and each step runs only what follows (from the subject's last token on).
-        let mut batch = model.prefill(&seqs, &subject)?;
+        let mut batch = model.prefill(&layout.seqs, &layout.subject)?;
         batch.start_at(model, layer)?;
+        Ok(Self::assemble(model, records, layer, site, layout, batch))
+    }
+
+    /// The batch of `running` (a subset of its records, in order) without running the
+    /// heads again: the rows are taken from this one's.
+    fn keep(
+        &self,
+        model: &Model,
+        tok: &Tokenizer,
+        all: &[EditRecord],
+        running: &[usize],
+        contexts: &[String],
+    ) -> Result<Self> {
+        let layout = Layout::new(tok, all, running, contexts)?;
+        let local: Vec<usize> = running
+            .iter()
+            .map(|r| self.records.iter().position(|x| x == r).expect("a subset"))
+            .collect();
+        let n_ctx = contexts.len();
+        let kl_first = self.records.len() * n_ctx;
+        let mut rows: Vec<usize> = local
+            .iter()
+            .flat_map(|&e| (0..n_ctx).map(move |c| e * n_ctx + c))
+            .collect();
+        rows.extend(local.iter().map(|&e| kl_first + e));
+        let batch = self.batch.select_rows(&rows)?;
+        let (layer, site) = (self.probe.layer, self.probe.site);
+        Ok(Self::assemble(model, running, layer, site, layout, batch))
+    }
+
+    fn assemble(
+        model: &Model,
+        records: &[usize],
+        layer: usize,
+        site: Site,
+        l: Layout,
+        batch: Prefilled,
+    ) -> Self {
         let t = batch.tails.seq_len();
         let device = model.device();
         let tensor = |v: &[i64]| Tensor::from_slice(v).to_device(device);
-        Ok(ValueBatch {
+        let subject = &l.subject;
+        ValueBatch {
             records: records.to_vec(),
             batch,
-            at: LogitsAt::Positions(at.into_iter().map(|(r, p)| (r, p - subject[r])).collect()),
+            at: LogitsAt::Positions(l.at.iter().map(|&(r, p)| (r, p - subject[r])).collect()),
             probe: Probe {
                 layer,
                 site,
-                positions: (0..seqs.len()).map(|r| (r * t) as i64).collect(),
+                positions: (0..l.seqs.len()).map(|r| (r * t) as i64).collect(),
                 delta: None,
                 seen: None,
             },
-            row_record: tensor(&row_record),
-            labels: tensor(&labels),
-            label_record: tensor(&label_record),
-            per_record: Tensor::from_slice(&per_record).to_device(device),
-            n_labels,
+            row_record: tensor(&l.row_record),
+            labels: tensor(&l.labels),
+            label_record: tensor(&l.label_record),
+            per_record: Tensor::from_slice(&l.per_record).to_device(device),
+            n_labels: l.labels.len() as i64,
             stage: layer + 1,
-        })
+        }
     }
 
     fn records_idx(&self) -> Vec<i64> {

@@ -452,6 +452,29 @@ impl Prefilled {
         Ok(())
     }
 
+    /// The same batch for some of its rows, in the order of `rows`, without running
+    /// anything again (a value optimisation drops the records that have stopped).
+    pub fn select_rows(&self, rows: &[usize]) -> Result<Prefilled> {
+        let b = self.tails.lengths.len();
+        if let Some(&r) = rows.iter().find(|&&r| r >= b) {
+            return Err(Error::Input(format!("select row {r} of a {b}-row batch")));
+        }
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::from_slice(&idx).to_device(self.tails.ids.device());
+        let pick = |t: &Tensor| t.index_select(0, &idx);
+        Ok(Prefilled {
+            cache: self.cache.as_ref().map(|c| c.select_rows(&idx)),
+            tails: Input {
+                ids: pick(&self.tails.ids),
+                lengths: rows.iter().map(|&r| self.tails.lengths[r]).collect(),
+                key_mask: self.tails.key_mask.as_ref().map(pick),
+                positions: self.tails.positions.as_ref().map(pick),
+                segments: self.tails.segments.as_ref().map(pick),
+            },
+            start: self.start.as_ref().map(|(l, h)| (*l, pick(h))),
+        })
+    }
+
     /// Logits of the tails at `at` (tail coordinates), with hooks; `grad_from` as in
     /// [`ForwardExtras`].
     pub fn forward<'a>(

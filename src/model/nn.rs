@@ -482,6 +482,20 @@ impl KvCache {
         out
     }
 
+    /// The cache of some rows of the batch (`rows` indexes its first dimension).
+    pub fn select_rows(&self, rows: &Tensor) -> KvCache {
+        let pick = |t: &Tensor| t.index_select(0, rows);
+        KvCache {
+            layers: self
+                .layers
+                .iter()
+                .map(|l| l.as_ref().map(|(k, v)| (pick(k), pick(v))))
+                .collect(),
+            len: self.len,
+            frozen: self.frozen,
+        }
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         if !self.frozen {
             self.len += n;
