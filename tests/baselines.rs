@@ -233,12 +233,10 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
     let _ = std::fs::remove_dir_all(&cache);
 }
 
-#[test]
-fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
-    let (cache, mut sets) = small_stats("memit-value-batch");
-    sets.push("cache_z=false".into());
-    // Tails of different lengths, so the joint batch is padded; two-token targets.
-    let records = [
+/// Edits whose tails differ in length (so a joint batch is padded), with two-token
+/// targets among them.
+fn edits_of_several_lengths() -> [EditRecord; 4] {
+    [
         eiffel(),
         cf_edit(
             "Danielle Darrieux",
@@ -253,13 +251,30 @@ fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
             "Sweden",
             "Spain",
         ),
-    ];
+    ]
+}
+
+/// A copy of every MLP output projection.
+fn out_projs(m: &ftedit::Model) -> Vec<Tensor> {
+    (0..m.num_layers())
+        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap().copy())
+        .collect()
+}
+
+/// Every MLP output projection's change since `before` ([`out_projs`]).
+fn out_proj_changes(m: &ftedit::Model, before: &[Tensor]) -> Vec<Tensor> {
+    (0..m.num_layers())
+        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap() - &before[l])
+        .collect()
+}
+
+#[test]
+fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
+    let (cache, mut sets) = small_stats("memit-value-batch");
+    sets.push("cache_z=false".into());
+    let records = edits_of_several_lengths();
     let (m0, tok) = load("smollm2");
-    let layers: Vec<String> = (0..m0.num_layers()).map(|l| m0.mlp_out_proj(l)).collect();
-    let before: Vec<Tensor> = layers
-        .iter()
-        .map(|n| m0.params.get(n).unwrap().copy())
-        .collect();
+    let before = out_projs(&m0);
     drop(m0);
     let deltas = |batch: usize| -> Vec<Tensor> {
         let mut sets = sets.clone();
@@ -268,11 +283,7 @@ fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
         editor("memit", &sets, &tok)
             .edit(&mut m, &tok, &records)
             .unwrap();
-        layers
-            .iter()
-            .zip(&before)
-            .map(|(n, b)| m.params.get(n).unwrap() - b)
-            .collect()
+        out_proj_changes(&m, &before)
     };
     let (alone, together) = (deltas(1), deltas(4));
     let mut edited = 0;
@@ -289,13 +300,6 @@ fn memit_values_optimised_together_equal_those_optimised_one_at_a_time() {
     }
     assert_eq!(edited, 6, "MEMIT's llama range is six layers of SmolLM2");
     let _ = std::fs::remove_dir_all(&cache);
-}
-
-/// Every MLP output projection's change since `before`.
-fn out_proj_changes(m: &ftedit::Model, before: &[Tensor]) -> Vec<Tensor> {
-    (0..m.num_layers())
-        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap() - &before[l])
-        .collect()
 }
 
 /// The largest difference between two sets of changes, against the largest change.
@@ -324,26 +328,16 @@ fn rome_values_prepared_together_equal_one_edit_at_a_time_and_go_stale_with_the_
     let (cache, mut stats) = small_stats("rome-prepare");
     // Fewer value steps keep the test short; the paths are the same.
     stats.push("value.steps=8".into());
-    let records = [
-        eiffel(),
-        cf_edit(
-            "Danielle Darrieux",
-            "The mother tongue of {} is",
-            "English",
-            "French",
-        ),
-        cf_edit("Toko Yasuda", "{}, who plays the", "piano", "guitar"),
-    ];
+    let all = edits_of_several_lengths();
+    let records = &all[..3];
     let (mut m, tok) = load("smollm2");
     let snapshot = m.params.snapshot();
-    let before: Vec<Tensor> = (0..m.num_layers())
-        .map(|l| m.params.get(&m.mlp_out_proj(l)).unwrap().copy())
-        .collect();
+    let before = out_projs(&m);
     let mut alone = editor("rome", &stats, &tok);
     let mut ahead = editor("rome", &stats, &tok);
-    ahead.prepare(&m, &tok, &records).unwrap();
+    ahead.prepare(&m, &tok, records).unwrap();
     // The single protocol: every edit from the unedited model.
-    for r in &records {
+    for r in records {
         alone.edit(&mut m, &tok, std::slice::from_ref(r)).unwrap();
         let a = out_proj_changes(&m, &before);
         m.params.restore(&snapshot).unwrap();

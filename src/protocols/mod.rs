@@ -331,15 +331,17 @@ struct Editing<'a> {
 
 impl Editing<'_> {
     fn prepare(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
-        let t = Instant::now();
-        let r = self.editor.prepare(model, tok, records);
-        self.seconds += t.elapsed().as_secs_f64();
-        r
+        self.timed(|e| e.prepare(model, tok, records))
     }
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, batch: &[EditRecord]) -> Result<()> {
+        self.timed(|e| e.edit(model, tok, batch))
+    }
+
+    /// Runs `f` on the editor, adding its time to the editing seconds.
+    fn timed(&mut self, f: impl FnOnce(&mut dyn Editor) -> Result<()>) -> Result<()> {
         let t = Instant::now();
-        let r = self.editor.edit(model, tok, batch);
+        let r = f(&mut *self.editor);
         self.seconds += t.elapsed().as_secs_f64();
         r
     }
