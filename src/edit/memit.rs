@@ -25,8 +25,8 @@ use tch::{Kind, Tensor};
 use super::Editor;
 use super::config::layer_range;
 use super::rome::{
-    LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, locate, mean_keys,
-    memit_delta, record_key, values_in_batches,
+    LocateReport, Prepared, StatsConfig, ValueConfig, ValueTask, add_to_out_proj, locate,
+    mean_keys, memit_delta, record_key, values_in_batches,
 };
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
@@ -267,8 +267,13 @@ pub(crate) fn targets(
     pb.inc(from_cache as u64);
     let missing: Vec<usize> = (0..records.len()).filter(|&i| zs[i].is_none()).collect();
     let todo: Vec<EditRecord> = missing.iter().map(|&i| records[i].clone()).collect();
-    let site = Site::BlockOutput;
-    values_in_batches(model, tok, &todo, hi, site, ctx, value, |j, z| {
+    let task = ValueTask {
+        layer: hi,
+        site: Site::BlockOutput,
+        contexts: ctx,
+        cfg: value,
+    };
+    values_in_batches(model, tok, &todo, task, |j, z| {
         let i = missing[j];
         if let Some(c) = &mut cache {
             c.insert(&records[i], &z)?;

@@ -193,10 +193,10 @@ pub(crate) fn locate(
     Ok(Located { ids, subject_last })
 }
 
-/// How many tokens of the record's bare prompt and target the value optimisation runs
-/// each step: from the subject's last token to the target's second last.
-pub(crate) fn tail_len(tok: &Tokenizer, record: &EditRecord) -> Result<usize> {
-    let target = target_ids(tok, record)?;
+/// How many tokens of the record's bare prompt and `target` (its [`target_ids`]) the
+/// value optimisation runs each step: from the subject's last token to the target's
+/// second last.
+fn tail_len(tok: &Tokenizer, record: &EditRecord, target: &[u32]) -> Result<usize> {
     let l = locate(tok, "", record, &target[..target.len() - 1])?;
     Ok(l.ids.len() - l.subject_last)
 }
@@ -284,24 +284,31 @@ const KEY_BATCH: usize = 192;
 /// few hundred megabytes of f32 with their log-softmax and gradients.
 const VALUE_LOGITS: usize = 48 << 20;
 
+/// Where and how values are optimised: δ is added at `site` of `layer` (at the subject's
+/// last token), the target follows each of `contexts`, `cfg` the settings.
+#[derive(Clone, Copy)]
+pub(crate) struct ValueTask<'a> {
+    pub layer: usize,
+    pub site: Site,
+    pub contexts: &'a [String],
+    pub cfg: &'a ValueConfig,
+}
+
 /// The values of all `records` ([`optimize_values`]), up to `cfg.batch` records a batch
 /// (fewer where their logits would pass [`VALUE_LOGITS`]), records of similar tail length
 /// together so little of a batch is padding; `done(i, v)` gets record `i`'s optimised
 /// value as soon as its batch is through.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn values_in_batches(
     model: &Model,
     tok: &Tokenizer,
     records: &[EditRecord],
-    layer: usize,
-    site: Site,
-    contexts: &[String],
-    cfg: &ValueConfig,
+    task: ValueTask,
     mut done: impl FnMut(usize, Tensor) -> Result<()>,
 ) -> Result<()> {
     let mut order = Vec::with_capacity(records.len());
     for (i, r) in records.iter().enumerate() {
-        order.push((tail_len(tok, r)?, target_ids(tok, r)?.len(), i));
+        let target = target_ids(tok, r)?;
+        order.push((tail_len(tok, r, &target)?, target.len(), i));
     }
     order.sort_unstable();
     let vocab = model.config().vocab_size().max(1) as usize;
@@ -309,8 +316,8 @@ pub(crate) fn values_in_batches(
     while start < order.len() {
         let mut end = start;
         let mut logits = 0;
-        while end < order.len() && end - start < cfg.batch {
-            let per_record = (order[end].1 * contexts.len() + 1) * vocab;
+        while end < order.len() && end - start < task.cfg.batch {
+            let per_record = (order[end].1 * task.contexts.len() + 1) * vocab;
             if end > start && logits + per_record > VALUE_LOGITS {
                 break;
             }
@@ -321,7 +328,7 @@ pub(crate) fn values_in_batches(
             .iter()
             .map(|&(_, _, i)| records[i].clone())
             .collect();
-        let values = optimize_values(model, tok, &group, layer, site, contexts, cfg)?;
+        let values = optimize_values(model, tok, &group, task)?;
         for (&(_, _, i), (_, v)) in order[start..end].iter().zip(values) {
             done(i, v)?;
         }
@@ -330,27 +337,16 @@ pub(crate) fn values_in_batches(
     Ok(())
 }
 
-/// Optimises the vector added at `site` of `layer` at the subject's last token so the
+/// Optimises the vector added at the task's site at the subject's last token so the
 /// model states the record's target; returns `(original value, optimised value)`, both
 /// `[hidden]` in f64, the original read from the bare prompt.
 pub(crate) fn optimize_value(
     model: &Model,
     tok: &Tokenizer,
     record: &EditRecord,
-    layer: usize,
-    site: Site,
-    contexts: &[String],
-    cfg: &ValueConfig,
+    task: ValueTask,
 ) -> Result<(Tensor, Tensor)> {
-    let mut out = optimize_values(
-        model,
-        tok,
-        std::slice::from_ref(record),
-        layer,
-        site,
-        contexts,
-        cfg,
-    )?;
+    let mut out = optimize_values(model, tok, std::slice::from_ref(record), task)?;
     Ok(out.pop().expect("one record, one value"))
 }
 
@@ -364,14 +360,11 @@ pub(crate) fn optimize_values(
     model: &Model,
     tok: &Tokenizer,
     records: &[EditRecord],
-    layer: usize,
-    site: Site,
-    contexts: &[String],
-    cfg: &ValueConfig,
+    task: ValueTask,
 ) -> Result<Vec<(Tensor, Tensor)>> {
     let device = model.device();
-    let all: Vec<usize> = (0..records.len()).collect();
-    let mut batch = ValueBatch::new(model, tok, records, &all, layer, site, contexts)?;
+    let (contexts, cfg) = (task.contexts, task.cfg);
+    let mut batch = ValueBatch::new(model, tok, records, task)?;
 
     // The unedited values (each record's bare prompt) and KL distributions.
     let (v0, kl_init) = {
@@ -479,7 +472,7 @@ pub(crate) fn optimize_values(
             .filter(|&r| active[r])
             .collect();
         if step + 1 < cfg.steps && running.len() < batch.records.len() {
-            batch = batch.keep(model, tok, records, &running, contexts)?;
+            batch = batch.keep(model, &running)?;
         }
     }
     let v = &v0 + delta.to_kind(Kind::Double);
@@ -508,11 +501,15 @@ struct ValueBatch {
     n_labels: i64,
     /// The graph starts above the probed layer: nothing below it depends on δ.
     stage: usize,
+    /// The rows' layout, for [`ValueBatch::keep`].
+    layout: Layout,
 }
 
 /// A value batch's sequences before they run: per record its target after each context,
 /// then every record's KL prompt.
 struct Layout {
+    /// Rows per record before the KL prompts: one per context.
+    contexts: usize,
     seqs: Vec<Vec<u32>>,
     subject: Vec<usize>,
     at: Vec<(usize, usize)>,
@@ -530,6 +527,7 @@ impl Layout {
         contexts: &[String],
     ) -> Result<Self> {
         let mut l = Layout {
+            contexts: contexts.len(),
             seqs: Vec::new(),
             subject: Vec::new(),
             at: Vec::new(),
@@ -570,48 +568,80 @@ impl Layout {
         }
         Ok(l)
     }
+
+    /// The layout of the records at `local` (positions in this layout's records,
+    /// ascending) and the rows of this one they keep, in order: what [`Layout::new`]
+    /// gives for those records alone, without tokenizing again.
+    fn select(&self, local: &[usize]) -> (Layout, Vec<usize>) {
+        let n = self.per_record.len();
+        let kl_first = n * self.contexts;
+        let mut rows: Vec<usize> = local
+            .iter()
+            .flat_map(|&e| (0..self.contexts).map(move |c| e * self.contexts + c))
+            .collect();
+        rows.extend(local.iter().map(|&e| kl_first + e));
+        let mut new_row = vec![None; self.seqs.len()];
+        for (i, &r) in rows.iter().enumerate() {
+            new_row[r] = Some(i);
+        }
+        let mut new_record = vec![0i64; n];
+        for (i, &e) in local.iter().enumerate() {
+            new_record[e] = i as i64;
+        }
+        let mut l = Layout {
+            contexts: self.contexts,
+            seqs: rows.iter().map(|&r| self.seqs[r].clone()).collect(),
+            subject: rows.iter().map(|&r| self.subject[r]).collect(),
+            at: Vec::new(),
+            labels: Vec::new(),
+            label_record: Vec::new(),
+            row_record: rows
+                .iter()
+                .map(|&r| new_record[self.row_record[r] as usize])
+                .collect(),
+            per_record: local.iter().map(|&e| self.per_record[e]).collect(),
+        };
+        // The labels' positions come first, then the KL prompts', as in `new`.
+        for (j, &(row, pos)) in self.at.iter().enumerate() {
+            let Some(row) = new_row[row] else { continue };
+            l.at.push((row, pos));
+            if j < self.labels.len() {
+                l.labels.push(self.labels[j]);
+                l.label_record
+                    .push(new_record[self.label_record[j] as usize]);
+            }
+        }
+        (l, rows)
+    }
 }
 
 impl ValueBatch {
+    /// The batch of all `records`.
     fn new(
         model: &Model,
         tok: &Tokenizer,
-        all: &[EditRecord],
-        records: &[usize],
-        layer: usize,
-        site: Site,
-        contexts: &[String],
+        records: &[EditRecord],
+        task: ValueTask,
     ) -> Result<Self> {
-        let layout = Layout::new(tok, all, records, contexts)?;
+        let all: Vec<usize> = (0..records.len()).collect();
+        let layout = Layout::new(tok, records, &all, task.contexts)?;
         // Nothing before the subject's last token depends on δ: those tokens run once,
         // and each step runs only what follows (from the subject's last token on).
         let mut batch = model.prefill(&layout.seqs, &layout.subject)?;
-        batch.start_at(model, layer)?;
-        Ok(Self::assemble(model, records, layer, site, layout, batch))
+        batch.start_at(model, task.layer)?;
+        Ok(Self::assemble(
+            model, &all, task.layer, task.site, layout, batch,
+        ))
     }
 
     /// The batch of `running` (a subset of its records, in order) without running the
     /// heads again: the rows are taken from this one's.
-    fn keep(
-        &self,
-        model: &Model,
-        tok: &Tokenizer,
-        all: &[EditRecord],
-        running: &[usize],
-        contexts: &[String],
-    ) -> Result<Self> {
-        let layout = Layout::new(tok, all, running, contexts)?;
+    fn keep(&self, model: &Model, running: &[usize]) -> Result<Self> {
         let local: Vec<usize> = running
             .iter()
             .map(|r| self.records.iter().position(|x| x == r).expect("a subset"))
             .collect();
-        let n_ctx = contexts.len();
-        let kl_first = self.records.len() * n_ctx;
-        let mut rows: Vec<usize> = local
-            .iter()
-            .flat_map(|&e| (0..n_ctx).map(move |c| e * n_ctx + c))
-            .collect();
-        rows.extend(local.iter().map(|&e| kl_first + e));
+        let (layout, rows) = self.layout.select(&local);
         let batch = self.batch.select_rows(&rows)?;
         let (layer, site) = (self.probe.layer, self.probe.site);
         Ok(Self::assemble(model, running, layer, site, layout, batch))
@@ -646,6 +676,7 @@ impl ValueBatch {
             per_record: Tensor::from_slice(&l.per_record).to_device(device),
             n_labels: l.labels.len() as i64,
             stage: layer + 1,
+            layout: l,
         }
     }
 
@@ -866,8 +897,13 @@ impl Editor for RomeEditor {
         let keys = mean_keys(model, tok, records, layer, ctx)?;
         let mut entries = HashMap::with_capacity(records.len());
         let pb = crate::progress::bar(self.progress, records.len(), "rome values");
-        let site = Site::MlpOutput;
-        values_in_batches(model, tok, records, layer, site, ctx, &cfg.value, |i, v| {
+        let task = ValueTask {
+            layer,
+            site: Site::MlpOutput,
+            contexts: ctx,
+            cfg: &cfg.value,
+        };
+        values_in_batches(model, tok, records, task, |i, v| {
             entries.insert(record_key(&records[i]), (keys.get(i as i64), v));
             pb.inc(1);
             Ok(())
@@ -913,8 +949,13 @@ impl Editor for RomeEditor {
                 }
                 None => {
                     let k = mean_keys(model, tok, std::slice::from_ref(rec), layer, ctx)?.get(0);
-                    let site = Site::MlpOutput;
-                    let (_, v) = optimize_value(model, tok, rec, layer, site, ctx, &cfg.value)?;
+                    let task = ValueTask {
+                        layer,
+                        site: Site::MlpOutput,
+                        contexts: ctx,
+                        cfg: &cfg.value,
+                    };
+                    let (_, v) = optimize_value(model, tok, rec, task)?;
                     (k, v)
                 }
             };
