@@ -23,7 +23,7 @@ pub enum Error {
     UnsupportedType { name: String, dtype: String },
 
     #[error(
-        "unknown or unsupported architecture '{0}' (supported: llama, mistral, qwen2, gemma3, gpt2)"
+        "unknown or unsupported architecture '{0}' (supported: llama, mistral, qwen2, qwen3, phi3, gemma3 (gemma3_text), gpt2, gptj, gpt_neox (GGUF: gptneox))"
     )]
     UnknownArchitecture(String),
 

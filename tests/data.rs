@@ -502,6 +502,137 @@ fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
     }
 }
 
+#[test]
+fn every_method_changes_only_what_it_says_it_writes_and_the_single_protocol_restores_it() {
+    use ftedit::edit::MethodConfig;
+    let (mut m, tok, dir) = tiny();
+    let text = dir.join("text.txt");
+    std::fs::write(
+        &text,
+        "the hat is in the tea and the tet is on the het. ".repeat(40),
+    )
+    .unwrap();
+    let stats = [
+        format!("stats.text={}", text.display()),
+        format!("stats.cache_dir={}", dir.join("cache").display()),
+        "stats.samples=300".into(),
+        "value.steps=5".into(),
+    ];
+    let down = |l: usize| format!("model.layers.{l}.mlp.down_proj.weight");
+    let mlp =
+        |l: usize| ["gate", "up", "down"].map(|p| format!("model.layers.{l}.mlp.{p}_proj.weight"));
+    let cases: [(&str, Vec<String>, Vec<String>); 4] = [
+        ("rome", vec!["layer=1".into()], vec![down(1)]),
+        ("memit", vec!["layers=1..2".into()], vec![down(1), down(2)]),
+        (
+            "alphaedit",
+            vec!["layers=1..2".into(), "nullspace_threshold=1e9".into()],
+            vec![down(1), down(2)],
+        ),
+        (
+            "layers",
+            vec![
+                "train.layers=1..1".into(),
+                "optim.min_steps=3".into(),
+                "augment.prefixes=false".into(),
+            ],
+            mlp(1).to_vec(),
+        ),
+    ];
+    let recs: Vec<EditRecord> = (0..2).map(|i| record(&i.to_string())).collect();
+    let before: Vec<(String, tch::Tensor)> = m
+        .params
+        .iter()
+        .map(|(n, t)| (n.to_owned(), t.copy()))
+        .collect();
+    for (method, sets, writes) in cases {
+        let sets: Vec<String> = if method == "layers" {
+            sets
+        } else {
+            stats.iter().cloned().chain(sets).collect()
+        };
+        let config = MethodConfig::load(method, None, &sets).unwrap();
+        let mut editor = ftedit::edit::build(&config, &tok, &Default::default()).unwrap();
+        let mut said = editor
+            .writes(&m)
+            .unwrap()
+            .expect("the parameters it writes");
+        said.sort();
+        let mut expected = writes.clone();
+        expected.sort();
+        assert_eq!(said, expected, "{method}");
+        // One edit: what changed is among what it said, and something did.
+        editor.edit(&mut m, &tok, &recs[..1]).unwrap();
+        let changed: Vec<&str> = m
+            .params
+            .iter()
+            .zip(&before)
+            .filter(|((_, t), (_, b))| !t.equal(b))
+            .map(|((n, _), _)| n)
+            .collect();
+        assert!(!changed.is_empty(), "{method} changed nothing");
+        assert!(
+            changed.iter().all(|n| said.iter().any(|s| s == n)),
+            "{method} changed {changed:?}"
+        );
+        // Back to the unedited model.
+        for ((_, t), (_, b)) in m.params.iter().zip(&before) {
+            let _g = tch::no_grad_guard();
+            t.shallow_clone().copy_(b);
+        }
+        let put_back = m.params.snapshot_of(&said).unwrap();
+        // The single protocol copies only those and restores the model bit for bit.
+        let out = OutputDir::open(temp_dir(&format!("proto-writes-{method}")), None).unwrap();
+        let opts = EvalOptions {
+            generation: false,
+            ..EvalOptions::default()
+        };
+        protocols::run(
+            &mut m,
+            &tok,
+            &recs,
+            editor.as_mut(),
+            Protocol::Single,
+            &opts,
+            &out,
+        )
+        .unwrap();
+        for ((name, t), (_, b)) in m.params.iter().zip(&before) {
+            assert!(t.equal(b), "{method}: {name} was not restored exactly");
+        }
+        assert_eq!(out.records().unwrap().len(), 2);
+        // A partial snapshot puts back its own parameters and leaves the others alone.
+        let other = down(0);
+        {
+            let _g = tch::no_grad_guard();
+            for n in [&said[0], &other] {
+                let _ = m.params.get(n).unwrap().g_add_scalar_(1.0);
+            }
+        }
+        m.params.restore(&put_back).unwrap();
+        let get = |n: &str| m.params.get(n).unwrap();
+        let orig = |n: &str| {
+            before
+                .iter()
+                .find(|(b, _)| b == n)
+                .unwrap()
+                .1
+                .shallow_clone()
+        };
+        assert!(get(&said[0]).equal(&orig(&said[0])));
+        assert!(!get(&other).equal(&orig(&other)));
+        {
+            let _g = tch::no_grad_guard();
+            get(&other).copy_(&orig(&other));
+        }
+    }
+    assert!(
+        m.params
+            .snapshot_of(&["no.such.weight".to_string()])
+            .is_err()
+    );
+}
+
 /// A health probe on the tiny model: 48 tokens of plain text, two facts.
 fn health_probe(tok: &Tokenizer, m: &Model, tokens: usize) -> ftedit::Result<Probe> {
     let dir = temp_dir("health-files");

@@ -180,6 +180,11 @@ impl Editor for AlphaEditEditor {
         "alphaedit"
     }
 
+    fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
+        let (lo, hi) = layer_range(&self.config.layers, model.num_layers())?;
+        Ok(Some((lo..=hi).map(|l| model.mlp_out_proj(l)).collect()))
+    }
+
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         if records.is_empty() {
             return Err(Error::Input("no edits to make".into()));

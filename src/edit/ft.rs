@@ -285,7 +285,8 @@ impl FtEditor {
             .iter()
             .map(|n| model.params.get(n).map_or(0, |t| t.numel()))
             .sum();
-        let snapshot = model.params.snapshot();
+        // Only what trains can change: a copy of it restores the model if training fails.
+        let snapshot = model.params.snapshot_of(&trained)?;
         crate::runtime::warn_if_emulated(r.optim.precision, model.device());
         let before = model.set_precision(r.optim.precision);
         let result = self.run(model, &all, &own, &r);
@@ -501,6 +502,10 @@ impl Editor for FtEditor {
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         self.train(model, tok, records).map(|_| ())
+    }
+
+    fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
+        self.selected(model).map(Some)
     }
 
     fn report(&self) -> Option<serde_json::Value> {

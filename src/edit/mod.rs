@@ -42,6 +42,12 @@ pub trait Editor {
     fn prepare(&mut self, _model: &Model, _tok: &Tokenizer, _records: &[EditRecord]) -> Result<()> {
         Ok(())
     }
+    /// The parameters `edit` may change, by name, so that the single protocol copies and
+    /// restores only those (one matrix for ROME, not the whole model); `None`, the
+    /// default: any of them.
+    fn writes(&self, _model: &Model) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
     /// Applies the edits of `records` to `model`, in place.
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
     /// What the edits so far did (training curves, timings), for the run's report.

@@ -882,6 +882,11 @@ impl Editor for RomeEditor {
         "rome"
     }
 
+    fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
+        let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
+        Ok(Some(vec![model.mlp_out_proj(layer)]))
+    }
+
     fn prepare(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         self.ahead = Ahead::default();
         if records.len() < 2 || self.config.value.batch < 2 {

@@ -30,7 +30,7 @@ use tch::{Device, Kind, Tensor};
 pub use generate::{GenerateOptions, Sampling, generate};
 pub use load::{LoadOptions, load, stored_dtype};
 pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
-pub use params::{ParamStore, glob_match};
+pub use params::{ParamStore, Snapshot, glob_match};
 
 use crate::error::{Error, Result};
 use crate::runtime::Autocast;

@@ -145,8 +145,11 @@ impl ParamStore {
     }
 }
 
-/// Copies of every parameter's values, for exact restores.
-pub struct Snapshot(Vec<Tensor>);
+/// Copies of parameters' values, by name, for exact restores: every parameter
+/// ([`ParamStore::snapshot`]) or only those an edit may change
+/// ([`ParamStore::snapshot_of`], so restoring one matrix does not cost a second copy of
+/// the model).
+pub struct Snapshot(Vec<(String, Tensor)>);
 
 /// Feeds a tensor's values, as f32 bytes, to `h`.
 fn hash_values(t: &Tensor, h: &mut impl std::hash::Hasher) -> Result<()> {
@@ -205,20 +208,44 @@ impl ParamStore {
     /// Copies every parameter.
     pub fn snapshot(&self) -> Snapshot {
         let _g = tch::no_grad_guard();
-        Snapshot(self.tensors.iter().map(|t| t.detach().copy()).collect())
+        Snapshot(
+            self.names
+                .iter()
+                .zip(&self.tensors)
+                .map(|(n, t)| (n.clone(), t.detach().copy()))
+                .collect(),
+        )
+    }
+
+    /// Copies the parameters named (each once); an unknown name is an error.
+    pub fn snapshot_of(&self, names: &[String]) -> Result<Snapshot> {
+        let _g = tch::no_grad_guard();
+        let mut seen = std::collections::HashSet::new();
+        names
+            .iter()
+            .filter(|n| seen.insert(n.as_str()))
+            .map(|n| Ok((n.clone(), self.get(n)?.detach().copy())))
+            .collect::<Result<_>>()
+            .map(Snapshot)
     }
 
     /// Puts back the values of `snapshot`, bit for bit, in place (handles held by the
-    /// model stay valid), and clears gradients.
+    /// model stay valid), and clears every parameter's gradient.
     pub fn restore(&self, snapshot: &Snapshot) -> Result<()> {
-        if snapshot.0.len() != self.tensors.len() {
-            return Err(Error::Input("snapshot of a different model".into()));
-        }
         let _g = tch::no_grad_guard();
-        for (t, saved) in self.tensors.iter().zip(&snapshot.0) {
-            let mut t = t.shallow_clone();
+        for (name, saved) in &snapshot.0 {
+            let mut t = self.get(name)?;
+            if t.size() != saved.size() {
+                return Err(Error::ShapeMismatch {
+                    name: name.clone(),
+                    expected: saved.size(),
+                    found: t.size(),
+                });
+            }
             t.copy_(saved);
-            t.zero_grad();
+        }
+        for t in &self.tensors {
+            t.shallow_clone().zero_grad();
         }
         Ok(())
     }

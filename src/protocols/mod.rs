@@ -25,6 +25,7 @@ use crate::eval::report::OutputDir;
 pub use crate::eval::report::Timing;
 use crate::eval::{EvalOptions, RecordResult, evaluate};
 use crate::model::Model;
+use crate::model::Snapshot;
 use crate::tokenizer::Tokenizer;
 use sequential::Checkpoint;
 
@@ -194,10 +195,7 @@ pub fn run(
             }
         }
         Protocol::Single => {
-            let snapshot = editing
-                .editor
-                .changes_weights()
-                .then(|| model.params.snapshot());
+            let snapshot = snapshot_for(&*editing.editor, model)?;
             // A resumed run keeps the reports of the edits before it, and each edit's
             // report is written with its record, so a killed run loses neither.
             let earlier = if done.is_empty() {
@@ -321,6 +319,18 @@ pub fn run(
 fn earlier_runs(report: &serde_json::Value, saved: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let new = report["runs"].as_array().cloned().unwrap_or_default();
     saved.iter().cloned().chain(new).collect()
+}
+
+/// A copy of what `editor` may change in `model` (every weight unless it says which),
+/// to restore after its edits; none for an editor that changes nothing.
+pub(crate) fn snapshot_for(editor: &dyn Editor, model: &Model) -> Result<Option<Snapshot>> {
+    if !editor.changes_weights() {
+        return Ok(None);
+    }
+    Ok(Some(match editor.writes(model)? {
+        Some(names) => model.params.snapshot_of(&names)?,
+        None => model.params.snapshot(),
+    }))
 }
 
 /// The editor with the time spent in it.

@@ -317,7 +317,7 @@ pub fn sweep(
             None => {
                 dir.write_file("recipe.toml", &config.to_toml())?;
                 let mut editor = edit::build(config, tok, build)?;
-                let snapshot = editor.changes_weights().then(|| model.params.snapshot());
+                let snapshot = super::snapshot_for(editor.as_ref(), model)?;
                 let result = run(
                     model,
                     tok,
