@@ -320,6 +320,60 @@ fn a_resumed_single_run_keeps_the_edit_reports_of_the_run_it_resumes() {
     assert_eq!(reported_ids(&out), ["0", "1", "2", "3"]);
 }
 
+/// An editor that logs what it was told ahead and what it edited, in order.
+#[derive(Default)]
+struct Preparer(Vec<String>);
+
+impl Editor for Preparer {
+    fn name(&self) -> &str {
+        "preparer"
+    }
+    fn changes_weights(&self) -> bool {
+        false
+    }
+    fn prepare(&mut self, _: &Model, _: &Tokenizer, records: &[EditRecord]) -> ftedit::Result<()> {
+        self.0.push(format!("prepare {}", records.len()));
+        Ok(())
+    }
+    fn edit(&mut self, _: &mut Model, _: &Tokenizer, records: &[EditRecord]) -> ftedit::Result<()> {
+        self.0
+            .extend(records.iter().map(|r| format!("edit {}", r.id)));
+        Ok(())
+    }
+}
+
+#[test]
+fn the_single_protocol_prepares_the_records_ahead_a_chunk_at_a_time() {
+    let (mut m, tok, _) = tiny();
+    let recs: Vec<EditRecord> = (0..20).map(|i| record(&i.to_string())).collect();
+    let opts = EvalOptions {
+        generation: false,
+        exact_match: false,
+        ..EvalOptions::default()
+    };
+    let out = OutputDir::open(temp_dir("proto-prepare"), None).unwrap();
+    let mut editor = Preparer::default();
+    protocols::run(
+        &mut m,
+        &tok,
+        &recs,
+        &mut editor,
+        Protocol::Single,
+        &opts,
+        &out,
+    )
+    .unwrap();
+    // 16 records ahead, their edits, then the last 4: a run killed while preparing loses
+    // at most one chunk.
+    let expected: Vec<String> = std::iter::once("prepare 16".to_string())
+        .chain((0..16).map(|i| format!("edit {i}")))
+        .chain(std::iter::once("prepare 4".to_string()))
+        .chain((16..20).map(|i| format!("edit {i}")))
+        .collect();
+    assert_eq!(editor.0, expected);
+    assert_eq!(out.records().unwrap().len(), 20);
+}
+
 fn tiny() -> (Model, Tokenizer, std::path::PathBuf) {
     let dir = temp_dir("proto-model");
     let path = dir.join("tiny.gguf");
