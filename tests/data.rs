@@ -194,6 +194,22 @@ fn jsonl_requests_and_selections() {
     assert!(Selection::parse_range("5..2").is_err());
 }
 
+/// Evaluation without generation.
+fn no_generation() -> EvalOptions {
+    EvalOptions {
+        generation: false,
+        ..EvalOptions::default()
+    }
+}
+
+/// Evaluation without generation or exact match: the suite's scores alone.
+fn scores_only() -> EvalOptions {
+    EvalOptions {
+        exact_match: false,
+        ..no_generation()
+    }
+}
+
 fn record(id: &str) -> EditRecord {
     EditRecord {
         id: id.into(),
@@ -272,11 +288,7 @@ fn reported_ids(out: &OutputDir) -> Vec<String> {
 fn a_resumed_single_run_keeps_the_edit_reports_of_the_run_it_resumes() {
     let (mut m, tok, _) = tiny();
     let recs: Vec<EditRecord> = (0..4).map(|i| record(&i.to_string())).collect();
-    let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
-        ..EvalOptions::default()
-    };
+    let opts = scores_only();
     let out = OutputDir::open(temp_dir("proto-report"), None).unwrap();
     let mut run = |editor: &mut Logger, protocol| {
         protocols::run(&mut m, &tok, &recs, editor, protocol, &opts, &out)
@@ -346,11 +358,7 @@ impl Editor for Preparer {
 fn the_single_protocol_prepares_the_records_ahead_a_chunk_at_a_time() {
     let (mut m, tok, _) = tiny();
     let recs: Vec<EditRecord> = (0..20).map(|i| record(&i.to_string())).collect();
-    let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
-        ..EvalOptions::default()
-    };
+    let opts = scores_only();
     let out = OutputDir::open(temp_dir("proto-prepare"), None).unwrap();
     let mut editor = Preparer::default();
     protocols::run(
@@ -388,10 +396,7 @@ fn single_protocol_restores_the_weights_bit_for_bit() {
     let before: Vec<tch::Tensor> = m.params.iter().map(|(_, t)| t.copy()).collect();
     let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
     let out = OutputDir::open(temp_dir("proto-single"), None).unwrap();
-    let opts = EvalOptions {
-        generation: false,
-        ..EvalOptions::default()
-    };
+    let opts = no_generation();
     protocols::run(
         &mut m,
         &tok,
@@ -536,10 +541,7 @@ fn fine_tuning_under_the_single_protocol_restores_the_weights_bit_for_bit() {
     let mut ft = FtEditor::new("ft", recipe, pool, None, &tok).unwrap();
     let recs: Vec<EditRecord> = (0..3).map(|i| record(&i.to_string())).collect();
     let out = OutputDir::open(temp_dir("proto-ft-single"), None).unwrap();
-    let opts = EvalOptions {
-        generation: false,
-        ..EvalOptions::default()
-    };
+    let opts = no_generation();
     protocols::run(&mut m, &tok, &recs, &mut ft, Protocol::Single, &opts, &out).unwrap();
     assert_eq!(ft.reports.len(), 3, "one training run per record");
     for r in &ft.reports {
@@ -637,10 +639,7 @@ fn every_method_changes_only_what_it_says_it_writes_and_the_single_protocol_rest
         let put_back = m.params.snapshot_of(&said).unwrap();
         // The single protocol copies only those and restores the model bit for bit.
         let out = OutputDir::open(temp_dir(&format!("proto-writes-{method}")), None).unwrap();
-        let opts = EvalOptions {
-            generation: false,
-            ..EvalOptions::default()
-        };
+        let opts = no_generation();
         protocols::run(
             &mut m,
             &tok,
@@ -723,12 +722,10 @@ fn a_sequential_run_writes_its_curve_and_a_killed_one_keeps_it() {
     let (mut m, tok, _) = tiny();
     let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
     let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
         health: Some(health_probe(&tok, &m, 48).unwrap()),
         // Every third record: 0 and 3.
         curve_sample: 2,
-        ..EvalOptions::default()
+        ..scores_only()
     };
     let seq = Protocol::Sequential {
         batch_size: 2,
@@ -791,11 +788,7 @@ fn bad_sequential_settings_and_short_texts_fail_before_any_edit() {
     assert!(Protocol::parse("sequential", 0, None).is_err());
     assert!(Protocol::parse("sequential", 2, Some(0)).is_err());
     let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
-    let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
-        ..EvalOptions::default()
-    };
+    let opts = scores_only();
     let mut logger = Logger {
         edited: vec![],
         fail_at: None,
@@ -818,10 +811,8 @@ fn the_health_check_compares_the_edited_model_with_the_unedited_one() {
     let (mut m, tok, _) = tiny();
     let recs: Vec<EditRecord> = (0..2).map(|i| record(&i.to_string())).collect();
     let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
         health: Some(health_probe(&tok, &m, 48).unwrap()),
-        ..EvalOptions::default()
+        ..scores_only()
     };
     let run = |m: &mut Model, editor: &mut dyn Editor, dir: &str| {
         let out = OutputDir::open(temp_dir(dir), None).unwrap();
@@ -923,11 +914,7 @@ impl Editor for Stepper {
 #[test]
 fn a_killed_sequential_run_resumes_from_its_last_checkpoint() {
     let recs: Vec<EditRecord> = (0..6).map(|i| record(&i.to_string())).collect();
-    let opts = EvalOptions {
-        generation: false,
-        exact_match: false,
-        ..EvalOptions::default()
-    };
+    let opts = scores_only();
     let seq = Protocol::parse("sequential", 2, Some(1)).unwrap();
     let stepper = |fail_at| Stepper {
         batches: 0,
@@ -1173,11 +1160,7 @@ fn locality_compares_the_neighbours_predictions_before_and_after_the_edit() {
             r
         })
         .collect();
-    let opts = EvalOptions {
-        exact_match: false,
-        generation: false,
-        ..EvalOptions::default()
-    };
+    let opts = scores_only();
     let summary = |editor: &mut dyn Editor, dir: &str, m: &mut Model| {
         let out = OutputDir::open(temp_dir(dir), None).unwrap();
         protocols::run(m, &tok, &recs, editor, Protocol::Batch, &opts, &out).unwrap();

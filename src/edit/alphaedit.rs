@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::Editor;
-use super::config::layer_range;
+use super::config::{layer_list, layer_range};
 use super::memit::{ZOptions, spread, targets};
 use super::rome::{LocateReport, Prepared, StatsConfig, ValueConfig};
 use crate::data::EditRecord;
@@ -181,16 +181,18 @@ impl Editor for AlphaEditEditor {
     }
 
     fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
-        let (lo, hi) = layer_range(&self.config.layers, model.num_layers())?;
-        Ok(Some((lo..=hi).map(|l| model.mlp_out_proj(l)).collect()))
+        let layers = layer_list(&self.config.layers, model.num_layers())?;
+        Ok(Some(
+            layers.into_iter().map(|l| model.mlp_out_proj(l)).collect(),
+        ))
     }
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         if records.is_empty() {
             return Err(Error::Input("no edits to make".into()));
         }
-        let (lo, hi) = layer_range(&self.config.layers, model.num_layers())?;
-        let layers: Vec<usize> = (lo..=hi).collect();
+        let layers = layer_list(&self.config.layers, model.num_layers())?;
+        let hi = *layers.last().expect("a layer range holds a layer");
         let stats_seconds = self.prepared.ensure(
             model,
             tok,

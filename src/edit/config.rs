@@ -434,6 +434,12 @@ fn parse_as(old: &toml::Value, raw: &str) -> std::result::Result<toml::Value, St
     }
 }
 
+/// The layers of a spec (see [`layer_range`]), in ascending order.
+pub fn layer_list(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
+    let (lo, hi) = layer_range(spec, num_layers)?;
+    Ok((lo..=hi).collect())
+}
+
 /// Parses a layer spec against a model of `num_layers` layers: `all`, `N`, `A..B`
 /// (inclusive), a depth fraction `p/q` (layer ⌊num_layers·p/q⌋), or a range of either,
 /// such as `1/9..2/7`.

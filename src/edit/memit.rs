@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::Editor;
-use super::config::layer_range;
+use super::config::{layer_list, layer_range};
 use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, ValueTask, add_to_out_proj, locate,
     mean_keys, memit_delta, record_key, values_in_batches,
@@ -328,8 +328,10 @@ impl Editor for MemitEditor {
     }
 
     fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
-        let (lo, hi) = layer_range(&self.config.layers, model.num_layers())?;
-        Ok(Some((lo..=hi).map(|l| model.mlp_out_proj(l)).collect()))
+        let layers = layer_list(&self.config.layers, model.num_layers())?;
+        Ok(Some(
+            layers.into_iter().map(|l| model.mlp_out_proj(l)).collect(),
+        ))
     }
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
@@ -337,8 +339,9 @@ impl Editor for MemitEditor {
             return Err(Error::Input("no edits to make".into()));
         }
         let cfg = &self.config;
-        let (lo, hi) = layer_range(&cfg.layers, model.num_layers())?;
-        let layers: Vec<usize> = (lo..=hi).collect();
+        let layers = layer_list(&cfg.layers, model.num_layers())?;
+        // z is optimised at the last edited layer.
+        let hi = *layers.last().expect("a layer range holds a layer");
         let stats_seconds =
             self.prepared
                 .ensure(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)?;
