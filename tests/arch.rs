@@ -672,8 +672,7 @@ fn slices_give_the_whole_batch_loss_and_gradient() {
 }
 
 /// bf16 mixed precision (issue 15): every architecture's logits stay within bf16's
-/// rounding of the f32 ones (tolerance 0.1 on logits of magnitude ~1, bf16 keeps 8
-/// mantissa bits), stay f32 themselves, and a training step under it leaves the
+/// rounding of the f32 ones, stay f32 themselves, and a training step under it leaves the
 /// gradients of the f32 master weights f32 and close to the f32 step's (cosine > 0.99).
 #[test]
 fn bf16_mixed_precision_stays_close_to_f32_and_keeps_f32_master_weights() {
@@ -691,7 +690,17 @@ fn bf16_mixed_precision_stays_close_to_f32_and_keeps_f32_master_weights() {
             "{}: bf16-mixed gave f32's logits exactly",
             m.arch_name()
         );
-        assert!(d < 0.1, "{}: logits moved by {d}", m.arch_name());
+        // Relative to the largest logit (~4-5 here): bf16 keeps 8 mantissa bits (2^-8 ≈
+        // 0.4 %) and the roundings of two layers add up to ~2 % of it, on AVX2 and on
+        // AVX512-BF16 kernels alike (measured 1.7-1.9 % for Gemma 3 on each); a broken
+        // bf16 path moves logits by their own size.
+        let scale = f32_logits.abs().max().double_value(&[]);
+        assert!(
+            d < 0.05 * scale,
+            "{}: logits moved by {d}, {:.1} % of the largest ({scale})",
+            m.arch_name(),
+            100.0 * d / scale
+        );
 
         let batch = [Example {
             prompt: vec![3, 17, 42],
