@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU check, run on a machine with a CUDA build of PyTorch 2.11 (no Rust there): the
 # binaries are built on the development machine and carried in .devbin/ (see
-# bench/prepare-device.sh). Runs the architecture tests on CUDA, then the foundation
-# benchmark against PyTorch + transformers on random weights of the default models'
-# shapes (the model files cannot travel) with the batches the CPU run tokenized.
+# bench/prepare-device.sh). Runs the architecture tests and a three-fact edit of a tiny
+# model on CUDA, then the foundation benchmark against PyTorch + transformers on random
+# weights of the default models' shapes (the model files cannot travel) with the batches
+# the CPU run tokenized.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/out}"
@@ -16,6 +17,9 @@ python3 -c 'import torch, transformers; print("torch", torch.__version__, "trans
 
 echo "== architecture tests on CUDA"
 FTEDIT_TEST_DEVICE=cuda .devbin/arch --test-threads 1 2>&1 | tee "$OUT/arch-cuda.log" | grep -E "^test |test result"
+
+echo "== CUDA smoke test: the recipe edits three facts of a tiny model and they flip"
+FTEDIT_TEST_DEVICE=cuda .devbin/edit the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device 2>&1 | tee "$OUT/edit-cuda.log" | grep -E "^test |test result"
 
 echo "== foundation benchmark on CUDA"
 : > "$OUT/device.jsonl"

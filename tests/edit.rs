@@ -1,5 +1,6 @@
-//! The fine-tuning editor on a real model: a 3-fact edit of SmolLM2 makes the new targets
-//! the top token while unrelated facts keep theirs.
+//! The fine-tuning editor end to end: a 3-fact edit of SmolLM2 makes the new targets
+//! the top token while unrelated facts keep theirs, and the same recipe on a tiny random
+//! model on the test device (the GPU check).
 
 mod common;
 
@@ -150,4 +151,90 @@ fn lora_adapters_start_neutral_and_merge_into_the_same_model() {
         (&merged - &adapted).abs().max().double_value(&[]) < 1e-10,
         "merging keeps the function"
     );
+}
+
+/// Whether the model, fed `prompt` and then `target`, ranks every target token first.
+fn says(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str, target: &str) -> bool {
+    let p = tok.encode(prompt, true).unwrap();
+    let t = tok.encode(target, false).unwrap();
+    let ids: Vec<u32> = p.iter().chain(&t).copied().collect();
+    let input = ftedit::Input::right_padded(&[&ids], m.device()).unwrap();
+    let logits = m.forward(&input, &ftedit::LogitsAt::All).unwrap().get(0);
+    t.iter().enumerate().all(|(i, &want)| {
+        logits
+            .get((p.len() + i - 1) as i64)
+            .argmax(-1, false)
+            .int64_value(&[]) as u32
+            == want
+    })
+}
+
+/// The recipe end to end on the test device (`FTEDIT_TEST_DEVICE=cuda` makes it the GPU
+/// check bench/device.sh runs): three edits of a tiny random llama, with sampled prefixes
+/// (generation on that device) and unedited facts, take — every target token ranked first
+/// after its prompt — and only the trained MLPs move, still on that device.
+#[test]
+fn the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device() {
+    let dir = common::temp_dir("edit-tiny");
+    let path = dir.join("tiny.gguf");
+    let device = common::test_device();
+    let random = common::random_model(common::tiny_llama(false), tch::Kind::Float);
+    common::write_gguf(&random, &path, 64);
+    let options = ftedit::LoadOptions {
+        device,
+        ..Default::default()
+    };
+    let (mut m, tok) = ftedit::load(&path, &options).unwrap();
+    let edits = vec![
+        edit("Tom", "{} lives in", "Rome", "Oslo"),
+        edit("Ann", "{} plays", "chess", "golf"),
+        edit("Bo", "{} speaks", "Dutch", "Greek"),
+    ];
+    for e in &edits {
+        assert!(!says(
+            &m,
+            &tok,
+            &e.rewrite_prompt(),
+            &format!(" {}", e.target_new)
+        ));
+    }
+    let pool = ["Sky is", "Snow is", "Grass is", "Fire is"]
+        .iter()
+        .zip([" blue", " white", " green", " hot"])
+        .map(|(p, t)| augment::Fact {
+            prompt: p.to_string(),
+            target: t.to_string(),
+        })
+        .collect();
+    // The tiny model has 3 layers; a random one needs a larger step than a trained one,
+    // and more steps (its edits take from ~60, measured on the CPU).
+    let recipe = recipe(
+        "layers",
+        &["train.layers=1..2", "optim.lr=1e-2", "optim.min_steps=200"],
+    );
+    let mut ft = FtEditor::new("ft", recipe, pool, None, &tok).unwrap();
+    let report = ft.train(&mut m, &tok, &edits).unwrap();
+    assert_eq!(report.examples[0], 3);
+    assert!(
+        report.examples[1] > 0 && report.examples[2] > 0,
+        "{:?}",
+        report.examples
+    );
+    for e in &edits {
+        assert!(
+            says(&m, &tok, &e.rewrite_prompt(), &format!(" {}", e.target_new)),
+            "{:?} does not say {} after {} steps (loss {:?})",
+            e.rewrite_prompt(),
+            e.target_new,
+            report.steps,
+            report.loss.last()
+        );
+    }
+    for (name, t) in m.params.iter() {
+        assert_eq!(t.device(), device, "{name}");
+        let trained =
+            name.starts_with("model.layers.1.mlp.") || name.starts_with("model.layers.2.mlp.");
+        let before = random.params.get(name).unwrap().to_device(device);
+        assert_eq!(!before.equal(t), trained, "{name}");
+    }
 }
