@@ -2,8 +2,10 @@
 `ftedit edit`: the same GGUF model (transformers dequantizes it), the same shuffled
 training set (token ids written by `ftedit edit --dump-examples`), the same
 optimisation (AdamW, cosine schedule, gradient clipping, the MLPs of layers 3-5 trained,
-loss on the target tokens via -100 labels). Writes the edited weights as safetensors so
-ftedit's evaluator can score both. Run through bench/edit.sh."""
+loss on the target tokens via -100 labels); `--autocast-bf16` runs it under CPU
+autocast, the PyTorch counterpart of ftedit's `optim.precision = "bf16-mixed"`. Writes
+the edited weights as safetensors so ftedit's evaluator can score both. Run through
+bench/edit.sh."""
 import argparse
 import json
 import math
@@ -25,6 +27,8 @@ p.add_argument("--batch", type=int, default=32)
 p.add_argument("--clip", type=float, default=1.0)
 p.add_argument("--layers", default="3,4,5")
 p.add_argument("--threads", type=int, default=2)
+p.add_argument("--autocast-bf16", action="store_true",
+               help="bf16 mixed precision as torch.autocast('cpu', dtype=torch.bfloat16) does it: f32 weights, bf16 matmuls")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
@@ -64,7 +68,8 @@ for step in range(total):
         g["lr"] = a.lr * 0.5 * (1 + math.cos(math.pi * step / total))
     ids, mask, labels = tensors(batch)
     opt.zero_grad()
-    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast_bf16):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, a.clip)
     opt.step()
@@ -82,6 +87,6 @@ if model.config.tie_word_embeddings:
     state.pop("lm_head.weight", None)
 save_file(state, os.path.join(a.out, "model.safetensors"), metadata={"format": "pt"})
 print(json.dumps({
-    "impl": "pytorch", "steps": total, "seconds": secs, "examples_per_s": seen / secs, "tokens_per_s": tokens / secs,
+    "impl": "pytorch", "precision": "bf16-mixed" if a.autocast_bf16 else "f32", "steps": total, "seconds": secs, "examples_per_s": seen / secs, "tokens_per_s": tokens / secs,
     "first_loss": losses[0], "last_loss": losses[-1], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
 }))
