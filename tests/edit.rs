@@ -178,7 +178,15 @@ fn the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device() {
     let dir = common::temp_dir("edit-tiny");
     let path = dir.join("tiny.gguf");
     let device = common::test_device();
-    let random = common::random_model(common::tiny_llama(false), tch::Kind::Float);
+    // Written from the CPU, loaded onto the device as a user's file would be.
+    let random = ftedit::Model::random(
+        common::tiny_llama(false),
+        7,
+        0.2,
+        tch::Kind::Float,
+        tch::Device::Cpu,
+    )
+    .unwrap();
     common::write_gguf(&random, &path, 64);
     let options = ftedit::LoadOptions {
         device,
