@@ -25,9 +25,7 @@ for model in $MODELS; do
     rm -rf "$OUT/$run-ftedit" "$OUT/$run-torch"
     # PyTorch trains on the examples of ftedit's first precision, so both see one set.
     dump=()
-    if [ "$prec" = "${PRECISIONS%% *}" ] || [ ! -f "$OUT/$model-examples.json" ]; then
-      dump=(--dump-examples "$OUT/$model-examples.json")
-    fi
+    [ "$prec" = "${PRECISIONS%% *}" ] && dump=(--dump-examples "$OUT/$model-examples.json")
     ./target/release/ftedit edit --model "$model" --edits "$DATA" --n "$N" --recipe layers --threads 2 --quiet \
       --precision "$prec" --out "$OUT/$run-ftedit" "${dump[@]}"
     autocast=()

@@ -153,20 +153,19 @@ fn lora_adapters_start_neutral_and_merge_into_the_same_model() {
     );
 }
 
-/// Whether the model, fed `prompt` and then `target`, ranks every target token first.
-fn says(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str, target: &str) -> bool {
-    let p = tok.encode(prompt, true).unwrap();
-    let t = tok.encode(target, false).unwrap();
-    let ids: Vec<u32> = p.iter().chain(&t).copied().collect();
-    let input = ftedit::Input::right_padded(&[&ids], m.device()).unwrap();
-    let logits = m.forward(&input, &ftedit::LogitsAt::All).unwrap().get(0);
-    t.iter().enumerate().all(|(i, &want)| {
-        logits
-            .get((p.len() + i - 1) as i64)
-            .argmax(-1, false)
-            .int64_value(&[]) as u32
-            == want
-    })
+/// Per edit, the share of its target's tokens ranked first after the prompt and the
+/// tokens before them (the zsRE token accuracy, `eval::zsre`).
+fn token_accuracy(
+    m: &ftedit::Model,
+    tok: &ftedit::Tokenizer,
+    edits: &[ftedit::data::EditRecord],
+) -> Vec<f64> {
+    let records: Vec<_> = edits.iter().collect();
+    ftedit::eval::zsre::score(m, tok, &records)
+        .unwrap()
+        .iter()
+        .map(|a| a.efficacy.unwrap())
+        .collect()
 }
 
 /// The recipe end to end on the test device (`FTEDIT_TEST_DEVICE=cuda` makes it the GPU
@@ -198,14 +197,8 @@ fn the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device() {
         edit("Ann", "{} plays", "chess", "golf"),
         edit("Bo", "{} speaks", "Dutch", "Greek"),
     ];
-    for e in &edits {
-        assert!(!says(
-            &m,
-            &tok,
-            &e.rewrite_prompt(),
-            &format!(" {}", e.target_new)
-        ));
-    }
+    let before = token_accuracy(&m, &tok, &edits);
+    assert!(before.iter().all(|&a| a < 1.0), "already said: {before:?}");
     let pool = ["Sky is", "Snow is", "Grass is", "Fire is"]
         .iter()
         .zip([" blue", " white", " green", " hot"])
@@ -228,16 +221,13 @@ fn the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device() {
         "{:?}",
         report.examples
     );
-    for e in &edits {
-        assert!(
-            says(&m, &tok, &e.rewrite_prompt(), &format!(" {}", e.target_new)),
-            "{:?} does not say {} after {} steps (loss {:?})",
-            e.rewrite_prompt(),
-            e.target_new,
-            report.steps,
-            report.loss.last()
-        );
-    }
+    let after = token_accuracy(&m, &tok, &edits);
+    assert!(
+        after.iter().all(|&a| a == 1.0),
+        "token accuracy {after:?} after {} steps (loss {:?})",
+        report.steps,
+        report.loss.last()
+    );
     for (name, t) in m.params.iter() {
         assert_eq!(t.device(), device, "{name}");
         let trained =
