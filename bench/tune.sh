@@ -8,7 +8,8 @@
 # MODEL: smollm2 | gemma3 (or any --model); METHOD: ft-l | ft-m | memit | rome;
 # DATASET: counterfact (default) | zsre. Environment: FTEDIT (the binary; default
 # ./target/release/ftedit), THREADS (default 1), OUT_DIR (default runs/tune),
-# FTEDIT_DATA (default ../shared/data), RANGE (default 200..300).
+# FTEDIT_DATA (default ../shared/data), RANGE (default 200..300), GRID (the --grid flags
+# to use instead of METHOD's, e.g. GRID="--grid optim.epochs=10,25").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL="${1:?model}"
@@ -29,10 +30,12 @@ case "$METHOD" in
   # MEMIT: δ's clamp (GPT-J 0.75, EasyEdit's Llama 4) and λ (GPT-J 15,000); λ varies
   # fastest, and each z is optimised once per clamp (cache_z).
   memit) grid=(--grid value.clamp_norm_factor=0.75,4 --grid lambda=15000,5000,1000,200) ;;
-  # ROME: its layer and δ's clamp.
-  rome) grid=(--grid layer=1/5,1/10 --grid value.clamp_norm_factor=4,8) ;;
-  *) echo "tune.sh: no grid for '$METHOD'" >&2; exit 2 ;;
+  # ROME: its layer (δ's clamp, 4 against 8, did not bind on SmolLM2; GRID to try it).
+  rome) grid=(--grid layer=1/5,1/10,1/3 --grid value.clamp_norm_factor=4) ;;
+  *) [ -n "${GRID:-}" ] || { echo "tune.sh: no grid for '$METHOD' (set GRID)" >&2; exit 2; } ;;
 esac
+# shellcheck disable=SC2206
+[ -n "${GRID:-}" ] && grid=($GRID)
 out="${OUT_DIR:-runs/tune}/$(basename "$MODEL" .gguf)-$DATASET-$METHOD"
 "$FTEDIT" sweep --model "$MODEL" --data "$file" --range "${RANGE:-200..300}" --method "$METHOD" \
   "${grid[@]}" --no-generation --threads "${THREADS:-1}" --out "$out" --quiet
