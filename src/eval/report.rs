@@ -25,6 +25,21 @@ pub struct RunInfo {
     pub settings: serde_json::Value,
 }
 
+impl RunInfo {
+    /// Whether `other` would give the same results: the method config's `description`
+    /// is prose (rewording a recipe must not strand the runs made with it).
+    pub fn same_results(&self, other: &RunInfo) -> bool {
+        let strip = |r: &RunInfo| {
+            let mut r = r.clone();
+            if let Some(c) = r.settings.get_mut("config").and_then(|c| c.as_object_mut()) {
+                c.remove("description");
+            }
+            r
+        };
+        strip(self) == strip(other)
+    }
+}
+
 /// How long a run took.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timing {
@@ -106,7 +121,7 @@ impl OutputDir {
                 // A sequential run's checkpoint is results too, before any record is.
                 let has_results =
                     !dir.records()?.is_empty() || dir.path.join("checkpoint").exists();
-                if &old != run && has_results {
+                if !old.same_results(run) && has_results {
                     return Err(Error::Input(format!(
                         "{} holds results of a different run ({} on {}, {} / {}); use another --out",
                         dir.path.display(),
@@ -321,4 +336,30 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
         )?;
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_differing_only_in_a_recipes_description_are_the_same_run() {
+        let run = |desc: &str, lr: f64| RunInfo {
+            model: "m".into(),
+            data: "d".into(),
+            method: "ft-m".into(),
+            protocol: "batch".into(),
+            settings: serde_json::json!({"n": 3, "config": {"description": desc, "lr": lr}}),
+        };
+        assert!(run("old words", 1e-4).same_results(&run("new words", 1e-4)));
+        assert!(!run("same", 1e-4).same_results(&run("same", 5e-4)));
+        let dir = std::env::temp_dir().join(format!("ftedit-runinfo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        OutputDir::open(&dir, Some(&run("a", 1e-4))).unwrap();
+        std::fs::create_dir_all(dir.join("checkpoint")).unwrap();
+        assert!(OutputDir::open(&dir, Some(&run("b", 1e-4))).is_ok());
+        let err = OutputDir::open(&dir, Some(&run("b", 5e-4))).err().unwrap();
+        assert!(err.to_string().contains("different run"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -1,6 +1,8 @@
 //! Tuning a method on your own model: one protocol run per combination of settings (a
 //! grid of `--set` values), each into its own folder under the sweep's, and a table of
-//! the results with the best combination marked (by S on CounterFact, Score on zsRE).
+//! the results with the best combination marked (by S on CounterFact, Score on zsRE)
+//! among those that kept the model healthy: a setting that scores best by breaking the
+//! model (its run tripped the collapse flag, see `eval::health`) is not a default to keep.
 //!
 //! A sweep resumes: a combination whose folder holds a finished summary is not run
 //! again, and one that was cut short resumes as [`super::run`] does.
@@ -137,7 +139,10 @@ pub struct Row {
     /// The suite's metrics, in percent.
     pub metrics: BTreeMap<String, Option<f64>>,
     pub seconds_per_edit: Option<f64>,
-    /// The best row by the key metric.
+    /// The run tripped the health check's collapse flag.
+    #[serde(default)]
+    pub collapsed: bool,
+    /// The best row by the key metric among the healthy ones (among all, if none is).
     pub best: bool,
 }
 
@@ -181,14 +186,17 @@ impl Table {
         };
         let key_metric = if has("S") { "S" } else { "score" }.to_owned();
         let key = |r: &Row| r.metrics.get(&key_metric).copied().flatten();
-        // Reversed, so that a tie goes to the combination listed first.
-        let best = rows
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| key(r).map(|v| (i, v)))
-            .rev()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(i, _)| i);
+        let best_of = |healthy_only: bool| {
+            // Reversed, so that a tie goes to the combination listed first.
+            rows.iter()
+                .enumerate()
+                .filter(|(_, r)| !(healthy_only && r.collapsed))
+                .filter_map(|(i, r)| key(r).map(|v| (i, v)))
+                .rev()
+                .max_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i)
+        };
+        let best = best_of(true).or_else(|| best_of(false));
         for (i, r) in rows.iter_mut().enumerate() {
             r.best = Some(i) == best;
         }
@@ -218,6 +226,7 @@ impl Table {
                     .any(|r| r.metrics.get(*m).is_some_and(|v| v.is_some()))
             })
             .collect();
+        let collapsed = self.rows.iter().filter(|r| r.collapsed).count();
         let mut s = String::from("|");
         for a in &self.axes {
             s.push_str(&format!(" {a} |"));
@@ -225,10 +234,16 @@ impl Table {
         for c in &cols {
             s.push_str(&format!(" {c} |"));
         }
+        if collapsed > 0 {
+            s.push_str(" collapsed |");
+        }
         s.push_str(" s / edit |\n|");
         s.push_str(&"---|".repeat(self.axes.len()));
-        s.push_str(&"---:|".repeat(cols.len() + 1));
-        s.push('\n');
+        s.push_str(&"---:|".repeat(cols.len()));
+        if collapsed > 0 {
+            s.push_str("---|");
+        }
+        s.push_str("---:|\n");
         for r in &self.rows {
             let cell = |v: String| {
                 if r.best {
@@ -245,6 +260,9 @@ impl Table {
                 let v = r.metrics.get(*c).copied().flatten();
                 s.push_str(&cell(v.map_or("—".into(), |v| format!("{v:.1}"))));
             }
+            if collapsed > 0 {
+                s.push_str(&cell(if r.collapsed { "yes" } else { "no" }.into()));
+            }
             s.push_str(&cell(
                 r.seconds_per_edit.map_or("—".into(), |v| format!("{v:.2}")),
             ));
@@ -256,6 +274,14 @@ impl Table {
                 self.key_metric,
                 b.settings.join(" "),
                 b.n
+            ));
+        }
+        if collapsed == self.rows.len() && collapsed > 0 {
+            s.push_str("every combination tripped the collapse flag\n");
+        } else if collapsed > 0 {
+            s.push_str(&format!(
+                "{collapsed} of {} combinations tripped the collapse flag and are not chosen\n",
+                self.rows.len()
             ));
         }
         s
@@ -342,6 +368,7 @@ pub fn sweep(
             n,
             metrics: file.summary.metrics.clone(),
             seconds_per_edit: file.edit_seconds.map(|s| s / records.len().max(1) as f64),
+            collapsed: file.health.as_ref().is_some_and(|h| h.collapsed),
             best: false,
         });
         let table = Table::new(axes.clone(), rows.clone(), ran, skipped);
@@ -400,6 +427,7 @@ mod tests {
             n: 2,
             metrics: [("S".to_string(), s), ("ES".to_string(), Some(1.0))].into(),
             seconds_per_edit: Some(0.5),
+            collapsed: false,
             best: false,
         };
         let t = Table::new(
@@ -422,5 +450,33 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("| 3 | — | 1.0 | 0.50 |"), "{md}");
+        assert!(!md.contains("collapse"), "{md}");
+
+        // A row that scores best by breaking the model is not chosen, and is marked.
+        let mut rows = t.rows.clone();
+        rows[1].collapsed = true;
+        let t = Table::new(vec!["lambda".into()], rows.clone(), 4, 0);
+        assert_eq!(t.best().unwrap().settings, vec!["lambda=4"]);
+        let md = t.markdown();
+        assert!(md.contains("| 2 | 60.0 | 1.0 | yes | 0.50 |"), "{md}");
+        assert!(
+            md.contains("| **4** | **60.0** | **1.0** | **no** | **0.50** |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("1 of 4 combinations tripped the collapse flag"),
+            "{md}"
+        );
+        // When every row collapsed, the best of them is still marked, and the table says so.
+        for r in &mut rows {
+            r.collapsed = true;
+        }
+        let t = Table::new(vec!["lambda".into()], rows, 4, 0);
+        assert_eq!(t.best().unwrap().settings, vec!["lambda=2"]);
+        assert!(
+            t.markdown().contains("every combination tripped"),
+            "{}",
+            t.markdown()
+        );
     }
 }
