@@ -1125,6 +1125,48 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
     let svg = std::fs::read_to_string(&svg).unwrap();
+    // A curve kept on its own (as bench/results keeps them) draws the same lines, named
+    // after the file.
+    let kept = dir.join("kept-curve.jsonl");
+    std::fs::copy(dir.join("seq/curve.jsonl"), &kept).unwrap();
+    let from_file = dir.join("plot/from-file.svg");
+    let (code, stdout, err) = ftedit(&[
+        "report",
+        "plot",
+        kept.to_str().unwrap(),
+        &out("batch"),
+        "--label",
+        "in turn",
+        "--out",
+        from_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
+    assert_eq!(std::fs::read_to_string(&from_file).unwrap(), svg);
+    let (code, _, err) = ftedit(&[
+        "report",
+        "plot",
+        kept.to_str().unwrap(),
+        "--out",
+        from_file.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        std::fs::read_to_string(&from_file)
+            .unwrap()
+            .contains(">kept-curve<")
+    );
+    std::fs::write(dir.join("empty.jsonl"), "").unwrap();
+    expect_failure(
+        &[
+            "report",
+            "plot",
+            &out("empty.jsonl"),
+            "--out",
+            &out("x.svg"),
+        ],
+        "no checkpoint",
+    );
     // Six panels; the sequential run is a line in each, but in the known facts' only if
     // the random tiny model knew any of them; the batch run is a ring in each but the
     // first batch's (a mass edit has none).

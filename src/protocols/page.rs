@@ -89,13 +89,14 @@ fn losses(report: &serde_json::Value) -> Vec<f64> {
 }
 
 impl Run {
-    /// The name a run goes by when none is given: its folder's, or its model's for an
-    /// edit report (`edited.gguf.report.json` → `edited.gguf`).
+    /// The name a run goes by when none is given: its folder's, its model's for an
+    /// edit report (`edited.gguf.report.json` → `edited.gguf`), a curve file's stem.
     pub fn default_name(path: &Path) -> String {
         let name = path.file_name().map_or(path.display().to_string(), |n| {
             n.to_string_lossy().into_owned()
         });
         name.strip_suffix(".report.json")
+            .or_else(|| name.strip_suffix(".jsonl"))
             .filter(|n| !n.is_empty())
             .map_or(name.clone(), str::to_owned)
     }

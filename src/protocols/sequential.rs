@@ -357,8 +357,20 @@ pub fn chart(
     }
 }
 
-/// A run's points for a plot: its curve, or its summary as one point.
+/// A run's points for a plot: its curve, or its summary as one point. `dir` may also be
+/// a curve file kept on its own (e.g. `bench/results/*-curve.jsonl`), so published curves
+/// can be drawn again without their run folders.
 pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
+    if dir.is_file() {
+        let points = read_curve(dir)?;
+        if points.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: a curve file with no checkpoint in it",
+                dir.display()
+            )));
+        }
+        return Ok(points);
+    }
     if curve_path(dir).exists() {
         return read_curve(dir);
     }

@@ -26,7 +26,8 @@ enum ReportCommand {
     /// Draw the curves of runs (metrics against edits, one line per run) as SVG: a
     /// sequential run's curve.jsonl, or a finished run's summary as one point.
     Plot {
-        /// The runs' output folders.
+        /// The runs' output folders, or curve files kept on their own (a run's
+        /// `curve.jsonl` copied elsewhere).
         #[arg(required = true)]
         runs: Vec<PathBuf>,
         /// The SVG file to write.
