@@ -12,7 +12,9 @@
 # from 300 on, after those the README reports and the sweeps used; 337 of them).
 # Environment: FTEDIT (default ./target/release/ftedit), THREADS (default 2), DEVICE
 # (default cpu), OUT_DIR (default runs/lifelong-MODEL), FTEDIT_DATA (default
-# ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft').
+# ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft'),
+# PRECISION (f32 or bf16-mixed: how the fine-tuning runs train, the recipe's, LocFT-BF's
+# and the recipe's mass edit; default the recipes' f32).
 # Finished runs are skipped; a sequential run that was cut short resumes from its last
 # checkpoint (its folder's checkpoint/: the changed weights and the editor's state).
 set -euo pipefail
@@ -36,14 +38,18 @@ declare -A RUN=(
   [4-memit]="--method memit"
   [5-rome]="--method rome"
 )
+prec=()
+[ -n "${PRECISION:-}" ] && prec=(--precision "$PRECISION")
 mkdir -p "$OUT"
 for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
   [[ "$run" =~ ${ONLY:-.} ]] || continue
   dir="$OUT/$DATASET-$run"
   [ -f "$dir/summary.json" ] && continue
   echo "== $DATASET $run: $N edits in batches of $B"
+  p=()
+  [[ "$run" =~ ft ]] && p=("${prec[@]}")
   # shellcheck disable=SC2086
-  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} \
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} "${p[@]}" \
     --protocol sequential --batch-size "$B" --eval-every 1 --generation-n 50 \
     --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$dir" > /dev/null
 done
@@ -53,7 +59,9 @@ for method in ft memit; do
   mass="$OUT/$DATASET-$run"
   [[ "$run" =~ ${ONLY:-.} ]] && [ ! -f "$mass/summary.json" ] || continue
   echo "== $DATASET $method, all $N edits at once"
-  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method "$method" --protocol batch \
+  p=()
+  [ "$method" = ft ] && p=("${prec[@]}")
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method "$method" "${p[@]}" --protocol batch \
     --generation-n 50 --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$mass" > /dev/null
 done
 runs=()
