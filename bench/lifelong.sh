@@ -31,37 +31,38 @@ case "$DATASET" in
   zsre) file="$DATA/zsre/zsre_eval_dev.json"; sel=(--range "300..$((300 + N))") ;;
   *) echo "lifelong.sh: unknown data set '$DATASET'" >&2; exit 2 ;;
 esac
+# The fine-tuning runs are the ones that take a training precision.
+ft_prec="${PRECISION:+--precision $PRECISION}"
 declare -A RUN=(
-  [1-ft]="--method ft"
-  [2-locft]="--recipe locft"
+  [1-ft]="--method ft $ft_prec"
+  [2-locft]="--recipe locft $ft_prec"
   [3-alphaedit]="--method alphaedit"
   [4-memit]="--method memit"
   [5-rome]="--method rome"
 )
-prec=()
-[ -n "${PRECISION:-}" ] && prec=(--precision "$PRECISION")
 mkdir -p "$OUT"
 for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
   [[ "$run" =~ ${ONLY:-.} ]] || continue
   dir="$OUT/$DATASET-$run"
   [ -f "$dir/summary.json" ] && continue
   echo "== $DATASET $run: $N edits in batches of $B"
-  p=()
-  [[ "$run" =~ ft ]] && p=("${prec[@]}")
   # shellcheck disable=SC2086
-  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} "${p[@]}" \
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} \
     --protocol sequential --batch-size "$B" --eval-every 1 --generation-n 50 \
     --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$dir" > /dev/null
 done
 # The same edits all at once, by the paper's recipe and by MEMIT.
+declare -A MASS=(
+  [ft]="--method ft $ft_prec"
+  [memit]="--method memit"
+)
 for method in ft memit; do
   run="0-$method-mass"
   mass="$OUT/$DATASET-$run"
   [[ "$run" =~ ${ONLY:-.} ]] && [ ! -f "$mass/summary.json" ] || continue
   echo "== $DATASET $method, all $N edits at once"
-  p=()
-  [ "$method" = ft ] && p=("${prec[@]}")
-  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" --method "$method" "${p[@]}" --protocol batch \
+  # shellcheck disable=SC2086
+  "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${MASS[$method]} --protocol batch \
     --generation-n 50 --device "${DEVICE:-cpu}" --threads "${THREADS:-2}" --quiet --out "$mass" > /dev/null
 done
 runs=()
