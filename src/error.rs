@@ -16,6 +16,21 @@ pub enum Error {
     #[error("{path}: not a model we can read: {reason}")]
     Format { path: PathBuf, reason: String },
 
+    #[error("{path}: {reason}")]
+    Data { path: PathBuf, reason: String },
+
+    #[error("{path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    #[error("{path} is being written by another ftedit run{}; wait for it to finish or use another --out", .pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { path: PathBuf, pid: Option<i32> },
+
+    #[error("interrupted by {}; nothing was left half-written", signal_name(*.signal))]
+    Interrupted { signal: i32 },
+
+    #[error("training diverged: {0}; the model is left unchanged (try a lower optim.lr)")]
+    Diverged(String),
+
     #[error("{path}: file is truncated or corrupt: {reason}")]
     Corrupt { path: PathBuf, reason: String },
 
@@ -54,6 +69,9 @@ pub enum Error {
     #[error("input of {len} tokens is longer than the model's context of {max} tokens")]
     ContextOverflow { len: usize, max: usize },
 
+    #[error("record {id}: {inner}")]
+    AtRecord { id: String, inner: Box<Error> },
+
     #[error("--set {key}: {reason}")]
     Setting { key: String, reason: String },
 
@@ -70,7 +88,50 @@ pub enum Error {
 /// Result with the library's [`Error`].
 pub type Result<T> = std::result::Result<T, Error>;
 
+fn signal_name(signal: i32) -> String {
+    match signal {
+        libc::SIGINT => "SIGINT (Ctrl-C)".into(),
+        libc::SIGTERM => "SIGTERM".into(),
+        s => format!("signal {s}"),
+    }
+}
+
 impl Error {
+    /// The exit status the command line gives this error: 128 + the signal for an
+    /// interruption (as a shell reports a process the signal ended), else 1.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Interrupted { signal } => 128 + signal,
+            _ => 1,
+        }
+    }
+
+    /// This error, said of the record `id` (once: an error already about a record is
+    /// kept as it is).
+    pub fn at_record(self, id: &str) -> Self {
+        match self {
+            Error::AtRecord { .. } | Error::Record { .. } | Error::Interrupted { .. } => self,
+            inner => Error::AtRecord {
+                id: id.to_owned(),
+                inner: Box::new(inner),
+            },
+        }
+    }
+
+    pub(crate) fn data(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Data {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn output(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Output {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -14,8 +14,9 @@
 //! - [`eval`]: the literature's metrics and the reports they are written to.
 //! - [`protocols`]: an editor and then the evaluator (single, batch, sequential), and
 //!   sweeps over settings; the only layer that uses both `edit` and `eval`.
-//! - [`runtime`], [`progress`], [`cache`]: devices and the libtorch runtime; progress
-//!   bars; the on-disk cache.
+//! - [`runtime`], [`progress`], [`cache`], [`output`]: devices and the libtorch runtime;
+//!   progress bars; the on-disk cache; writing files without losing a user's (unique
+//!   temporaries, held signals, run-folder locks).
 //!
 //! ```
 //! use ftedit::model::{ArchConfig, Model};
@@ -48,6 +49,7 @@ pub mod error;
 pub mod eval;
 pub mod formats;
 pub mod model;
+pub mod output;
 pub mod plot;
 pub mod progress;
 pub mod protocols;

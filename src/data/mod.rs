@@ -637,12 +637,11 @@ pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
     } else if has("prompt") && has("target_new") {
         Ok(Format::Jsonl)
     } else {
-        Err(Error::Format {
-            path: path.into(),
-            reason: "not a data set we recognise (CounterFact, EasyEdit CounterFact, zsRE MEND, \
-                     KnowEdit, or JSONL edit requests); name the format with --format"
-                .into(),
-        })
+        Err(Error::data(
+            path,
+            "not a data set we recognise (CounterFact, EasyEdit CounterFact, zsRE MEND, \
+             KnowEdit, or JSONL edit requests); name the format with --format",
+        ))
     }
 }
 
@@ -650,12 +649,16 @@ pub fn detect(path: &Path, first: Option<&Json>) -> Result<Format> {
 pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRecord>> {
     let path = path.as_ref();
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let bad_json = |line: Option<usize>, e: serde_json::Error| Error::Format {
-        path: path.into(),
-        reason: match line {
-            Some(l) => format!("line {}: invalid JSON: {e}", l + 1),
-            None => format!("invalid JSON: {e}"),
-        },
+    // Editors on Windows often begin UTF-8 files with a byte-order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let bad_json = |line: Option<usize>, e: serde_json::Error| {
+        Error::data(
+            path,
+            match line {
+                Some(l) => format!("line {}: invalid JSON: {e}", l + 1),
+                None => format!("invalid JSON: {e}"),
+            },
+        )
     };
     let is_jsonl = format == Some(Format::Jsonl)
         || (format.is_none() && path.extension().is_some_and(|e| e == "jsonl"));
@@ -666,13 +669,13 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRe
             .map(|(i, l)| serde_json::from_str(l).map_err(|e| bad_json(Some(i), e)))
             .collect::<Result<_>>()?
     } else {
-        match serde_json::from_str(&text).map_err(|e| bad_json(None, e))? {
+        match serde_json::from_str(text).map_err(|e| bad_json(None, e))? {
             Json::Array(items) => items,
             _ => {
-                return Err(Error::Format {
-                    path: path.into(),
-                    reason: "expected a JSON list of records".into(),
-                });
+                return Err(Error::data(
+                    path,
+                    "expected a JSON list of records (or one record per line in a .jsonl file)",
+                ));
             }
         }
     };
@@ -690,8 +693,91 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRe
     items
         .iter()
         .enumerate()
-        .map(|(index, obj)| parse(&Fields { path, index, obj }))
+        .map(|(index, obj)| {
+            let f = Fields { path, index, obj };
+            let r = parse(&f)?;
+            // One slot: the subject goes in once; a second `{}` would be trained literally.
+            let slots = r.prompt.matches("{}").count();
+            if slots > 1 {
+                return Err(f.err(
+                    "prompt",
+                    format!(
+                        "{:?} has {slots} {{}} slots; the subject goes in exactly one",
+                        r.prompt
+                    ),
+                ));
+            }
+            Ok(r)
+        })
         .collect()
+}
+
+/// Why a set of edits cannot be made together: two edits of one fact (the same subject
+/// and prompt) with different new targets, or an edit whose new target is its true one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EditProblem {
+    Contradicts {
+        first: String,
+        second: String,
+        prompt: String,
+        targets: [String; 2],
+    },
+    Unchanged {
+        id: String,
+        target: String,
+    },
+}
+
+impl std::fmt::Display for EditProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EditProblem::Contradicts {
+                first,
+                second,
+                prompt,
+                targets,
+            } => write!(
+                f,
+                "records {first} and {second} edit the same fact ({prompt:?}) to different \
+                 targets ({:?} and {:?})",
+                targets[0], targets[1]
+            ),
+            EditProblem::Unchanged { id, target } => write!(
+                f,
+                "record {id}: target_new {target:?} is its true target; there is nothing to edit"
+            ),
+        }
+    }
+}
+
+/// The problems of making `records`' edits together ([`EditProblem`]), in record order.
+pub fn edit_problems(records: &[EditRecord]) -> Vec<EditProblem> {
+    let mut out = Vec::new();
+    let mut seen: std::collections::HashMap<String, &EditRecord> = Default::default();
+    for r in records {
+        if r.target_true.as_deref().map(str::trim) == Some(r.target_new.trim()) {
+            out.push(EditProblem::Unchanged {
+                id: r.id.clone(),
+                target: r.target_new.clone(),
+            });
+        }
+        let fact = r.rewrite_prompt();
+        match seen.get(&fact) {
+            Some(first) if first.target_new.trim() != r.target_new.trim() => {
+                out.push(EditProblem::Contradicts {
+                    first: first.id.clone(),
+                    second: r.id.clone(),
+                    prompt: fact,
+                    targets: [first.target_new.clone(), r.target_new.clone()],
+                })
+            }
+            Some(_) => {}
+            None => {
+                seen.insert(fact, r);
+            }
+        }
+    }
+    out
 }
 
 /// Which records to take: all, the first `n`, or a range; then every `of`-th from
@@ -706,11 +792,14 @@ pub struct Selection {
 impl Selection {
     /// Parses `A..B`.
     pub fn parse_range(s: &str) -> Result<(usize, usize)> {
-        let bad = || Error::Input(format!("bad range '{s}' (expected A..B)"));
+        let bad = || Error::Input(format!("bad range '{s}' (expected A..B, e.g. 0..100)"));
         let (a, b) = s.split_once("..").ok_or_else(bad)?;
         let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
-        if a > b {
-            return Err(bad());
+        if a >= b {
+            return Err(Error::Input(format!(
+                "range '{s}' selects no record: A..B takes records A to B-1, so A must be \
+                 below B"
+            )));
         }
         Ok((a, b))
     }

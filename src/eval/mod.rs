@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{EditRecord, Suite};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use counterfact::ProbScores;
@@ -136,66 +136,88 @@ pub fn evaluate(
     done: &mut dyn FnMut(RecordResult) -> Result<()>,
 ) -> Result<()> {
     for chunk in records.chunks(opts.chunk.max(1)) {
-        let cf: Vec<&EditRecord> = chunk
-            .iter()
-            .filter(|r| r.suite == Suite::CounterFact)
-            .collect();
-        let zs: Vec<&EditRecord> = chunk.iter().filter(|r| r.suite == Suite::Zsre).collect();
-        let mut cf_scores = counterfact::score(model, tok, &cf)?.into_iter();
-        let mut zs_scores = zsre::score(model, tok, &zs)?.into_iter();
-        let exact = if opts.exact_match {
-            exact_scores(model, tok, chunk)?
-        } else {
-            vec![None; chunk.len()]
-        };
-        let mut generations = if opts.generation {
-            generations(model, tok, chunk, opts)?
-        } else {
-            vec![None; chunk.len()]
-        }
-        .into_iter();
-        let mut subject = check::subject_nlls(model, tok, chunk)?.into_iter();
-        let all: Vec<&EditRecord> = chunk.iter().collect();
-        let mut portability = easyedit::portability(model, tok, &all)?.into_iter();
-        let mut locality = if opts.locality {
-            easyedit::neighbour_argmax(model, tok, &all)?
-        } else {
-            vec![None; chunk.len()]
-        }
-        .into_iter();
-        let mut chats = if opts.chat {
-            chat::chat_scores(model, tok, chunk)?
-                .into_iter()
-                .map(Some)
-                .collect()
-        } else {
-            vec![None; chunk.len()]
-        }
-        .into_iter();
-        for (r, exact) in chunk.iter().zip(exact) {
-            let scores = match r.suite {
-                Suite::CounterFact => {
-                    Scores::CounterFact(cf_scores.next().expect("one score per record"))
+        match evaluate_chunk(model, tok, chunk, opts, done) {
+            // Find the record that does not fit, to name it.
+            Err(Error::ContextOverflow { .. }) if chunk.len() > 1 => {
+                for r in chunk {
+                    evaluate_chunk(model, tok, std::slice::from_ref(r), opts, done)
+                        .map_err(|e| e.at_record(&r.id))?;
                 }
-                Suite::Zsre => Scores::Zsre(zs_scores.next().expect("one score per record")),
-            };
-            done(RecordResult {
-                id: r.id.clone(),
-                suite: r.suite,
-                subject: r.subject.clone(),
-                prompt: r.rewrite_prompt(),
-                target_new: r.target_new.clone(),
-                target_true: r.target_true.clone(),
-                scores,
-                exact,
-                generation: generations.next().flatten(),
-                chat: chats.next().flatten(),
-                subject_nll: subject.next().flatten(),
-                subject_nll_before: None,
-                portability: portability.next().unwrap_or_default(),
-                locality: locality.next().flatten(),
-            })?;
+            }
+            Err(e @ Error::ContextOverflow { .. }) => return Err(e.at_record(&chunk[0].id)),
+            other => other?,
         }
+    }
+    Ok(())
+}
+
+/// [`evaluate`] on one chunk of records, scored together.
+fn evaluate_chunk(
+    model: &Model,
+    tok: &Tokenizer,
+    chunk: &[EditRecord],
+    opts: &EvalOptions,
+    done: &mut dyn FnMut(RecordResult) -> Result<()>,
+) -> Result<()> {
+    let cf: Vec<&EditRecord> = chunk
+        .iter()
+        .filter(|r| r.suite == Suite::CounterFact)
+        .collect();
+    let zs: Vec<&EditRecord> = chunk.iter().filter(|r| r.suite == Suite::Zsre).collect();
+    let mut cf_scores = counterfact::score(model, tok, &cf)?.into_iter();
+    let mut zs_scores = zsre::score(model, tok, &zs)?.into_iter();
+    let exact = if opts.exact_match {
+        exact_scores(model, tok, chunk)?
+    } else {
+        vec![None; chunk.len()]
+    };
+    let mut generations = if opts.generation {
+        generations(model, tok, chunk, opts)?
+    } else {
+        vec![None; chunk.len()]
+    }
+    .into_iter();
+    let mut subject = check::subject_nlls(model, tok, chunk)?.into_iter();
+    let all: Vec<&EditRecord> = chunk.iter().collect();
+    let mut portability = easyedit::portability(model, tok, &all)?.into_iter();
+    let mut locality = if opts.locality {
+        easyedit::neighbour_argmax(model, tok, &all)?
+    } else {
+        vec![None; chunk.len()]
+    }
+    .into_iter();
+    let mut chats = if opts.chat {
+        chat::chat_scores(model, tok, chunk)?
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        vec![None; chunk.len()]
+    }
+    .into_iter();
+    for (r, exact) in chunk.iter().zip(exact) {
+        let scores = match r.suite {
+            Suite::CounterFact => {
+                Scores::CounterFact(cf_scores.next().expect("one score per record"))
+            }
+            Suite::Zsre => Scores::Zsre(zs_scores.next().expect("one score per record")),
+        };
+        done(RecordResult {
+            id: r.id.clone(),
+            suite: r.suite,
+            subject: r.subject.clone(),
+            prompt: r.rewrite_prompt(),
+            target_new: r.target_new.clone(),
+            target_true: r.target_true.clone(),
+            scores,
+            exact,
+            generation: generations.next().flatten(),
+            chat: chats.next().flatten(),
+            subject_nll: subject.next().flatten(),
+            subject_nll_before: None,
+            portability: portability.next().unwrap_or_default(),
+            locality: locality.next().flatten(),
+        })?;
     }
     Ok(())
 }

@@ -26,17 +26,66 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
+    /// Where `other` differs from this run (the recipe's description aside), as
+    /// `field: this → other`, at most `max` of them.
+    pub fn differences(&self, other: &RunInfo, max: usize) -> Vec<String> {
+        let (a, b) = (self.comparable(), other.comparable());
+        let mut out = Vec::new();
+        diff_json(
+            "",
+            &serde_json::to_value(a).expect("serialisable"),
+            &serde_json::to_value(b).expect("serialisable"),
+            &mut out,
+        );
+        out.truncate(max);
+        out
+    }
+
+    fn comparable(&self) -> RunInfo {
+        let mut r = self.clone();
+        if let Some(c) = r.settings.get_mut("config").and_then(|c| c.as_object_mut()) {
+            c.remove("description");
+        }
+        r
+    }
+
     /// Whether `other` would give the same results: the method config's `description`
     /// is prose (rewording a recipe must not strand the runs made with it).
     pub fn same_results(&self, other: &RunInfo) -> bool {
-        let strip = |r: &RunInfo| {
-            let mut r = r.clone();
-            if let Some(c) = r.settings.get_mut("config").and_then(|c| c.as_object_mut()) {
-                c.remove("description");
+        self.comparable() == other.comparable()
+    }
+}
+
+/// The leaves where `a` and `b` differ, as `path: a → b` (settings flattened with dots).
+fn diff_json(at: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    let key = |k: &str| {
+        let k = k.strip_prefix("settings.").unwrap_or(k);
+        let k = k.strip_prefix("config.").unwrap_or(k);
+        k.to_owned()
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            let null = Value::Null;
+            for k in keys {
+                let sub = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                diff_json(
+                    &sub,
+                    x.get(k).unwrap_or(&null),
+                    y.get(k).unwrap_or(&null),
+                    out,
+                );
             }
-            r
-        };
-        strip(self) == strip(other)
+        }
+        _ if a != b => out.push(format!("{}: {a} → {b}", key(at))),
+        _ => {}
     }
 }
 
@@ -68,13 +117,23 @@ pub struct SummaryFile {
 /// An evaluation's output folder.
 pub struct OutputDir {
     pub path: PathBuf,
+    /// Held while this run writes the folder ([`OutputDir::open`]).
+    _lock: Option<crate::output::Lock>,
 }
 
+/// The files that mark a folder as an evaluation's output.
+const RUN_FILES: &[&str] = &[
+    "run.json",
+    "records.jsonl",
+    "summary.json",
+    "curve.jsonl",
+    "checkpoint",
+    "sweep.json",
+    crate::output::LOCK_FILE,
+];
+
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| Error::io(path, e))
+    crate::output::write_atomic(path, text.as_bytes())
 }
 
 /// Reads a JSON-lines file, one value per line; a cut-off last line (an interrupted
@@ -88,10 +147,7 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
             Ok(r) => out.push(r),
             Err(_) if i + 1 == lines.len() && !text.ends_with('\n') => break,
             Err(e) => {
-                return Err(Error::Format {
-                    path: path.to_owned(),
-                    reason: format!("line {}: {e}", i + 1),
-                });
+                return Err(Error::data(path, format!("line {}: {e}", i + 1)));
             }
         }
     }
@@ -101,19 +157,52 @@ pub fn read_jsonl<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>>
 /// Reads and parses a JSON file, naming it in the error.
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Format {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })
+    serde_json::from_str(&text).map_err(|e| Error::data(path, e.to_string()))
 }
 
 impl OutputDir {
-    /// Opens (creating) the folder. With `run` given, a folder from a different run is
-    /// refused rather than mixed.
+    /// Opens (creating) the folder for a run to write, locked against other runs while
+    /// the value lives. A file, or a folder holding files of something other than an
+    /// evaluation, is refused; with `run` given, so is a folder of a different run's
+    /// results (the message names the settings that differ).
     pub fn open(path: impl Into<PathBuf>, run: Option<&RunInfo>) -> Result<Self> {
         let path = path.into();
+        if path.exists() && !path.is_dir() {
+            return Err(Error::output(
+                &path,
+                "is a file; --out names the folder a run writes its results in",
+            ));
+        }
+        if path.is_dir() {
+            let names: Vec<String> = std::fs::read_dir(&path)
+                .map_err(|e| Error::io(&path, e))?
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !names.is_empty() && !names.iter().any(|n| RUN_FILES.contains(&n.as_str())) {
+                let mut shown: Vec<&str> = names.iter().map(String::as_str).take(5).collect();
+                shown.sort();
+                return Err(Error::output(
+                    &path,
+                    format!(
+                        "is a folder with other files in it ({}{}), not a run's results; \
+                         choose a new or empty folder",
+                        shown.join(", "),
+                        if names.len() > shown.len() {
+                            ", …"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
         std::fs::create_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-        let dir = OutputDir { path };
+        let lock = crate::output::Lock::acquire(&path)?;
+        let dir = OutputDir {
+            path,
+            _lock: Some(lock),
+        };
         let info = dir.path.join("run.json");
         if let Some(run) = run {
             if info.exists() {
@@ -123,12 +212,14 @@ impl OutputDir {
                     !dir.records()?.is_empty() || dir.path.join("checkpoint").exists();
                 if !old.same_results(run) && has_results {
                     return Err(Error::Input(format!(
-                        "{} holds results of a different run ({} on {}, {} / {}); use another --out",
+                        "{} holds results of a different run ({} on {}, {} / {}), which differs in {}; \
+                         use another --out",
                         dir.path.display(),
                         old.model,
                         old.data,
                         old.method,
-                        old.protocol
+                        old.protocol,
+                        old.differences(run, 4).join("; ")
                     )));
                 }
             }
@@ -138,6 +229,14 @@ impl OutputDir {
             )?;
         }
         Ok(dir)
+    }
+
+    /// A finished run's folder, to read (not locked).
+    pub fn read(path: impl Into<PathBuf>) -> Self {
+        OutputDir {
+            path: path.into(),
+            _lock: None,
+        }
     }
 
     fn records_path(&self) -> PathBuf {
@@ -289,7 +388,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
                 d.display()
             )));
         }
-        let dir = OutputDir { path: d.clone() };
+        let dir = OutputDir::read(d.clone());
         for r in dir.records()? {
             if seen.insert(r.id.clone()) {
                 all.push(r);
@@ -307,7 +406,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
     let healths: Vec<Option<Health>> = dirs
         .iter()
         .map(|d| {
-            OutputDir { path: d.clone() }
+            OutputDir::read(d.clone())
                 .summary()
                 .map(|f| f.and_then(|f| f.health))
         })
@@ -360,6 +459,8 @@ mod tests {
         assert!(OutputDir::open(&dir, Some(&run("b", 1e-4))).is_ok());
         let err = OutputDir::open(&dir, Some(&run("b", 5e-4))).err().unwrap();
         assert!(err.to_string().contains("different run"), "{err}");
+        // It says which setting differs.
+        assert!(err.to_string().contains("lr: 0.0001 → 0.0005"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -503,7 +503,9 @@ impl<'a> GgufWriter<'a> {
         });
     }
 
-    /// Writes the file to `path` (via `path.tmp` and a rename).
+    /// Writes the file to `path` via a unique temporary ([`crate::output::temp_path`])
+    /// and a rename. SIGINT and SIGTERM are held meanwhile: the write stops between two
+    /// tensors, the temporary is removed and [`Error::Interrupted`] returned.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         use std::io::Write;
         let path = path.as_ref();
@@ -530,21 +532,27 @@ impl<'a> GgufWriter<'a> {
             offset = align(offset + t.data.len() as u64);
         }
         head.resize(align(head.len() as u64) as usize, 0);
-        let tmp = path.with_extension("tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-            f.write_all(&head)?;
+        let _held = crate::output::HoldSignals::new();
+        let tmp = crate::output::temp_path(path);
+        let write = || -> Result<()> {
+            let io = |e: std::io::Error| Error::io(path, e);
+            let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
+            f.write_all(&head).map_err(io)?;
             for t in &self.tensors {
-                f.write_all(&t.data)?;
+                crate::output::interrupted()?;
+                f.write_all(&t.data).map_err(io)?;
                 let pad = align(t.data.len() as u64) - t.data.len() as u64;
-                f.write_all(&vec![0u8; pad as usize])?;
+                f.write_all(&vec![0u8; pad as usize]).map_err(io)?;
             }
-            f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            std::fs::rename(&tmp, path)
+            f.into_inner()
+                .map_err(|e| io(e.into_error()))?
+                .sync_all()
+                .map_err(io)?;
+            crate::output::interrupted()?;
+            std::fs::rename(&tmp, path).map_err(io)
         };
-        write().map_err(|e| {
+        write().inspect_err(|_| {
             let _ = std::fs::remove_file(&tmp);
-            Error::io(path, e)
         })
     }
 }

@@ -7,8 +7,10 @@
 //!   `model.safetensors` in the dtype asked for, `tokenizer.json`, `tokenizer_config.json`
 //!   and `chat_template.jinja` with the model's chat template) that transformers loads.
 //!
-//! Both write to a temporary name and rename at the end: an interrupted save never
-//! leaves a half-written model under the final name.
+//! Both write to a unique temporary name and rename at the end, holding SIGINT and
+//! SIGTERM meanwhile: an interrupted save leaves neither a half-written model under the
+//! final name nor a temporary. [`Destination`] checks an output path before the work
+//! that fills it; a folder with files ftedit did not write is never replaced.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -74,12 +76,20 @@ fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
 
 /// Writes `model` as a GGUF file shaped like `source` (the GGUF it was loaded from).
 /// `quantize`: store changed tensors as Q8_0 instead of F32 (where their rows allow).
+/// An existing file at `out` is replaced (check it first with [`Destination`]), but
+/// never `source` itself.
 pub fn save_gguf(
     model: &Model,
     source: &Path,
     out: &Path,
     quantize: bool,
 ) -> Result<GgufSaveReport> {
+    if resolve(out)? == resolve(source)? {
+        return Err(Error::output(
+            out,
+            "is the input model; write the edited model elsewhere",
+        ));
+    }
     let g = GgufFile::open(source)?;
     let arch = g.get_str("general.architecture")?.to_owned();
     let mut w = GgufWriter::new();
@@ -225,6 +235,10 @@ pub struct HfSaveOptions {
     /// The checkpoint the model came from: a folder's `generation_config.json` is carried
     /// over (otherwise one is written from the tokenizer's BOS and EOS).
     pub source: Option<PathBuf>,
+    /// Replace an earlier output of ftedit at the folder (one with its report and nothing
+    /// else); without it only a new path or an empty folder is written. A folder with
+    /// other files in it is refused either way.
+    pub replace: bool,
 }
 
 /// Writes a Hugging Face folder for `model`. Files are created as any other file would
@@ -241,9 +255,33 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions)
     }
     let kind = opts.dtype.unwrap_or(Kind::Float);
     let (st_dtype, dtype_name) = dtype_names(kind)?;
-    let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
+    // Refused before the work, so that nothing is written over a folder we must keep.
+    if dir.exists() {
+        folder_to_replace(dir, opts.replace)?;
+    }
+    let _held = crate::output::HoldSignals::new();
+    let tmp = crate::output::temp_path(dir);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = write_hf_files(model, tok, &tmp, opts, kind, st_dtype, dtype_name)
+        .and_then(|_| crate::output::interrupted())
+        .and_then(|_| commit_folder(&tmp, dir));
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// The files of `save_hf` into the (temporary) folder `tmp`.
+fn write_hf_files(
+    model: &Model,
+    tok: &Tokenizer,
+    tmp: &Path,
+    opts: &HfSaveOptions,
+    kind: Kind,
+    st_dtype: safetensors::Dtype,
+    dtype_name: &str,
+) -> Result<()> {
     let write = |name: &str, text: String| {
         let p = tmp.join(name);
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))
@@ -270,6 +308,7 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions)
     let _g = tch::no_grad_guard();
     let mut data: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
     for (name, t) in model.params.iter() {
+        crate::output::interrupted()?;
         data.push((
             name.to_owned(),
             tensor_bytes(t, kind)?,
@@ -287,7 +326,7 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions)
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let st = tmp.join("model.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &st)
-        .map_err(|e| Error::Input(format!("{}: {e}", st.display())))?;
+        .map_err(|e| Error::output(&st, e.to_string()))?;
     // safetensors creates its file private (0600); give it the mode the umask gives
     // every other file of the folder.
     let like = tmp.join("config.json");
@@ -295,9 +334,290 @@ pub fn save_hf(model: &Model, tok: &Tokenizer, dir: &Path, opts: &HfSaveOptions)
         .map_err(|e| Error::io(&like, e))?
         .permissions();
     std::fs::set_permissions(&st, mode).map_err(|e| Error::io(&st, e))?;
-    tok.save_hf(&tmp)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    tok.save_hf(tmp)
+}
+
+/// The files a model folder written by ftedit holds: [`save_hf`]'s and the report and
+/// recipe `ftedit edit` puts beside them.
+pub const FOLDER_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    REPORT_FILE,
+    RECIPE_FILE,
+];
+
+/// The report `ftedit edit` writes in a model folder (beside a GGUF: `NAME.report.json`);
+/// its presence marks an output ftedit wrote.
+pub const REPORT_FILE: &str = "ftedit_report.json";
+/// The effective recipe `ftedit edit` writes beside its report.
+pub const RECIPE_FILE: &str = "ftedit_recipe.toml";
+
+/// The names in `dir`, ftedit's own lock and temporaries left out.
+fn entries(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != crate::output::LOCK_FILE)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// Whether the existing folder `dir` may take a model: it is empty, or it is an earlier
+/// output of ftedit (its report and nothing but ftedit's files) and `replace` is set. A
+/// folder with anything else in it is never replaced. Returns whether it is empty.
+fn folder_to_replace(dir: &Path, replace: bool) -> Result<bool> {
+    if !dir.is_dir() {
+        return Err(Error::output(
+            dir,
+            "exists and is not a folder; a folder output needs a new path or an empty folder",
+        ));
     }
-    std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    let names = entries(dir)?;
+    if names.is_empty() {
+        return Ok(true);
+    }
+    let foreign: Vec<&String> = names
+        .iter()
+        .filter(|n| !FOLDER_FILES.contains(&n.as_str()))
+        .collect();
+    if !foreign.is_empty() || !names.iter().any(|n| n == REPORT_FILE) {
+        let shown: Vec<&str> = (if foreign.is_empty() {
+            names.iter().collect()
+        } else {
+            foreign
+        })
+        .into_iter()
+        .take(5)
+        .map(String::as_str)
+        .collect();
+        return Err(Error::output(
+            dir,
+            format!(
+                "is a folder with files ftedit did not write ({}{}); ftedit never replaces \
+                 such a folder: choose another --out",
+                shown.join(", "),
+                if names.len() > shown.len() {
+                    ", …"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    if !replace {
+        return Err(Error::output(
+            dir,
+            format!(
+                "holds an earlier ftedit output (its {REPORT_FILE}); pass --force to replace it"
+            ),
+        ));
+    }
+    Ok(false)
+}
+
+/// Puts the finished folder `tmp` at `dir`: a rename when `dir` is new; otherwise each
+/// file is renamed into it (an empty folder, or an earlier output [`folder_to_replace`]
+/// allowed), and the earlier output's files the new one lacks are removed. No folder is
+/// ever deleted.
+fn commit_folder(tmp: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return std::fs::rename(tmp, dir).map_err(|e| Error::io(dir, e));
+    }
+    let new = entries(tmp)?;
+    for name in &new {
+        let to = dir.join(name);
+        std::fs::rename(tmp.join(name), &to).map_err(|e| Error::io(&to, e))?;
+    }
+    for old in entries(dir)? {
+        if FOLDER_FILES.contains(&old.as_str())
+            && ![REPORT_FILE, RECIPE_FILE].contains(&old.as_str())
+            && !new.contains(&old)
+        {
+            let p = dir.join(&old);
+            std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+        }
+    }
+    std::fs::remove_dir(tmp).map_err(|e| Error::io(tmp, e))
+}
+
+/// The format of an edited model's output path: GGUF for `*.gguf`, else a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Gguf,
+    Folder,
+}
+
+/// Where an edited model will be written, checked before the work that makes it: not
+/// the input model, not a file or folder the user has (an earlier output of ftedit only
+/// with `force`; a folder with other files never), a writable place with room for it.
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// The path as given, for messages.
+    pub given: PathBuf,
+    /// The path written: absolute, with `.` and `..` resolved.
+    pub path: PathBuf,
+    pub format: OutputFormat,
+    /// Something is there now that the output replaces (with `force`).
+    pub replaces: bool,
+    /// Temporaries of earlier, killed runs to this path that were removed.
+    pub stale_removed: Vec<PathBuf>,
+}
+
+/// `path` made absolute with symbolic links, `.` and `..` resolved as far as it exists.
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).map_err(|e| Error::io(path, e))?;
+    if let Ok(c) = abs.canonicalize() {
+        return Ok(c);
+    }
+    // A new name: resolve the folder it goes in (which may not exist either).
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) if name != ".." => Ok(resolve(parent)?.join(name)),
+        _ => Ok(abs),
+    }
+}
+
+impl Destination {
+    /// Checks `out` for a model edited from `input` (a file or a folder). Creates the
+    /// folders above `out` and removes stale temporaries of earlier runs to it.
+    pub fn check(out: &Path, input: &Path, force: bool) -> Result<Self> {
+        let format = if out.extension().is_some_and(|e| e == "gguf") {
+            OutputFormat::Gguf
+        } else {
+            OutputFormat::Folder
+        };
+        let path = resolve(out)?;
+        let source = resolve(input)?;
+        if path == source || (source.is_dir() && source.starts_with(&path)) {
+            return Err(Error::output(
+                out,
+                "is the input model (or holds it); write the edited model elsewhere",
+            ));
+        }
+        if path.parent().is_none() {
+            return Err(Error::output(out, "is the root folder; choose a new path"));
+        }
+        let replaces = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(e) => return Err(Error::io(out, e)),
+            Ok(meta) if meta.is_dir() => {
+                if format == OutputFormat::Gguf {
+                    return Err(Error::output(
+                        out,
+                        "is a folder; a .gguf output is a file: choose a new path",
+                    ));
+                }
+                !folder_to_replace(&path, force)?
+            }
+            Ok(_) if format == OutputFormat::Folder => {
+                return Err(Error::output(
+                    out,
+                    "is a file; a folder output (any path not ending in .gguf) needs a new \
+                     path or an empty folder",
+                ));
+            }
+            Ok(_) => {
+                let report = gguf_report_path(&path);
+                if !force {
+                    return Err(Error::output(
+                        out,
+                        if report.exists() {
+                            "holds an earlier ftedit output (its .report.json is beside it); \
+                             pass --force to replace it"
+                        } else {
+                            "exists and ftedit did not write it; pass --force to replace it"
+                        },
+                    ));
+                }
+                true
+            }
+        };
+        let parent = path.parent().expect("checked").to_owned();
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let stale_removed = crate::output::remove_stale_temps(&path);
+        // Writable: the temporary the output is written under can be made.
+        let probe = crate::output::temp_path(&path);
+        std::fs::write(&probe, b"")
+            .and_then(|_| std::fs::remove_file(&probe))
+            .map_err(|e| Error::output(out, format!("cannot be written: {e}")))?;
+        Ok(Destination {
+            given: out.to_owned(),
+            path,
+            format,
+            replaces,
+            stale_removed,
+        })
+    }
+
+    /// Fails unless the file system has room for about `bytes` more.
+    pub fn check_space(&self, bytes: u64) -> Result<()> {
+        let parent = self.path.parent().expect("checked");
+        if let Some(free) = crate::output::free_bytes(parent)
+            && free < bytes
+        {
+            let mb = |b: u64| b as f64 / (1u64 << 20) as f64;
+            return Err(Error::output(
+                &self.given,
+                format!(
+                    "the edited model needs about {:.0} MiB but only {:.0} MiB are free there",
+                    mb(bytes),
+                    mb(free)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Where `ftedit edit`'s report goes: in the folder, or beside the GGUF.
+    pub fn report_path(&self) -> PathBuf {
+        match self.format {
+            OutputFormat::Gguf => gguf_report_path(&self.path),
+            OutputFormat::Folder => self.path.join(REPORT_FILE),
+        }
+    }
+
+    /// Where the effective recipe goes.
+    pub fn recipe_path(&self) -> PathBuf {
+        match self.format {
+            OutputFormat::Gguf => PathBuf::from(format!("{}.recipe.toml", self.path.display())),
+            OutputFormat::Folder => self.path.join(RECIPE_FILE),
+        }
+    }
+}
+
+fn gguf_report_path(path: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.report.json", path.display()))
+}
+
+/// About how many bytes writing `model` takes: a folder holds every tensor in `dtype`;
+/// a GGUF copies `source` and stores the tensors in `changed` (all when `None`) as F32.
+pub fn estimate_bytes(
+    model: &Model,
+    format: OutputFormat,
+    source: &Path,
+    dtype: Kind,
+    changed: Option<&[String]>,
+) -> u64 {
+    let numel = |t: &Tensor| t.numel() as u64;
+    match format {
+        OutputFormat::Folder => {
+            let per = if dtype == Kind::Float { 4 } else { 2 };
+            model.params.iter().map(|(_, t)| numel(t) * per).sum()
+        }
+        OutputFormat::Gguf => {
+            let base = std::fs::metadata(source).map_or(0, |m| m.len());
+            let extra: u64 = model
+                .params
+                .iter()
+                .filter(|(n, _)| changed.is_none_or(|c| c.iter().any(|x| x == n)))
+                .map(|(_, t)| numel(t) * 4)
+                .sum();
+            base + extra
+        }
+    }
 }

@@ -121,9 +121,7 @@ impl Run {
     }
 
     fn from_eval_dir(dir: &Path, name: String) -> Result<Run> {
-        let out = OutputDir {
-            path: dir.to_owned(),
-        };
+        let out = OutputDir::read(dir);
         let records = out.records()?;
         let summary = match out.summary()? {
             Some(s) => s,

@@ -24,9 +24,18 @@ pub struct EditArgs {
     #[command(flatten)]
     method: MethodArgs,
     /// Where to write the edited model: a `.gguf` file (GGUF input only: unchanged
-    /// tensors keep their bytes) or a folder for transformers (safetensors).
+    /// tensors keep their bytes) or a folder for transformers (safetensors). A new path
+    /// or an empty folder; checked before the edit.
     #[arg(long)]
     out: PathBuf,
+    /// Replace what is at --out: an earlier output of ftedit, or a file. A folder with
+    /// files ftedit did not write is never replaced.
+    #[arg(long)]
+    force: bool,
+    /// Write the model even when the health check says editing collapsed it
+    /// (otherwise nothing is written and the exit status is 4).
+    #[arg(long)]
+    allow_collapse: bool,
     /// GGUF output: store changed tensors as Q8_0 instead of F32.
     #[arg(long)]
     quantize: bool,
@@ -75,8 +84,28 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut phases = Phases::default();
     let records = args.records.load(&args.edits, None)?;
-    let gguf_out = args.out.extension().is_some_and(|e| e == "gguf");
+    let problems = ftedit::data::edit_problems(&records);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}: {}",
+            args.edits.display(),
+            problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let source = ftedit::model::registry::resolve(&args.model.model)?;
+    // Where the model goes is checked before anything is loaded or trained.
+    let dest = save::Destination::check(&args.out, &source, args.force)?;
+    for stale in &dest.stale_removed {
+        eprintln!(
+            "note: removed {}, left by an earlier run that was killed",
+            stale.display()
+        );
+    }
+    let gguf_out = dest.format == save::OutputFormat::Gguf;
     if gguf_out && !is_gguf(&source) {
         anyhow::bail!("a .gguf output needs a GGUF input model; write a folder instead");
     }
@@ -93,9 +122,6 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     if config.method() == "none" {
         anyhow::bail!("--method none does not edit; pick a method (ftedit methods)");
     }
-    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
     let build = args.method.build_options(&records, !args.quiet);
     let mut editor: Box<dyn Editor> = if config.recipe().is_some() {
         let mut ft = registry::build_ft(&config, &tok, &build)?;
@@ -104,6 +130,14 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     } else {
         edit::build(&config, &tok, &build)?
     };
+    let changed = editor.writes(&model)?;
+    dest.check_space(save::estimate_bytes(
+        &model,
+        dest.format,
+        &source,
+        out_dtype,
+        changed.as_deref(),
+    ))?;
     // The unedited model's health first, so that the edited one can be compared.
     let probe = args.health.probe(&tok, model.max_positions())?;
     let baseline = match &probe {
@@ -125,14 +159,31 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     phases.lap("health_after", start);
     let check = before.check(&model, &tok, &records)?;
     phases.lap("check_after", start);
+    if let Some(h) = health.as_ref().filter(|h| h.collapsed)
+        && !args.allow_collapse
+    {
+        if !args.quiet {
+            print!("{}", check.table(args.rows));
+        }
+        return Err(crate::Exit {
+            code: 4,
+            message: format!(
+                "the edit collapsed the model ({}); nothing was written. Lower optim.lr or \
+                 edit fewer facts at once, or pass --allow-collapse to write it anyway",
+                h.line()
+            ),
+        }
+        .into());
+    }
     let saved = if gguf_out {
-        serde_json::to_value(save::save_gguf(&model, &source, &args.out, args.quantize)?)?
+        serde_json::to_value(save::save_gguf(&model, &source, &dest.path, args.quantize)?)?
     } else {
         let opts = save::HfSaveOptions {
             dtype: Some(out_dtype),
             source: Some(source.clone()),
+            replace: dest.replaces,
         };
-        save::save_hf(&model, &tok, &args.out, &opts)?;
+        save::save_hf(&model, &tok, &dest.path, &opts)?;
         serde_json::json!({"format": "safetensors", "dtype": format!("{out_dtype:?}")})
     };
     phases.lap("save", start);
@@ -150,20 +201,13 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "timing": phases.seconds,
         "peak_rss_mb": peak_rss_mb(),
     });
-    let (report_path, recipe_path) = if gguf_out {
-        (
-            PathBuf::from(format!("{}.report.json", args.out.display())),
-            PathBuf::from(format!("{}.recipe.toml", args.out.display())),
-        )
-    } else {
-        (
-            args.out.join("ftedit_report.json"),
-            args.out.join("ftedit_recipe.toml"),
-        )
-    };
-    std::fs::write(&report_path, serde_json::to_string_pretty(&report)?)?;
+    let report_path = dest.report_path();
+    ftedit::output::write_atomic(
+        &report_path,
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     // The effective recipe: `--recipe` with this file repeats the edit.
-    std::fs::write(&recipe_path, config.to_toml())?;
+    ftedit::output::write_atomic(&dest.recipe_path(), config.to_toml().as_bytes())?;
     if !args.quiet {
         print!("{}", check.table(args.rows));
         if let Some(h) = &health {

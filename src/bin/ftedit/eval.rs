@@ -165,6 +165,18 @@ pub fn stem(p: &Path) -> String {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let protocol = args.eval.protocol()?;
     let records = args.records.load(&args.data, args.shard)?;
+    // Published data sets have a few such records: said, not refused.
+    let problems = ftedit::data::edit_problems(&records);
+    for p in problems.iter().take(5) {
+        eprintln!("warning: {}: {p}", args.data.display());
+    }
+    if problems.len() > 5 {
+        eprintln!(
+            "warning: {}: {} more records that contradict another or change nothing",
+            args.data.display(),
+            problems.len() - 5
+        );
+    }
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
     opts.health = args.eval.health.probe(&tok, model.max_positions())?;

@@ -64,6 +64,14 @@ struct ModelArgs {
 
 impl ModelArgs {
     fn load(&self) -> anyhow::Result<(Model, Tokenizer)> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if self.threads < 0 || self.threads as usize > cores {
+            anyhow::bail!(
+                "--threads {}: this machine has {cores} cores available (use 1 to {cores}, or 0 \
+                 for libtorch's default)",
+                self.threads
+            );
+        }
         if self.threads > 0 {
             tch::set_num_threads(self.threads);
         }
@@ -106,6 +114,49 @@ impl RecordArgs {
     }
 }
 
+/// An error with its own exit status (4: the edit collapsed the model).
+#[derive(Debug)]
+struct Exit {
+    code: u8,
+    message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+/// An error and its causes on one line, each cause said once (an error that already
+/// quotes its source, as an I/O error with its path does, is not followed by it again).
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) || line.contains(&format!("{text}:")) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+/// The exit status for `e`: its own ([`Exit`]), 128 + the signal for an interruption,
+/// else 1.
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if let Some(exit) = e.downcast_ref::<Exit>() {
+        return exit.code;
+    }
+    e.chain()
+        .find_map(|c| c.downcast_ref::<ftedit::Error>())
+        .map_or(1, |f| f.exit_code() as u8)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -120,8 +171,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", error_line(&e));
+            ExitCode::from(exit_code(&e))
         }
     }
 }
