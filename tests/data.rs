@@ -902,11 +902,16 @@ impl Editor for Stepper {
             .collect();
         Some(serde_json::json!({ "method": "stepper", "runs": runs }))
     }
-    fn state(&self) -> Vec<(String, tch::Tensor)> {
-        vec![("batches".into(), tch::Tensor::from(self.batches))]
+    fn state(&self) -> ftedit::edit::EditorState {
+        ftedit::edit::EditorState {
+            tensors: vec![("batches".into(), tch::Tensor::from(self.batches))],
+            values: serde_json::json!({ "edited": self.edited.len() }),
+        }
     }
-    fn set_state(&mut self, state: Vec<(String, tch::Tensor)>) -> ftedit::Result<()> {
-        self.batches = state[0].1.int64_value(&[]);
+    fn set_state(&mut self, state: ftedit::edit::EditorState) -> ftedit::Result<()> {
+        self.batches = state.tensors[0].1.int64_value(&[]);
+        // The JSON part comes back too.
+        assert_eq!(state.values["edited"], 2 * self.batches);
         Ok(())
     }
 }

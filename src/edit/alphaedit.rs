@@ -19,10 +19,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::Editor;
 use super::config::{layer_list, layer_range};
 use super::memit::{ZOptions, spread, targets};
 use super::rome::{LocateReport, Prepared, StatsConfig, ValueConfig};
+use super::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -242,16 +242,28 @@ impl Editor for AlphaEditEditor {
         Ok(())
     }
 
-    fn state(&self) -> Vec<(String, Tensor)> {
-        self.prev
+    fn begin(&mut self, model: &Model, tok: &Tokenizer) -> Result<()> {
+        let layers = layer_list(&self.config.layers, model.num_layers())?;
+        let cfg = &self.config;
+        self.prepared
+            .begin(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)
+    }
+
+    fn state(&self) -> EditorState {
+        let mut state = self.prepared.state();
+        state.tensors = self
+            .prev
             .iter()
             .enumerate()
             .map(|(i, c)| (format!("c_prev.{i}"), c.shallow_clone()))
-            .collect()
+            .collect();
+        state
     }
 
-    fn set_state(&mut self, state: Vec<(String, Tensor)>) -> Result<()> {
+    fn set_state(&mut self, state: EditorState) -> Result<()> {
+        self.prepared.set_state(&state)?;
         let mut prev: Vec<(usize, Tensor)> = state
+            .tensors
             .into_iter()
             .filter_map(|(n, t)| Some((n.strip_prefix("c_prev.")?.parse().ok()?, t)))
             .collect();

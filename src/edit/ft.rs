@@ -7,10 +7,10 @@ use std::time::Instant;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
-use super::Editor;
 use super::augment::{self, Fact, Rng};
 use super::config::layer_range;
 use super::recipe::{FactMode, LossKind, Recipe};
+use super::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -106,6 +106,21 @@ impl FtEditor {
         })
     }
 
+    /// Samples the random prefixes (P) from `model` unless they are there already: once,
+    /// from the unedited model, and reused by every later edit.
+    fn sample_prefixes(&mut self, model: &Model, tok: &Tokenizer) -> Result<()> {
+        let a = &self.recipe.augment;
+        if a.prefixes && self.prefixes.is_none() {
+            self.prefixes = Some(augment::sample_prefixes(
+                model,
+                tok,
+                &a.prefix_lengths,
+                self.recipe.optim.seed,
+            )?);
+        }
+        Ok(())
+    }
+
     /// The parameters the recipe trains, by name.
     fn selected(&self, model: &Model) -> Result<Vec<String>> {
         let t = &self.recipe.train;
@@ -132,6 +147,7 @@ impl FtEditor {
         tok: &Tokenizer,
         records: &[EditRecord],
         prefixes: &[String],
+        max_positions: usize,
     ) -> Result<[Vec<Example>; 4]> {
         let r = &self.recipe;
         let target = |t: &str| -> Result<Vec<u32>> {
@@ -150,6 +166,12 @@ impl FtEditor {
                 return Err(Error::Input(format!(
                     "prompt {prompt:?} tokenizes to nothing"
                 )));
+            }
+            if p.len() + tgt.len() > max_positions {
+                return Err(Error::ContextOverflow {
+                    len: p.len() + tgt.len(),
+                    max: max_positions,
+                });
             }
             Ok(match r.loss.kind {
                 LossKind::Conditional => vec![Example {
@@ -188,29 +210,33 @@ impl FtEditor {
         };
         let (mut e, mut p, mut f, mut s) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for (rec, picks) in records.iter().zip(picks) {
-            let new = target(&rec.target_new)?;
-            let prompt = rec.rewrite_prompt();
-            e.extend(example(&prompt, &new)?);
-            if r.augment.subject {
-                s.extend(subject_example(tok, rec)?);
-            }
-            for pre in prefixes {
-                p.extend(example(&format!("{pre}{prompt}"), &new)?);
-            }
-            for i in picks {
-                // A fact drawn for several edits is tokenized once.
-                let cached = self.fact_cache.borrow().get(&i).cloned();
-                let ex = match cached {
-                    Some(ex) => ex,
-                    None => {
-                        let fact = &self.pool[i];
-                        let ex = example(&fact.prompt, &target(&fact.target)?)?;
-                        self.fact_cache.borrow_mut().insert(i, ex.clone());
-                        ex
-                    }
-                };
-                f.extend(ex);
-            }
+            let mut one = |rec: &EditRecord| -> Result<()> {
+                let new = target(&rec.target_new)?;
+                let prompt = rec.rewrite_prompt();
+                e.extend(example(&prompt, &new)?);
+                if r.augment.subject {
+                    s.extend(subject_example(tok, rec)?);
+                }
+                for pre in prefixes {
+                    p.extend(example(&format!("{pre}{prompt}"), &new)?);
+                }
+                for &i in &picks {
+                    // A fact drawn for several edits is tokenized once.
+                    let cached = self.fact_cache.borrow().get(&i).cloned();
+                    let ex = match cached {
+                        Some(ex) => ex,
+                        None => {
+                            let fact = &self.pool[i];
+                            let ex = example(&fact.prompt, &target(&fact.target)?)?;
+                            self.fact_cache.borrow_mut().insert(i, ex.clone());
+                            ex
+                        }
+                    };
+                    f.extend(ex);
+                }
+                Ok(())
+            };
+            one(rec).map_err(|err| err.at_record(&rec.id))?;
         }
         Ok([e, p, f, s])
     }
@@ -226,17 +252,9 @@ impl FtEditor {
             return Err(Error::Input("no edits to make".into()));
         }
         let r = self.recipe.clone();
-        let prefixes = match (&self.prefixes, r.augment.prefixes) {
-            (_, false) => Vec::new(),
-            (Some(p), true) => p.clone(),
-            (None, true) => {
-                let p =
-                    augment::sample_prefixes(model, tok, &r.augment.prefix_lengths, r.optim.seed)?;
-                self.prefixes = Some(p.clone());
-                p
-            }
-        };
-        let [e, p, f, s] = self.examples(tok, records, &prefixes)?;
+        self.sample_prefixes(model, tok)?;
+        let prefixes = self.prefixes.clone().unwrap_or_default();
+        let [e, p, f, s] = self.examples(tok, records, &prefixes, model.max_positions())?;
         let counts = [e.len(), p.len(), f.len()];
         let subject_examples = s.len();
         // The edits' own examples, for the convergence check (before shuffling).
@@ -364,6 +382,11 @@ impl FtEditor {
         let (mut seen, mut tokens) = (0, 0);
         // Steps in a row with every edit under `converge_loss`.
         let mut settled = 0;
+        let mut guard = DivergenceGuard::new(
+            r.optim.diverge_factor,
+            batches.len(),
+            starting_loss(model, &batches, r.optim.diverge_factor)?,
+        );
         for step in 0..total {
             // Checks start early enough that a run converged by the end of its epochs
             // stops right there.
@@ -384,16 +407,24 @@ impl FtEditor {
             let batch = batches[step % batches.len()];
             opt.set_lr(r.lr_at(step, total))?;
             opt.zero_grad()?;
-            let mut value = backward_in_slices(model, batch, SLICE_TOKENS, 1.0 - gamma)?;
+            let edits = backward_in_slices(model, batch, SLICE_TOKENS, 1.0 - gamma)?;
+            let mut value = edits;
             if gamma > 0.0 {
                 let lm = self.lm_batch(&mut lm_rng, (batch.len() / 8).max(1), r.augment.lm_block);
                 value += backward_in_slices(model, &lm, SLICE_TOKENS, gamma)?;
             }
-            if !value.is_finite() {
+            // The guard watches the edits' own loss (the LM part has a scale of its own).
+            let watched = if gamma < 1.0 {
+                edits / (1.0 - gamma)
+            } else {
+                value
+            };
+            if let Err(e) = guard
+                .check(step, watched)
+                .and_then(|_| guard.check_finite(step, value))
+            {
                 pb.finish_and_clear();
-                return Err(Error::Input(format!(
-                    "the loss became {value} at step {step}; the model is left unchanged (try a lower optim.lr)"
-                )));
+                return Err(e);
             }
             if value < r.optim.stop_loss {
                 break;
@@ -455,6 +486,90 @@ fn subject_example(tok: &Tokenizer, rec: &EditRecord) -> Result<Option<Example>>
     }))
 }
 
+/// The token-mean loss of the first batches (as many as the divergence guard's window)
+/// before any step, for [`DivergenceGuard`]; `None` when one batch holds everything (the
+/// first step's own loss is then measured before any update) or the guard is off.
+fn starting_loss(model: &Model, batches: &[&[Example]], factor: f64) -> Result<Option<f64>> {
+    if batches.len() < 2 || factor <= 0.0 {
+        return Ok(None);
+    }
+    let (mut sum, mut tokens) = (0.0, 0);
+    for batch in &batches[..batches.len().min(GUARD_WINDOW)] {
+        for t in target_token_nlls(model, batch)? {
+            sum += t.iter().sum::<f64>();
+            tokens += t.len();
+        }
+    }
+    Ok(Some(sum / tokens.max(1) as f64))
+}
+
+/// Steps whose mean loss the divergence guard compares with the start.
+const GUARD_WINDOW: usize = 8;
+
+/// Stops a training run whose loss diverges: a loss that is not finite, or a mean loss
+/// over the last steps (a window of up to [`GUARD_WINDOW`] batches, so that one hard
+/// batch does not trip it) above `factor` times the loss at the start (of those same
+/// first batches, before any update). A start under one nat counts as one, so that a run
+/// that starts near zero (an edit the model nearly states already) is not stopped by
+/// noise.
+struct DivergenceGuard {
+    factor: f64,
+    window: usize,
+    start: Option<f64>,
+    recent: std::collections::VecDeque<f64>,
+}
+
+impl DivergenceGuard {
+    /// `start`: the starting loss, when measured apart ([`starting_loss`]); otherwise the
+    /// first step's.
+    fn new(factor: f64, batches: usize, start: Option<f64>) -> Self {
+        let window = batches.clamp(1, GUARD_WINDOW);
+        DivergenceGuard {
+            factor,
+            window,
+            start,
+            recent: std::collections::VecDeque::with_capacity(window),
+        }
+    }
+
+    /// An error if `loss` (all of the step's) is not finite.
+    fn check_finite(&self, step: usize, loss: f64) -> Result<()> {
+        if loss.is_finite() {
+            return Ok(());
+        }
+        Err(Error::Diverged(format!(
+            "the loss became {loss} at step {step}"
+        )))
+    }
+
+    /// Takes the watched loss of `step`; an error when the run is diverging.
+    fn check(&mut self, step: usize, loss: f64) -> Result<()> {
+        self.check_finite(step, loss)?;
+        let start = *self.start.get_or_insert(loss);
+        if self.factor <= 0.0 {
+            return Ok(());
+        }
+        if self.recent.len() == self.window {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(loss);
+        let mean = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        if self.recent.len() == self.window && mean > self.factor * start.max(1.0) {
+            let steps = if self.window == 1 {
+                format!("at step {step}")
+            } else {
+                format!("mean of steps {}–{step}", step + 1 - self.window)
+            };
+            return Err(Error::Diverged(format!(
+                "the loss rose from {start:.3} at the start to {mean:.3} ({steps}), over \
+                 ×{} (optim.diverge_factor; 0 turns the check off)",
+                self.factor
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What the optimisation loop did.
 struct Run {
     /// Loss before each step.
@@ -508,7 +623,62 @@ impl Editor for FtEditor {
         self.selected(model).map(Some)
     }
 
+    fn begin(&mut self, model: &Model, tok: &Tokenizer) -> Result<()> {
+        self.sample_prefixes(model, tok)
+    }
+
+    fn state(&self) -> EditorState {
+        EditorState {
+            tensors: Vec::new(),
+            values: serde_json::json!({ "prefixes": self.prefixes }),
+        }
+    }
+
+    fn set_state(&mut self, state: EditorState) -> Result<()> {
+        if let Some(p) = state.values.get("prefixes").filter(|p| !p.is_null()) {
+            self.prefixes = Some(serde_json::from_value(p.clone()).map_err(|e| {
+                Error::Input(format!("a checkpoint's editor state: prefixes: {e}"))
+            })?);
+        }
+        Ok(())
+    }
+
     fn report(&self) -> Option<serde_json::Value> {
         serde_json::to_value(serde_json::json!({"recipe": self.recipe, "runs": self.reports})).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `losses` to a guard; the step it stops at, if any.
+    fn stops_at(losses: &[f64], batches: usize, start: Option<f64>) -> Option<usize> {
+        let mut g = DivergenceGuard::new(3.0, batches, start);
+        losses
+            .iter()
+            .enumerate()
+            .find_map(|(i, &l)| g.check(i, l).err().map(|_| i))
+    }
+
+    #[test]
+    fn the_guard_stops_a_rising_loss_and_lets_a_noisy_falling_one_run() {
+        // One batch: the first step's loss is the start (SmolLM2 at lr 1e4: 5.8 → 22.6).
+        assert_eq!(stops_at(&[5.81, 22.56, 16.2], 1, None), Some(1));
+        assert_eq!(stops_at(&[5.81, 4.0, 2.0, 1.0], 1, None), None);
+        // Mini-batches: the mean of the last four against the measured start; one hard
+        // batch among easy ones does not trip it, a sustained rise does.
+        let noisy = [2.0, 7.0, 1.0, 1.5, 6.5, 1.0, 1.2, 5.0];
+        assert_eq!(stops_at(&noisy, 4, Some(3.0)), None);
+        assert_eq!(
+            stops_at(&[3.5, 12.0, 15.0, 21.3, 20.0], 4, Some(3.5)),
+            Some(3)
+        );
+        // A start near zero counts as one nat.
+        assert_eq!(stops_at(&[0.01, 0.05, 0.2, 0.04], 1, None), None);
+        // Not finite: at once, whatever the factor.
+        let mut off = DivergenceGuard::new(0.0, 1, None);
+        assert!(off.check(0, 3.0).is_ok() && off.check(1, 1e9).is_ok());
+        assert!(off.check(2, f64::NAN).is_err());
     }
 }

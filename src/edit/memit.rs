@@ -22,12 +22,12 @@ use serde::{Deserialize, Serialize};
 
 use tch::{Kind, Tensor};
 
-use super::Editor;
 use super::config::{layer_list, layer_range};
 use super::rome::{
     LocateReport, Prepared, StatsConfig, ValueConfig, ValueTask, add_to_out_proj, locate,
     mean_keys, memit_delta, record_key, values_in_batches,
 };
+use super::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::nn::RmsNorm;
@@ -325,6 +325,21 @@ pub(crate) fn spread(
 impl Editor for MemitEditor {
     fn name(&self) -> &str {
         "memit"
+    }
+
+    fn begin(&mut self, model: &Model, tok: &Tokenizer) -> Result<()> {
+        let layers = layer_list(&self.config.layers, model.num_layers())?;
+        let cfg = &self.config;
+        self.prepared
+            .begin(model, tok, &layers, &cfg.value, &cfg.stats, self.progress)
+    }
+
+    fn state(&self) -> EditorState {
+        self.prepared.state()
+    }
+
+    fn set_state(&mut self, state: EditorState) -> Result<()> {
+        self.prepared.set_state(&state)
     }
 
     fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {

@@ -54,15 +54,35 @@ pub trait Editor {
     fn report(&self) -> Option<serde_json::Value> {
         None
     }
-    /// What a sequential run must keep besides the weights to resume after a
-    /// checkpoint (AlphaEdit's accumulated keys); nothing for most methods.
-    fn state(&self) -> Vec<(String, tch::Tensor)> {
-        Vec::new()
-    }
-    /// Takes back what [`Editor::state`] gave.
-    fn set_state(&mut self, _state: Vec<(String, tch::Tensor)>) -> Result<()> {
+    /// Measures what the method takes from the unedited model before its first edit
+    /// (the recipe's random prefixes; ROME's and MEMIT's key statistics and contexts).
+    /// Protocols call it on the unedited model before any edit, so that a resumed
+    /// sequential run measures these on the unedited model too, not on the weights of
+    /// its checkpoint; an editor used without a protocol measures them at its first
+    /// edit. Nothing by default.
+    fn begin(&mut self, _model: &Model, _tok: &Tokenizer) -> Result<()> {
         Ok(())
     }
+    /// What a sequential run must keep besides the weights to resume exactly after a
+    /// checkpoint: everything the editor sampled or accumulated (the recipe's prefixes,
+    /// AlphaEdit's keys); nothing for most methods.
+    fn state(&self) -> EditorState {
+        EditorState::default()
+    }
+    /// Takes back what [`Editor::state`] gave.
+    fn set_state(&mut self, _state: EditorState) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// An editor's state for a checkpoint ([`Editor::state`]).
+#[derive(Debug, Default)]
+pub struct EditorState {
+    /// Named tensors (AlphaEdit's accumulated key products).
+    pub tensors: Vec<(String, tch::Tensor)>,
+    /// Everything else, as JSON (the recipe's sampled prefixes, the contexts of ROME and
+    /// MEMIT); `null` when there is nothing.
+    pub values: serde_json::Value,
 }
 
 /// The unedited model (`--method none`).

@@ -132,10 +132,20 @@ pub struct OptimConfig {
     /// Consecutive steps the edits must stay under `converge_loss`.
     #[serde(default = "default_converge_steps")]
     pub converge_steps: usize,
+    /// Stop training, with the model left unchanged, once the edits' mean loss over the
+    /// last steps (up to 8) exceeds this factor times their loss before training (a loss
+    /// under 1 counting as 1): a learning rate too high for the model (0 = only a loss
+    /// that is not finite stops it).
+    #[serde(default = "default_diverge_factor")]
+    pub diverge_factor: f64,
 }
 
 fn default_converge_steps() -> usize {
     3
+}
+
+fn default_diverge_factor() -> f64 {
+    3.0
 }
 
 /// A complete fine-tuning recipe.
@@ -155,6 +165,14 @@ impl Recipe {
         let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
         if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return bad(format!("optim.lr must be positive, not {}", self.optim.lr));
+        }
+        if self.optim.diverge_factor.is_nan()
+            || (self.optim.diverge_factor != 0.0 && self.optim.diverge_factor <= 1.0)
+        {
+            return bad(format!(
+                "optim.diverge_factor must be above 1 (or 0 for off), not {}",
+                self.optim.diverge_factor
+            ));
         }
         if self.optim.epochs == 0 {
             return bad("optim.epochs must be at least 1".into());

@@ -20,10 +20,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::Editor;
 use super::augment;
 use super::config::layer_range;
 use super::stats::{StatsOptions, second_moments};
+use super::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::{Input, LogitsAt, Model, Prefilled, Probe, Site};
@@ -796,10 +796,46 @@ impl LocateReport {
 pub(crate) struct Prepared {
     mom2: Option<Vec<Tensor>>,
     contexts: Option<Vec<String>>,
+    /// Seconds [`Prepared::begin`] spent on statistics, charged to the next edit.
+    carried: f64,
 }
 
 impl Prepared {
-    /// Measures what is still missing; returns the seconds the statistics took.
+    /// [`Editor::begin`]: measures on the unedited model what every edit reuses.
+    pub(crate) fn begin(
+        &mut self,
+        model: &Model,
+        tok: &Tokenizer,
+        layers: &[usize],
+        value: &ValueConfig,
+        stats: &StatsConfig,
+        progress: bool,
+    ) -> Result<()> {
+        self.carried += self.ensure(model, tok, layers, value, stats, progress)?;
+        Ok(())
+    }
+
+    /// What a checkpoint keeps: the sampled contexts (the statistics are measured again,
+    /// by [`Prepared::begin`] on the unedited model, or read from their cache).
+    pub(crate) fn state(&self) -> EditorState {
+        EditorState {
+            tensors: Vec::new(),
+            values: serde_json::json!({ "contexts": self.contexts }),
+        }
+    }
+
+    /// Takes back the contexts [`Prepared::state`] kept.
+    pub(crate) fn set_state(&mut self, state: &EditorState) -> Result<()> {
+        if let Some(c) = state.values.get("contexts").filter(|c| !c.is_null()) {
+            self.contexts = Some(serde_json::from_value(c.clone()).map_err(|e| {
+                Error::Input(format!("a checkpoint's editor state: contexts: {e}"))
+            })?);
+        }
+        Ok(())
+    }
+
+    /// Measures what is still missing; returns the seconds the statistics took (with
+    /// those of [`Prepared::begin`] not yet charged to an edit).
     pub(crate) fn ensure(
         &mut self,
         model: &Model,
@@ -818,7 +854,7 @@ impl Prepared {
                 &stats.options(progress),
             )?);
         }
-        let seconds = t0.elapsed().as_secs_f64();
+        let seconds = t0.elapsed().as_secs_f64() + std::mem::take(&mut self.carried);
         if self.contexts.is_none() {
             self.contexts = Some(contexts(model, tok, value)?);
         }
@@ -885,6 +921,21 @@ impl Editor for RomeEditor {
     fn writes(&self, model: &Model) -> Result<Option<Vec<String>>> {
         let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
         Ok(Some(vec![model.mlp_out_proj(layer)]))
+    }
+
+    fn begin(&mut self, model: &Model, tok: &Tokenizer) -> Result<()> {
+        let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
+        let cfg = &self.config;
+        self.prepared
+            .begin(model, tok, &[layer], &cfg.value, &cfg.stats, self.progress)
+    }
+
+    fn state(&self) -> EditorState {
+        self.prepared.state()
+    }
+
+    fn set_state(&mut self, state: EditorState) -> Result<()> {
+        self.prepared.set_state(&state)
     }
 
     fn prepare(&mut self, model: &Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {

@@ -177,6 +177,13 @@ pub fn run(
         editor,
         seconds: 0.0,
     };
+    // On the unedited model: a resumed sequential run restores its checkpoint's weights
+    // only after this.
+    if editing.editor.changes_weights() {
+        pb.set_message("preparing");
+        editing.timed(|e| e.begin(model, tok))?;
+        pb.set_message("");
+    }
     let mut health = None;
     match protocol {
         Protocol::Batch => {

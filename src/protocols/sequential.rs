@@ -19,6 +19,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::data::EditRecord;
+use crate::edit::EditorState;
 use crate::error::{Error, Result};
 use crate::eval::health::{Baseline, Health, Probe};
 use crate::eval::report::{OutputDir, read_jsonl};
@@ -374,9 +375,7 @@ pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
     if curve_path(dir).exists() {
         return read_curve(dir);
     }
-    let out = OutputDir {
-        path: dir.to_owned(),
-    };
+    let out = OutputDir::read(dir);
     match out.summary()? {
         Some(file) => Ok(vec![CurvePoint::from_summary(&file)]),
         None => Err(Error::Input(format!(
@@ -388,7 +387,7 @@ pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
 
 /// What a sequential run keeps of its last checkpoint (`checkpoint/state.json`), beside
 /// the weights it changed (`weights.safetensors`) and the editor's own state
-/// (`editor.safetensors`), so that a killed run resumes there.
+/// (`editor.safetensors` and `editor.json`), so that a killed run resumes there exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(super) struct Checkpoint {
     pub steps: usize,
@@ -403,9 +402,6 @@ pub(super) struct Checkpoint {
     /// The editor's reports (`runs`) so far.
     pub reports: Vec<serde_json::Value>,
 }
-
-/// An editor's named tensors ([`crate::edit::Editor::state`]).
-pub(super) type EditorState = Vec<(String, tch::Tensor)>;
 
 fn checkpoint_dir(out: &Path) -> PathBuf {
     out.join("checkpoint")
@@ -428,13 +424,13 @@ impl Checkpoint {
 
     /// Writes the checkpoint with the parameters whose values differ from `original`
     /// (hashes in store order) and the editor's state; the previous checkpoint is
-    /// replaced only once the new one is whole.
+    /// replaced only once the new one is whole (SIGINT and SIGTERM wait meanwhile).
     pub(super) fn save(
         &self,
         out: &Path,
         model: &Model,
         original: &[u64],
-        editor_state: &[(String, tch::Tensor)],
+        editor_state: &EditorState,
     ) -> Result<()> {
         let now = model.params.value_hashes()?;
         let changed: Vec<(&str, tch::Tensor)> = model
@@ -444,26 +440,43 @@ impl Checkpoint {
             .filter(|(_, (a, b))| a != b)
             .map(|((n, t), _)| (n, t.detach().to_device(tch::Device::Cpu)))
             .collect();
-        let tmp = out.join("checkpoint.tmp");
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let named: Vec<(&str, &tch::Tensor)> = changed.iter().map(|(n, t)| (*n, t)).collect();
-        tch::Tensor::write_safetensors(&named, tmp.join("weights.safetensors"))?;
-        let state: Vec<(&str, tch::Tensor)> = editor_state
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.detach().to_device(tch::Device::Cpu)))
-            .collect();
-        let state: Vec<(&str, &tch::Tensor)> = state.iter().map(|(n, t)| (*n, t)).collect();
-        tch::Tensor::write_safetensors(&state, tmp.join("editor.safetensors"))?;
-        let json = tmp.join("state.json");
-        std::fs::write(
-            &json,
-            serde_json::to_string_pretty(self).expect("serialisable"),
-        )
-        .map_err(|e| Error::io(&json, e))?;
+        let _held = crate::output::HoldSignals::new();
         let dir = checkpoint_dir(out);
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+        let tmp = crate::output::temp_path(&dir);
+        let write = || -> Result<()> {
+            let _ = std::fs::remove_dir_all(&tmp);
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let named: Vec<(&str, &tch::Tensor)> = changed.iter().map(|(n, t)| (*n, t)).collect();
+            tch::Tensor::write_safetensors(&named, tmp.join("weights.safetensors"))?;
+            crate::output::interrupted()?;
+            let state: Vec<(&str, tch::Tensor)> = editor_state
+                .tensors
+                .iter()
+                .map(|(n, t)| (n.as_str(), t.detach().to_device(tch::Device::Cpu)))
+                .collect();
+            let state: Vec<(&str, &tch::Tensor)> = state.iter().map(|(n, t)| (*n, t)).collect();
+            tch::Tensor::write_safetensors(&state, tmp.join("editor.safetensors"))?;
+            for (name, text) in [
+                ("editor.json", serde_json::to_string(&editor_state.values)),
+                ("state.json", serde_json::to_string_pretty(self)),
+            ] {
+                let p = tmp.join(name);
+                std::fs::write(&p, text.expect("serialisable")).map_err(|e| Error::io(&p, e))?;
+            }
+            crate::output::interrupted()?;
+            // The old checkpoint moves aside before the new one takes its name, so one of
+            // them is always whole.
+            let old = crate::output::temp_path(&out.join("checkpoint.old"));
+            if dir.exists() {
+                std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+            let _ = std::fs::remove_dir_all(&old);
+            Ok(())
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&tmp);
+        })
     }
 
     /// The run's checkpoint in `out`, if any: puts its weights into `model` and returns
@@ -481,10 +494,8 @@ impl Checkpoint {
             return Ok(None);
         }
         let text = std::fs::read_to_string(&json).map_err(|e| Error::io(&json, e))?;
-        let ck: Checkpoint = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: json.clone(),
-            reason: e.to_string(),
-        })?;
+        let ck: Checkpoint =
+            serde_json::from_str(&text).map_err(|e| Error::data(&json, e.to_string()))?;
         let mine = Checkpoint::new(records, batch_size);
         if (ck.records, &ck.first_id, &ck.last_id, ck.batch_size)
             != (mine.records, &mine.first_id, &mine.last_id, mine.batch_size)
@@ -503,7 +514,15 @@ impl Checkpoint {
             let mut p = model.params.get(&name)?;
             p.copy_(&t.to_device(p.device()).to_kind(p.kind()));
         }
-        let state = tch::Tensor::read_safetensors(dir.join("editor.safetensors"))?;
-        Ok(Some((ck, state)))
+        let tensors = tch::Tensor::read_safetensors(dir.join("editor.safetensors"))?;
+        // Checkpoints from before editor.json kept tensors only.
+        let values_path = dir.join("editor.json");
+        let values = match std::fs::read_to_string(&values_path) {
+            Ok(text) => {
+                serde_json::from_str(&text).map_err(|e| Error::data(&values_path, e.to_string()))?
+            }
+            Err(_) => serde_json::Value::Null,
+        };
+        Ok(Some((ck, EditorState { tensors, values })))
     }
 }

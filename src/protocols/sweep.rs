@@ -139,11 +139,34 @@ pub struct Row {
     /// The suite's metrics, in percent.
     pub metrics: BTreeMap<String, Option<f64>>,
     pub seconds_per_edit: Option<f64>,
-    /// The run tripped the health check's collapse flag.
+    /// The run tripped the health check's collapse flag (or diverged).
     #[serde(default)]
     pub collapsed: bool,
+    /// Training diverged and stopped ([`Error::Diverged`]): no metrics, never chosen.
+    #[serde(default)]
+    pub diverged: bool,
     /// The best row by the key metric among the healthy ones (among all, if none is).
     pub best: bool,
+}
+
+/// The note a combination whose training diverged leaves in its folder, so that a
+/// resumed sweep does not run it again.
+const DIVERGED_FILE: &str = "diverged.txt";
+
+impl Row {
+    /// The row of a combination whose training diverged.
+    fn diverged(settings: Vec<String>, dir: String) -> Self {
+        Row {
+            settings,
+            dir,
+            n: 0,
+            metrics: BTreeMap::new(),
+            seconds_per_edit: None,
+            collapsed: true,
+            diverged: true,
+            best: false,
+        }
+    }
 }
 
 /// A sweep's results: `sweep.json` and `sweep.md` in its folder.
@@ -261,7 +284,12 @@ impl Table {
                 s.push_str(&cell(v.map_or("—".into(), |v| format!("{v:.1}"))));
             }
             if collapsed > 0 {
-                s.push_str(&cell(if r.collapsed { "yes" } else { "no" }.into()));
+                let state = match (r.diverged, r.collapsed) {
+                    (true, _) => "diverged",
+                    (_, true) => "yes",
+                    _ => "no",
+                };
+                s.push_str(&cell(state.into()));
             }
             s.push_str(&cell(
                 r.seconds_per_edit.map_or("—".into(), |v| format!("{v:.2}")),
@@ -335,42 +363,64 @@ pub fn sweep(
             );
         }
         let dir = OutputDir::open(out.join(&name), Some(&info))?;
-        let file = match dir.summary()? {
-            Some(file) => {
-                skipped += 1;
-                file
-            }
-            None => {
-                dir.write_file("recipe.toml", &config.to_toml())?;
-                let mut editor = edit::build(config, tok, build)?;
-                let snapshot = super::snapshot_for(editor.as_ref(), model)?;
-                let result = run(
-                    model,
-                    tok,
-                    records,
-                    editor.as_mut(),
-                    sweep.protocol,
-                    opts,
-                    &dir,
-                );
-                if let Some(s) = &snapshot {
-                    model.params.restore(s)?;
+        if dir.path.join(DIVERGED_FILE).exists() {
+            skipped += 1;
+            rows.push(Row::diverged(combo.clone(), name));
+        } else {
+            let file = match dir.summary()? {
+                Some(file) => {
+                    skipped += 1;
+                    file
                 }
-                let outcome = result?;
-                ran += 1;
-                dir.write_summary(Some(info), Some(outcome.timing), outcome.health)?
-            }
-        };
-        let n = file.summary.n;
-        rows.push(Row {
-            settings: combo.clone(),
-            dir: name,
-            n,
-            metrics: file.summary.metrics.clone(),
-            seconds_per_edit: file.edit_seconds.map(|s| s / records.len().max(1) as f64),
-            collapsed: file.health.as_ref().is_some_and(|h| h.collapsed),
-            best: false,
-        });
+                None => {
+                    dir.write_file("recipe.toml", &config.to_toml())?;
+                    let mut editor = edit::build(config, tok, build)?;
+                    let snapshot = super::snapshot_for(editor.as_ref(), model)?;
+                    let result = run(
+                        model,
+                        tok,
+                        records,
+                        editor.as_mut(),
+                        sweep.protocol,
+                        opts,
+                        &dir,
+                    );
+                    if let Some(s) = &snapshot {
+                        model.params.restore(s)?;
+                    }
+                    ran += 1;
+                    match result {
+                        // A learning rate too high for the model is an answer of the
+                        // sweep, not a reason to stop it.
+                        Err(Error::Diverged(why)) => {
+                            dir.write_file(DIVERGED_FILE, &format!("training diverged: {why}\n"))?;
+                            rows.push(Row::diverged(combo.clone(), name));
+                            write_table(
+                                &top,
+                                &Table::new(axes.clone(), rows.clone(), ran, skipped),
+                            )?;
+                            pb.inc(1);
+                            continue;
+                        }
+                        other => {
+                            let outcome = other?;
+                            dir.write_summary(Some(info), Some(outcome.timing), outcome.health)?
+                        }
+                    }
+                }
+            };
+            let n = file.summary.n;
+            rows.push(Row {
+                settings: combo.clone(),
+                dir: name,
+                n,
+                metrics: file.summary.metrics.clone(),
+                seconds_per_edit: file.edit_seconds.map(|s| s / records.len().max(1) as f64),
+                collapsed: file.health.as_ref().is_some_and(|h| h.collapsed),
+                diverged: false,
+                best: false,
+            });
+        }
         let table = Table::new(axes.clone(), rows.clone(), ran, skipped);
         write_table(&top, &table)?;
         pb.inc(1);
@@ -428,6 +478,7 @@ mod tests {
             metrics: [("S".to_string(), s), ("ES".to_string(), Some(1.0))].into(),
             seconds_per_edit: Some(0.5),
             collapsed: false,
+            diverged: false,
             best: false,
         };
         let t = Table::new(
@@ -466,6 +517,16 @@ mod tests {
         assert!(
             md.contains("1 of 4 combinations tripped the collapse flag"),
             "{md}"
+        );
+        // A combination whose training diverged has no numbers, is marked, never chosen.
+        let mut with_diverged = rows.clone();
+        with_diverged.push(Row::diverged(vec!["lambda=9".into()], "9".into()));
+        let t = Table::new(vec!["lambda".into()], with_diverged, 5, 0);
+        assert_eq!(t.best().unwrap().settings, vec!["lambda=4"]);
+        assert!(
+            t.markdown().contains("| 9 | — | — | diverged | — |"),
+            "{}",
+            t.markdown()
         );
         // When every row collapsed, the best of them is still marked, and the table says so.
         for r in &mut rows {
