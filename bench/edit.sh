@@ -27,7 +27,7 @@ for model in $MODELS; do
     dump=()
     [ "$prec" = "${PRECISIONS%% *}" ] && dump=(--dump-examples "$OUT/$model-examples.json")
     ./target/release/ftedit edit --model "$model" --edits "$DATA" --n "$N" --recipe layers --threads 2 --quiet \
-      --precision "$prec" --out "$OUT/$run-ftedit" "${dump[@]}"
+      --precision "$prec" --out "$OUT/$run-ftedit" --force "${dump[@]}"
     autocast=()
     [ "$prec" = bf16-mixed ] && autocast=(--autocast-bf16)
     .venv/bin/python bench/edit_torch.py --gguf "$gguf" --examples "$OUT/$model-examples.json" \
