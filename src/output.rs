@@ -218,6 +218,32 @@ impl Lock {
     }
 }
 
+/// The names of the entries of the folder `dir`, sorted.
+pub fn names_in(dir: &Path) -> Result<Vec<String>> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io(dir, e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The first few of `names`, for a message: `a, b, c, d, e, …`.
+pub fn some_names<S: AsRef<str>>(names: &[S]) -> String {
+    const SHOWN: usize = 5;
+    let mut line = names
+        .iter()
+        .take(SHOWN)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        line.push_str(", …");
+    }
+    line
+}
+
 /// Free bytes for an unprivileged writer on the file system holding `path` (`None`
 /// when it cannot be told).
 pub fn free_bytes(path: &Path) -> Option<u64> {

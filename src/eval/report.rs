@@ -174,25 +174,14 @@ impl OutputDir {
             ));
         }
         if path.is_dir() {
-            let names: Vec<String> = std::fs::read_dir(&path)
-                .map_err(|e| Error::io(&path, e))?
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect();
+            let names = crate::output::names_in(&path)?;
             if !names.is_empty() && !names.iter().any(|n| RUN_FILES.contains(&n.as_str())) {
-                let mut shown: Vec<&str> = names.iter().map(String::as_str).take(5).collect();
-                shown.sort();
                 return Err(Error::output(
                     &path,
                     format!(
-                        "is a folder with other files in it ({}{}), not a run's results; \
+                        "is a folder with other files in it ({}), not a run's results; \
                          choose a new or empty folder",
-                        shown.join(", "),
-                        if names.len() > shown.len() {
-                            ", …"
-                        } else {
-                            ""
-                        }
+                        crate::output::some_names(&names)
                     ),
                 ));
             }

@@ -356,15 +356,10 @@ pub const REPORT_FILE: &str = "ftedit_report.json";
 /// The effective recipe `ftedit edit` writes beside its report.
 pub const RECIPE_FILE: &str = "ftedit_recipe.toml";
 
-/// The names in `dir`, ftedit's own lock and temporaries left out.
+/// The names in `dir`, a run folder's lock left out.
 fn entries(dir: &Path) -> Result<Vec<String>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != crate::output::LOCK_FILE)
-        .collect();
-    names.sort();
+    let mut names = crate::output::names_in(dir)?;
+    names.retain(|n| n != crate::output::LOCK_FILE);
     Ok(names)
 }
 
@@ -387,26 +382,16 @@ fn folder_to_replace(dir: &Path, replace: bool) -> Result<bool> {
         .filter(|n| !FOLDER_FILES.contains(&n.as_str()))
         .collect();
     if !foreign.is_empty() || !names.iter().any(|n| n == REPORT_FILE) {
-        let shown: Vec<&str> = (if foreign.is_empty() {
-            names.iter().collect()
+        let shown = if foreign.is_empty() {
+            crate::output::some_names(&names)
         } else {
-            foreign
-        })
-        .into_iter()
-        .take(5)
-        .map(String::as_str)
-        .collect();
+            crate::output::some_names(&foreign)
+        };
         return Err(Error::output(
             dir,
             format!(
-                "is a folder with files ftedit did not write ({}{}); ftedit never replaces \
-                 such a folder: choose another --out",
-                shown.join(", "),
-                if names.len() > shown.len() {
-                    ", …"
-                } else {
-                    ""
-                }
+                "is a folder with files ftedit did not write ({shown}); ftedit never replaces \
+                 such a folder: choose another --out"
             ),
         ));
     }
@@ -522,7 +507,7 @@ impl Destination {
                 ));
             }
             Ok(_) => {
-                let report = gguf_report_path(&path);
+                let report = beside(&path, "report.json");
                 if !force {
                     return Err(Error::output(
                         out,
@@ -575,23 +560,32 @@ impl Destination {
 
     /// Where `ftedit edit`'s report goes: in the folder, or beside the GGUF.
     pub fn report_path(&self) -> PathBuf {
-        match self.format {
-            OutputFormat::Gguf => gguf_report_path(&self.path),
-            OutputFormat::Folder => self.path.join(REPORT_FILE),
-        }
+        self.companion(&self.path, REPORT_FILE, "report.json")
+    }
+
+    /// [`Destination::report_path`] as the user named the output, for messages.
+    pub fn given_report_path(&self) -> PathBuf {
+        self.companion(&self.given, REPORT_FILE, "report.json")
     }
 
     /// Where the effective recipe goes.
     pub fn recipe_path(&self) -> PathBuf {
+        self.companion(&self.path, RECIPE_FILE, "recipe.toml")
+    }
+
+    /// A file that goes with the model at `base`: `name` in the folder, or
+    /// `base.suffix` beside the GGUF.
+    fn companion(&self, base: &Path, name: &str, suffix: &str) -> PathBuf {
         match self.format {
-            OutputFormat::Gguf => PathBuf::from(format!("{}.recipe.toml", self.path.display())),
-            OutputFormat::Folder => self.path.join(RECIPE_FILE),
+            OutputFormat::Gguf => beside(base, suffix),
+            OutputFormat::Folder => base.join(name),
         }
     }
 }
 
-fn gguf_report_path(path: &Path) -> PathBuf {
-    PathBuf::from(format!("{}.report.json", path.display()))
+/// `path.suffix`, beside `path`.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    PathBuf::from(format!("{}.{suffix}", path.display()))
 }
 
 /// About how many bytes writing `model` takes: a folder holds every tensor in `dtype`;

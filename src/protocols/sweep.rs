@@ -17,7 +17,7 @@ use crate::data::EditRecord;
 use crate::edit::{self, BuildOptions, MethodConfig};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
-use crate::eval::report::{OutputDir, RunInfo};
+use crate::eval::report::{OutputDir, RunInfo, SummaryFile};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -154,6 +154,20 @@ pub struct Row {
 const DIVERGED_FILE: &str = "diverged.txt";
 
 impl Row {
+    /// The row of a combination whose run finished with `file`, over `records` edits.
+    fn finished(settings: Vec<String>, dir: String, file: &SummaryFile, records: usize) -> Self {
+        Row {
+            settings,
+            dir,
+            n: file.summary.n,
+            metrics: file.summary.metrics.clone(),
+            seconds_per_edit: file.edit_seconds.map(|s| s / records.max(1) as f64),
+            collapsed: file.health.as_ref().is_some_and(|h| h.collapsed),
+            diverged: false,
+            best: false,
+        }
+    }
+
     /// The row of a combination whose training diverged.
     fn diverged(settings: Vec<String>, dir: String) -> Self {
         Row {
@@ -363,64 +377,54 @@ pub fn sweep(
             );
         }
         let dir = OutputDir::open(out.join(&name), Some(&info))?;
-        if dir.path.join(DIVERGED_FILE).exists() {
-            skipped += 1;
-            rows.push(Row::diverged(combo.clone(), name));
+        // A combination an earlier sweep finished is taken as it is.
+        let (row, fresh) = if dir.path.join(DIVERGED_FILE).exists() {
+            (Row::diverged(combo.clone(), name), false)
+        } else if let Some(file) = dir.summary()? {
+            (
+                Row::finished(combo.clone(), name, &file, records.len()),
+                false,
+            )
         } else {
-            let file = match dir.summary()? {
-                Some(file) => {
-                    skipped += 1;
-                    file
+            dir.write_file("recipe.toml", &config.to_toml())?;
+            let mut editor = edit::build(config, tok, build)?;
+            let snapshot = super::snapshot_for(editor.as_ref(), model)?;
+            let result = run(
+                model,
+                tok,
+                records,
+                editor.as_mut(),
+                sweep.protocol,
+                opts,
+                &dir,
+            );
+            if let Some(s) = &snapshot {
+                model.params.restore(s)?;
+            }
+            match result {
+                // A learning rate too high for the model is an answer of the sweep, not a
+                // reason to stop it.
+                Err(Error::Diverged(why)) => {
+                    dir.write_file(DIVERGED_FILE, &format!("training diverged: {why}\n"))?;
+                    (Row::diverged(combo.clone(), name), true)
                 }
-                None => {
-                    dir.write_file("recipe.toml", &config.to_toml())?;
-                    let mut editor = edit::build(config, tok, build)?;
-                    let snapshot = super::snapshot_for(editor.as_ref(), model)?;
-                    let result = run(
-                        model,
-                        tok,
-                        records,
-                        editor.as_mut(),
-                        sweep.protocol,
-                        opts,
-                        &dir,
-                    );
-                    if let Some(s) = &snapshot {
-                        model.params.restore(s)?;
-                    }
-                    ran += 1;
-                    match result {
-                        // A learning rate too high for the model is an answer of the
-                        // sweep, not a reason to stop it.
-                        Err(Error::Diverged(why)) => {
-                            dir.write_file(DIVERGED_FILE, &format!("training diverged: {why}\n"))?;
-                            rows.push(Row::diverged(combo.clone(), name));
-                            write_table(
-                                &top,
-                                &Table::new(axes.clone(), rows.clone(), ran, skipped),
-                            )?;
-                            pb.inc(1);
-                            continue;
-                        }
-                        other => {
-                            let outcome = other?;
-                            dir.write_summary(Some(info), Some(outcome.timing), outcome.health)?
-                        }
-                    }
+                other => {
+                    let outcome = other?;
+                    let file =
+                        dir.write_summary(Some(info), Some(outcome.timing), outcome.health)?;
+                    (
+                        Row::finished(combo.clone(), name, &file, records.len()),
+                        true,
+                    )
                 }
-            };
-            let n = file.summary.n;
-            rows.push(Row {
-                settings: combo.clone(),
-                dir: name,
-                n,
-                metrics: file.summary.metrics.clone(),
-                seconds_per_edit: file.edit_seconds.map(|s| s / records.len().max(1) as f64),
-                collapsed: file.health.as_ref().is_some_and(|h| h.collapsed),
-                diverged: false,
-                best: false,
-            });
+            }
+        };
+        if fresh {
+            ran += 1;
+        } else {
+            skipped += 1;
         }
+        rows.push(row);
         let table = Table::new(axes.clone(), rows.clone(), ran, skipped);
         write_table(&top, &table)?;
         pb.inc(1);

@@ -202,11 +202,6 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "peak_rss_mb": peak_rss_mb(),
     });
     let report_path = dest.report_path();
-    // Said as the user named the output.
-    let shown_report = match dest.format {
-        save::OutputFormat::Gguf => PathBuf::from(format!("{}.report.json", args.out.display())),
-        save::OutputFormat::Folder => args.out.join(save::REPORT_FILE),
-    };
     ftedit::output::write_atomic(
         &report_path,
         serde_json::to_string_pretty(&report)?.as_bytes(),
@@ -225,7 +220,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         start.elapsed().as_secs_f64(),
         check.line(),
         args.out.display(),
-        shown_report.display()
+        dest.given_report_path().display()
     );
     if args.require_success && check.not_taken > 0 {
         std::process::exit(3);
