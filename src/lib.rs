@@ -14,6 +14,7 @@
 //! - [`eval`]: the literature's metrics and the reports they are written to.
 //! - [`protocols`]: an editor and then the evaluator (single, batch, sequential), and
 //!   sweeps over settings; the only layer that uses both `edit` and `eval`.
+//! - [`report`]: what runs wrote, read back: the HTML page, SVG plots, merged shards.
 //! - [`runtime`], [`progress`], [`cache`], [`output`]: devices and the libtorch runtime;
 //!   progress bars; the on-disk cache; writing files without losing a user's (unique
 //!   temporaries, held signals, run-folder locks).
@@ -50,9 +51,9 @@ pub mod eval;
 pub mod formats;
 pub mod model;
 pub mod output;
-pub mod plot;
 pub mod progress;
 pub mod protocols;
+pub mod report;
 pub mod runtime;
 pub mod tokenizer;
 pub mod train;

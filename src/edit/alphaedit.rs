@@ -2,7 +2,7 @@
 //! null space of the preserved knowledge's keys (SCALE.md), so that what the layer does
 //! to those keys is left as it was; built for lifelong (sequential) editing.
 //!
-//! Keys, targets z and the residual spreading are MEMIT's ([`super::memit`]). Per
+//! Keys, targets z and the residual spreading are MEMIT's ([`super::locate::spread`]). Per
 //! edited layer, with the batch's keys K (`[in, n]`) and residuals R (`[out, n]`):
 //! - P = Û Ûᵀ, Û the left singular vectors of the key statistics C = E[k kᵀ] (ROME's and
 //!   MEMIT's, uncentred) whose singular values are below `nullspace_threshold`; P is
@@ -19,10 +19,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::config::{layer_list, layer_range};
-use super::memit::{ZOptions, spread, targets};
-use super::rome::{LocateReport, Prepared, StatsConfig, ValueConfig};
-use super::{Editor, EditorState};
+use super::editor::{Editor, EditorState};
+use super::layers::{layer_list, layer_range};
+use super::locate::spread::{ZOptions, spread, targets};
+use super::locate::{LocateReport, Prepared, StatsConfig, ValueConfig};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -292,7 +292,7 @@ impl Editor for AlphaEditEditor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::edit::rome::memit_delta;
+    use crate::edit::memit::memit_delta;
 
     /// A symmetric PSD "C" = Q diag(s) Qᵀ with singular values s from 10 down to 1e-4,
     /// its singular vectors Q (in that order), and random K, R.

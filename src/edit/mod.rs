@@ -1,101 +1,32 @@
 //! Editing methods: what changes a model's weights so that it states new facts.
 //!
-//! Every method is configured by a recipe ([`config::MethodConfig`], a TOML file with a
-//! `method` field) and built by the [`registry`]:
-//! - [`NoEdit`]: the unedited model (the baseline every table starts from).
-//! - [`ft::FtEditor`]: fine-tuning, the paper's recipe and its ablations, configured by a
-//!   [`recipe::Recipe`]; naive fine-tuning, FT-L and FT-M are recipes of it.
-//! - [`rome::RomeEditor`], [`memit::MemitEditor`]: the locate-then-edit baselines, with
-//!   their key statistics from [`stats`]; [`alphaedit::AlphaEditEditor`]: MEMIT in the
-//!   null space of the preserved keys, for lifelong editing.
+//! Every method implements [`Editor`], is configured by a recipe (a TOML file with a
+//! `method` field, read by [`config`] into the method's typed settings,
+//! [`MethodConfig`]) and is built by the [`registry`], the one file that lists methods.
+//! Dependencies point one way: the registry imports the methods; a method imports only
+//! [`editor`], [`layers`], [`augment`] and the core it shares ([`locate`]).
+//! - [`none`]: the unedited model (the baseline every table starts from).
+//! - [`ft`]: fine-tuning, the paper's recipe and its ablations ([`ft::recipe::Recipe`]);
+//!   naive fine-tuning, FT-L, FT-M and LocFT-BF are recipes of it.
+//! - [`rome`], [`memit`]: the locate-then-edit baselines; [`alphaedit`]: MEMIT in the
+//!   null space of the preserved keys, for lifelong editing. What they share (keys, key
+//!   statistics, the value optimisation, MEMIT's spreading) is [`locate`].
+//!
+//! A new method is one file (or folder) here with its config type and its `Editor`, one
+//! variant and one entry in [`registry`], and a recipe in `recipes/`.
 
 pub mod alphaedit;
 pub mod augment;
 pub mod config;
+pub mod editor;
 pub mod ft;
+pub mod layers;
+pub mod locate;
 pub mod memit;
-pub mod recipe;
+pub mod none;
 pub mod registry;
 pub mod rome;
-pub mod stats;
 
-pub use config::MethodConfig;
-pub use registry::{BuildOptions, METHODS, build};
-
-use crate::data::EditRecord;
-use crate::error::Result;
-use crate::model::Model;
-use crate::tokenizer::Tokenizer;
-
-/// An editing method: changes the model's weights so it states the records' new
-/// targets.
-pub trait Editor {
-    fn name(&self) -> &str;
-    /// Whether `edit` changes weights at all (the unedited baseline does not).
-    fn changes_weights(&self) -> bool {
-        true
-    }
-    /// Told that the next `edit` calls get `records` one at a time, each on the model as
-    /// it is now (the single protocol restores the weights after every edit), so that an
-    /// editor can do their independent work together (ROME optimises their values in
-    /// batches). Nothing by default.
-    fn prepare(&mut self, _model: &Model, _tok: &Tokenizer, _records: &[EditRecord]) -> Result<()> {
-        Ok(())
-    }
-    /// The parameters `edit` may change, by name, so that the single protocol copies and
-    /// restores only those (one matrix for ROME, not the whole model); `None`, the
-    /// default: any of them.
-    fn writes(&self, _model: &Model) -> Result<Option<Vec<String>>> {
-        Ok(None)
-    }
-    /// Applies the edits of `records` to `model`, in place.
-    fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()>;
-    /// What the edits so far did (training curves, timings), for the run's report.
-    fn report(&self) -> Option<serde_json::Value> {
-        None
-    }
-    /// Measures what the method takes from the unedited model before its first edit
-    /// (the recipe's random prefixes; ROME's and MEMIT's key statistics and contexts).
-    /// Protocols call it on the unedited model before any edit, so that a resumed
-    /// sequential run measures these on the unedited model too, not on the weights of
-    /// its checkpoint; an editor used without a protocol measures them at its first
-    /// edit. Nothing by default.
-    fn begin(&mut self, _model: &Model, _tok: &Tokenizer) -> Result<()> {
-        Ok(())
-    }
-    /// What a sequential run must keep besides the weights to resume exactly after a
-    /// checkpoint: everything the editor sampled or accumulated (the recipe's prefixes,
-    /// AlphaEdit's keys); nothing for most methods.
-    fn state(&self) -> EditorState {
-        EditorState::default()
-    }
-    /// Takes back what [`Editor::state`] gave.
-    fn set_state(&mut self, _state: EditorState) -> Result<()> {
-        Ok(())
-    }
-}
-
-/// An editor's state for a checkpoint ([`Editor::state`]).
-#[derive(Debug, Default)]
-pub struct EditorState {
-    /// Named tensors (AlphaEdit's accumulated key products).
-    pub tensors: Vec<(String, tch::Tensor)>,
-    /// Everything else, as JSON (the recipe's sampled prefixes, the contexts of ROME and
-    /// MEMIT); `null` when there is nothing.
-    pub values: serde_json::Value,
-}
-
-/// The unedited model (`--method none`).
-pub struct NoEdit;
-
-impl Editor for NoEdit {
-    fn name(&self) -> &str {
-        "none"
-    }
-    fn changes_weights(&self) -> bool {
-        false
-    }
-    fn edit(&mut self, _: &mut Model, _: &Tokenizer, _: &[EditRecord]) -> Result<()> {
-        Ok(())
-    }
-}
+pub use editor::{Editor, EditorState};
+pub use none::NoEdit;
+pub use registry::{BuildOptions, METHODS, MethodConfig, build};

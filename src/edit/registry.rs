@@ -1,5 +1,7 @@
-//! The one place that knows the editing methods: their names, default recipes, and how
-//! a [`MethodConfig`] becomes an [`Editor`]. The command line and library users build
+//! The one place that knows the editing methods: their names, default recipes, the
+//! typed config of each ([`MethodConfig`], what a recipe file holds) and how a config
+//! becomes an [`Editor`]. Nothing this file imports imports it back: each method owns
+//! its config type, and [`super::config`] reads recipe files without knowing methods. The command line and library users build
 //! editors the same way:
 //!
 //! ```
@@ -17,14 +19,17 @@
 
 use std::path::PathBuf;
 
-use super::alphaedit::AlphaEditEditor;
+use serde::{Deserialize, Serialize};
+
+use super::alphaedit::{AlphaEditConfig, AlphaEditEditor};
 use super::augment;
-use super::config::MethodConfig;
+use super::config;
+use super::editor::Editor;
 use super::ft::FtEditor;
-use super::memit::MemitEditor;
-use super::recipe::FactMode;
-use super::rome::RomeEditor;
-use super::{Editor, NoEdit};
+use super::ft::recipe::{FactMode, Recipe};
+use super::memit::{MemitConfig, MemitEditor};
+use super::none::{NoEdit, NoneConfig};
+use super::rome::{RomeConfig, RomeEditor};
 use crate::data::{self, EditRecord};
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
@@ -101,7 +106,7 @@ pub fn info(name: &str) -> Result<&'static MethodInfo> {
 
 /// The built-in recipes whose `method` is `name`, default first.
 pub fn recipes_of(name: &str) -> Vec<&'static str> {
-    let mut out: Vec<&'static str> = super::config::BUILTIN
+    let mut out: Vec<&'static str> = config::BUILTIN
         .iter()
         .map(|(n, _)| *n)
         .filter(|n| MethodConfig::load(n, None, &[]).is_ok_and(|c| c.method() == name))
@@ -192,6 +197,183 @@ pub fn build_ft(config: &MethodConfig, tok: &Tokenizer, opts: &BuildOptions) -> 
     Ok(ft)
 }
 
+/// A method and its settings: what a recipe file holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "method", rename_all = "kebab-case")]
+pub enum MethodConfig {
+    /// The unedited model.
+    None(NoneConfig),
+    /// The paper's fine-tuning and its ablations.
+    Ft(Recipe),
+    /// Fine-tuning on the whole sentence, without augmentation.
+    FtNaive(Recipe),
+    /// ROME's constrained fine-tuning baseline.
+    FtL(Recipe),
+    /// EasyEdit's FT-M baseline.
+    FtM(Recipe),
+    Rome(RomeConfig),
+    Memit(MemitConfig),
+    #[serde(rename = "alphaedit")]
+    AlphaEdit(AlphaEditConfig),
+}
+
+impl MethodConfig {
+    /// Loads recipe `name_or_path` (a built-in name or a TOML file), resolved for models
+    /// of architecture `arch` (`None`: the `[arch.*]` tables are ignored), with
+    /// `key=value` overrides.
+    pub fn load(name_or_path: &str, arch: Option<&str>, overrides: &[String]) -> Result<Self> {
+        let table = config::resolved_table(name_or_path, arch, 0)?;
+        let mut config = from_table(name_or_path, &table)?;
+        if !overrides.is_empty() {
+            let mut table = config.to_table();
+            for o in overrides {
+                let (k, v) = o.split_once('=').ok_or_else(|| Error::Setting {
+                    key: o.clone(),
+                    reason: "expected KEY=VALUE".into(),
+                })?;
+                let (k, v) = (k.trim(), v.trim());
+                if k == "method" {
+                    return Err(Error::Setting {
+                        key: k.into(),
+                        reason: "the method is chosen by --method or --recipe".into(),
+                    });
+                }
+                config::set_key(&mut table, k, v, config.method())?;
+                // Deserialising after each override names the one that broke it.
+                config = from_table(name_or_path, &table).map_err(|e| Error::Setting {
+                    key: format!("{k}={v}"),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// The effective recipe for `--method` and `--recipe` as a user gives them: the
+    /// recipe when one is named (it must be for `method`, when that is given too), else
+    /// `method`'s default recipe, else `fallback`'s.
+    pub fn select(
+        method: Option<&str>,
+        recipe: Option<&str>,
+        fallback: &str,
+        arch: Option<&str>,
+        overrides: &[String],
+    ) -> Result<Self> {
+        let name = match (method, recipe) {
+            (_, Some(r)) => r,
+            (Some(m), None) => info(m)?.default_recipe,
+            (None, None) => info(fallback)?.default_recipe,
+        };
+        let config = Self::load(name, arch, overrides)?;
+        if let Some(m) = method
+            && m != config.method()
+        {
+            info(m)?;
+            return Err(Error::Input(format!(
+                "recipe '{name}' is for method '{}', not '{m}' (drop --method, or pick one of {m}'s recipes: ftedit methods)",
+                config.method()
+            )));
+        }
+        Ok(config)
+    }
+
+    /// The method's name, as `--method` takes it.
+    pub fn method(&self) -> &'static str {
+        match self {
+            MethodConfig::None(_) => "none",
+            MethodConfig::Ft(_) => "ft",
+            MethodConfig::FtNaive(_) => "ft-naive",
+            MethodConfig::FtL(_) => "ft-l",
+            MethodConfig::FtM(_) => "ft-m",
+            MethodConfig::Rome(_) => "rome",
+            MethodConfig::Memit(_) => "memit",
+            MethodConfig::AlphaEdit(_) => "alphaedit",
+        }
+    }
+
+    /// The recipe's one-line description.
+    pub fn description(&self) -> &str {
+        match self {
+            MethodConfig::None(c) => &c.description,
+            MethodConfig::Ft(r)
+            | MethodConfig::FtNaive(r)
+            | MethodConfig::FtL(r)
+            | MethodConfig::FtM(r) => &r.description,
+            MethodConfig::Rome(c) => &c.description,
+            MethodConfig::Memit(c) => &c.description,
+            MethodConfig::AlphaEdit(c) => &c.description,
+        }
+    }
+
+    /// The fine-tuning recipe, for the methods that fine-tune.
+    pub fn recipe(&self) -> Option<&Recipe> {
+        match self {
+            MethodConfig::Ft(r)
+            | MethodConfig::FtNaive(r)
+            | MethodConfig::FtL(r)
+            | MethodConfig::FtM(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        match self {
+            MethodConfig::None(_) => Ok(()),
+            MethodConfig::Rome(c) => c.check(),
+            MethodConfig::Memit(c) => c.check(),
+            MethodConfig::AlphaEdit(c) => c.check(),
+            _ => self.recipe().expect("fine-tuning").check(),
+        }
+    }
+
+    /// Every field, as a TOML table (`method` first).
+    pub fn to_table(&self) -> toml::Table {
+        toml::Table::try_from(self).expect("a config serialises to TOML")
+    }
+
+    /// The complete recipe as TOML text: `--recipe FILE` repeats it exactly.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(&self.to_table()).expect("a table serialises")
+    }
+
+    /// Every setting as `(key, value)` in `--set` form, in file order.
+    pub fn settings(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        config::flatten("", &self.to_table(), &mut out);
+        out.retain(|(k, _)| k != "method");
+        out
+    }
+}
+
+/// The table of `table`'s method's default recipe, to name a mistyped field.
+fn default_table(table: &toml::Table) -> Option<toml::Table> {
+    let method = table.get("method")?.as_str()?;
+    let recipe = info(method).ok()?.default_recipe;
+    Some(MethodConfig::load(recipe, None, &[]).ok()?.to_table())
+}
+
+fn from_table(name: &str, table: &toml::Table) -> Result<MethodConfig> {
+    if !table.contains_key("method") {
+        return Err(Error::Input(format!(
+            "recipe {name}: no `method` field (one of {})",
+            names().join(", ")
+        )));
+    }
+    toml::Value::Table(table.clone())
+        .try_into()
+        .map_err(|e: toml::de::Error| {
+            // serde's message for a tagged enum has lost the key: find it by comparing
+            // types with the method's default recipe (built-ins are tested, so skip them).
+            let builtin = config::BUILTIN.iter().any(|(n, _)| *n == name);
+            let why = (!builtin)
+                .then(|| default_table(table).and_then(|d| config::mistyped_key(table, &d)))
+                .flatten()
+                .unwrap_or_else(|| e.message().to_owned());
+            Error::Input(format!("recipe {name}: {why}"))
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,12 +385,153 @@ mod tests {
             assert_eq!(recipes.first(), Some(&m.default_recipe), "{}", m.name);
         }
         let listed: usize = METHODS.iter().map(|m| recipes_of(m.name).len()).sum();
-        assert_eq!(listed, super::super::config::BUILTIN.len());
+        assert_eq!(listed, config::BUILTIN.len());
         assert!(recipes_of("ft").contains(&"paper-mass"));
         let e = info("mend").unwrap_err().to_string();
         assert!(
             e.contains("unknown method 'mend'") && e.contains("alphaedit"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn every_builtin_recipe_loads_and_names_its_method() {
+        for (name, _) in config::BUILTIN {
+            let c = MethodConfig::load(name, None, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(
+                names().contains(&c.method()),
+                "{name}"
+            );
+            // The TOML written for a run loads back to the same config.
+            let dir = std::env::temp_dir().join(format!("ftedit-recipe-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let file = dir.join(format!("{name}.toml"));
+            std::fs::write(&file, c.to_toml()).unwrap();
+            let again = MethodConfig::load(file.to_str().unwrap(), None, &[]).unwrap();
+            assert_eq!(again, c, "{name}");
+        }
+    }
+
+    #[test]
+    fn overrides_are_typed_and_errors_name_the_key() {
+        let c = MethodConfig::load(
+            "layers",
+            None,
+            &[
+                "optim.lr=1e-3".into(),
+                "augment.facts=nearest".into(),
+                "train.layers=2..4".into(),
+                "optim.clip=2".into(), // an integer where a float is expected
+            ],
+        )
+        .unwrap();
+        let r = c.recipe().unwrap();
+        assert_eq!(r.optim.lr, 1e-3);
+        assert_eq!(r.optim.clip, 2.0);
+        assert_eq!(r.train.layers, "2..4");
+        let err = |o: &str| {
+            MethodConfig::load("memit", None, &[o.into()])
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err("value.clamp=4");
+        assert!(
+            e.contains("value.clamp") && e.contains("clamp_norm_factor"),
+            "{e}"
+        );
+        let e = err("nope.x=1");
+        assert!(
+            e.contains("no section 'nope'") && e.contains("value.*"),
+            "{e}"
+        );
+        let e = err("lambda=big");
+        assert!(e.contains("lambda") && e.contains("not a number"), "{e}");
+        let e = err("value.steps=2.5");
+        assert!(e.contains("value.steps") && e.contains("integer"), "{e}");
+        let e = err("value=3");
+        assert!(e.contains("section"), "{e}");
+        let e = err("method=rome");
+        assert!(e.contains("--method"), "{e}");
+        // A value of the right TOML type that the method rejects names its key too.
+        let e = MethodConfig::load("layers", None, &["optim.schedule=cosin".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("optim.schedule=cosin") && e.contains("cosine"),
+            "{e}"
+        );
+        let e = MethodConfig::load("layers", None, &["optim.lr=-1".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("optim.lr"), "{e}");
+        assert!(
+            MethodConfig::load("nope", None, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("built-in")
+        );
+    }
+
+    #[test]
+    fn base_and_arch_tables_layer_over_the_recipe() {
+        let dir = std::env::temp_dir().join(format!("ftedit-base-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("mine.toml");
+        std::fs::write(
+            &file,
+            "base = \"memit\"\nlambda = 100\n[value]\nsteps = 3\n[arch.gemma3]\nlayers = \"1..2\"\n[arch.gemma3.value]\nlr = 0.1\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let memit = |c: MethodConfig| match c {
+            MethodConfig::Memit(m) => m,
+            other => panic!("{}", other.method()),
+        };
+        let builtin = memit(MethodConfig::load("memit", None, &[]).unwrap());
+        // The file's λ beats the base's [arch.llama] λ.
+        let plain = memit(MethodConfig::load(path, Some("llama"), &[]).unwrap());
+        assert_eq!(plain.lambda, 100.0);
+        let llama = memit(MethodConfig::load("memit", Some("llama"), &[]).unwrap());
+        assert_ne!(llama.lambda, builtin.lambda, "memit.toml tunes λ for llama");
+        assert_eq!(plain.value.steps, 3);
+        assert_eq!(plain.value.lr, builtin.value.lr);
+        assert_eq!(plain.layers, builtin.layers);
+        let g = memit(MethodConfig::load(path, Some("gemma3"), &["value.steps=4".into()]).unwrap());
+        // A mistyped field in a file names its key.
+        let bad = dir.join("bad.toml");
+        let bad_path = bad.to_str().unwrap();
+        std::fs::write(&bad, "base = \"memit\"\n[value]\nsteps = \"x\"\n").unwrap();
+        let e = MethodConfig::load(bad_path, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`value.steps` is a string, expected an integer (like 25)"),
+            "{e}"
+        );
+        std::fs::write(&bad, "method = \"memit\"\nbase = \"memit\"\nlamda = 1\n").unwrap();
+        let e = MethodConfig::load(bad_path, None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("unknown field `lamda`") && e.contains("`lambda`"),
+            "{e}"
+        );
+        assert_eq!(
+            (g.layers.as_str(), g.value.lr, g.value.steps),
+            ("1..2", 0.1, 4)
+        );
+        // A recipe for another method is refused when --method says otherwise.
+        let e = MethodConfig::select(Some("rome"), Some(path), "none", None, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("for method 'memit', not 'rome'"), "{e}");
+        let c = MethodConfig::select(Some("ft-l"), None, "none", None, &[]).unwrap();
+        assert_eq!(c.method(), "ft-l");
+        assert_eq!(
+            MethodConfig::select(None, None, "none", None, &[])
+                .unwrap()
+                .method(),
+            "none"
         );
     }
 }

@@ -14,7 +14,7 @@ pub mod easyedit;
 pub mod generation;
 pub mod health;
 pub mod metrics;
-pub mod report;
+pub mod run_dir;
 pub mod scorer;
 pub mod zsre;
 

@@ -7,10 +7,9 @@
 //!   evaluate at the end, and optionally after every K batches, writing the curve of
 //!   the metrics and the model's health to `curve.jsonl` ([`sequential`]).
 //!
-//! [`sweep`] runs a protocol once per combination of settings, to tune a method;
-//! [`page`] renders runs' output as one HTML page.
+//! [`sweep`] runs a protocol once per combination of settings, to tune a method.
+//! What runs write is read back, drawn and merged by [`crate::report`].
 
-pub mod page;
 pub mod sequential;
 pub mod sweep;
 
@@ -21,8 +20,8 @@ use crate::data::EditRecord;
 pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
 use crate::eval::health::Health;
-use crate::eval::report::OutputDir;
-pub use crate::eval::report::Timing;
+use crate::eval::run_dir::OutputDir;
+pub use crate::eval::run_dir::Timing;
 use crate::eval::{EvalOptions, RecordResult, evaluate};
 use crate::model::Model;
 use crate::model::Snapshot;

@@ -17,7 +17,7 @@ use crate::data::EditRecord;
 use crate::edit::{self, BuildOptions, MethodConfig};
 use crate::error::{Error, Result};
 use crate::eval::EvalOptions;
-use crate::eval::report::{OutputDir, RunInfo, SummaryFile};
+use crate::eval::run_dir::{OutputDir, RunInfo, SummaryFile};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 

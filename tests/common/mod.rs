@@ -455,7 +455,7 @@ pub fn cf_edit(subject: &str, prompt: &str, new: &str, truth: &str) -> EditRecor
 }
 
 /// A built-in fine-tuning recipe with `sets` applied.
-pub fn recipe(name: &str, sets: &[&str]) -> ftedit::edit::recipe::Recipe {
+pub fn recipe(name: &str, sets: &[&str]) -> ftedit::edit::ft::recipe::Recipe {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     ftedit::edit::MethodConfig::load(name, None, &sets)
         .unwrap()

@@ -7,7 +7,7 @@ use ftedit::data::{EditRecord, Selection};
 use ftedit::edit;
 use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
-use ftedit::eval::report::{OutputDir, RunInfo};
+use ftedit::eval::run_dir::{OutputDir, RunInfo};
 use ftedit::protocols::{self, Protocol};
 
 use crate::health::HealthArgs;

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use ftedit::eval::report;
-use ftedit::protocols::{page, sequential};
+use ftedit::output::write_atomic;
+use ftedit::report::{self, curves, page};
 
 #[derive(Args)]
 pub struct ReportArgs {
@@ -98,14 +98,14 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             }
             let mut curves = Vec::new();
             for (i, dir) in runs.iter().enumerate() {
-                curves.push((run_name(&label, i, dir), sequential::plot_points(dir)?));
+                curves.push((run_name(&label, i, dir), curves::plot_points(dir)?));
             }
             let metrics = if metrics.is_empty() {
-                sequential::default_plot_metrics(&curves)
+                curves::default_plot_metrics(&curves)
             } else {
                 metrics
             };
-            let chart = sequential::chart(&title, &curves, &metrics);
+            let chart = curves::chart(&title, &curves, &metrics);
             if let Some(m) = chart
                 .panels
                 .iter()
@@ -118,7 +118,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(&out, chart.svg())?;
+            write_atomic(&out, chart.svg().as_bytes())?;
             println!(
                 "{} runs, {} metrics: {}",
                 curves.len(),
@@ -143,7 +143,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(&out, page::render(&title, &runs))?;
+            write_atomic(&out, page::render(&title, &runs).as_bytes())?;
             let records: usize = runs.iter().map(|r| r.rows.len()).sum();
             let missed = runs
                 .iter()

@@ -3,7 +3,7 @@
 //! one legend. Plain SVG 1.1 text, readable on a white page; no dependencies.
 //!
 //! ```
-//! use ftedit::plot::{Chart, Panel, Series};
+//! use ftedit::report::plot::{Chart, Panel, Series};
 //!
 //! let es = Series { points: vec![(0.0, 20.0), (100.0, 95.0), (200.0, 90.0)] };
 //! let chart = Chart {

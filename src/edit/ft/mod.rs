@@ -2,15 +2,17 @@
 //! random-prefix paraphrases (P) and unedited facts (R), optionally with a plain
 //! language-model loss, all edits of a call in one shuffled training set.
 
+pub mod recipe;
+
 use std::time::Instant;
 
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use super::augment::{self, Fact, Rng};
-use super::config::layer_range;
-use super::recipe::{FactMode, LossKind, Recipe};
-use super::{Editor, EditorState};
+use super::editor::{Editor, EditorState};
+use super::layers::layer_range;
+use recipe::{FactMode, LossKind, Recipe};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;

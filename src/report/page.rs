@@ -2,7 +2,7 @@
 //! summaries side by side, every record with whether its edit took (sortable, and
 //! filterable to the edits that did not), the editors' loss curves and, for sequential
 //! runs, their curves. No network: the CSS and the script are inline and the plots are
-//! inline SVG ([`crate::plot`]).
+//! inline SVG ([`super::plot`]).
 //!
 //! A run is an evaluation's output folder (`summary.json`, `records.jsonl`,
 //! `train_report.json`, `curve.jsonl`) or the report `ftedit edit` writes beside the
@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use super::sequential::{self, CurvePoint};
+use super::curves;
+use crate::protocols::sequential::CurvePoint;
 use crate::error::{Error, Result};
 use crate::eval::check::Check;
 use crate::eval::health::Health;
-use crate::eval::report::{OutputDir, SummaryFile};
+use crate::eval::run_dir::{OutputDir, SummaryFile};
 use crate::eval::{RecordResult, Scores};
-use crate::plot::{Chart, Panel, Series};
+use super::plot::{Chart, Panel, Series};
 
 /// One row of a run's record table.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,7 +198,7 @@ impl Run {
             Vec::new()
         };
         let curve = if dir.join("curve.jsonl").exists() {
-            sequential::plot_points(dir)?
+            curves::plot_points(dir)?
         } else {
             Vec::new()
         };
@@ -559,8 +560,8 @@ pub fn render(title: &str, runs: &[Run]) -> String {
         .collect();
     if !curves.is_empty() {
         s.push_str("<h2>Sequential editing</h2>");
-        let metrics = sequential::default_plot_metrics(&curves);
-        s.push_str(&sequential::chart("Editing over time", &curves, &metrics).svg());
+        let metrics = curves::default_plot_metrics(&curves);
+        s.push_str(&curves::chart("Editing over time", &curves, &metrics).svg());
     }
     for (i, r) in runs.iter().enumerate() {
         let _ = write!(

@@ -1,8 +1,8 @@
 //! The output folder of an evaluation: `records.jsonl` (every prompt's numbers, one
 //! record per line, appended as records finish), `train_report.json` (what the editor
 //! did), `summary.json` and `summary.md`.
-//! A run pointed at a folder that already has records resumes after them; `merge`
-//! combines the folders of shards into one report.
+//! A run pointed at a folder that already has records resumes after them
+//! ([`crate::report::merge`] combines the folders of shards into one).
 
 use std::collections::HashSet;
 use std::io::Write;
@@ -132,7 +132,7 @@ const RUN_FILES: &[&str] = &[
     crate::output::LOCK_FILE,
 ];
 
-fn write_atomic(path: &Path, text: &str) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, text: &str) -> Result<()> {
     crate::output::write_atomic(path, text.as_bytes())
 }
 
@@ -362,68 +362,6 @@ impl OutputDir {
         write_atomic(&self.path.join("summary.md"), &md)?;
         Ok(file)
     }
-}
-
-/// Merges the records of several output folders (shards) into `out`; a record present
-/// in more than one folder counts once.
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
-    let mut seen = HashSet::new();
-    let mut all = Vec::new();
-    let mut run = None;
-    for d in dirs {
-        if !d.join("records.jsonl").exists() {
-            return Err(Error::Input(format!(
-                "{} has no records.jsonl",
-                d.display()
-            )));
-        }
-        let dir = OutputDir::read(d.clone());
-        for r in dir.records()? {
-            if seen.insert(r.id.clone()) {
-                all.push(r);
-            }
-        }
-        let info = d.join("run.json");
-        if run.is_none() && info.exists() {
-            run = std::fs::read_to_string(&info)
-                .ok()
-                .and_then(|t| serde_json::from_str::<RunInfo>(&t).ok());
-        }
-    }
-    // Each shard edited its own copy of the model: their health is one number only when
-    // the shards agree (an unedited baseline).
-    let healths: Vec<Option<Health>> = dirs
-        .iter()
-        .map(|d| {
-            OutputDir::read(d.clone())
-                .summary()
-                .map(|f| f.and_then(|f| f.health))
-        })
-        .collect::<Result<_>>()?;
-    let health = healths
-        .first()
-        .cloned()
-        .flatten()
-        .filter(|h| healths.iter().all(|o| o.as_ref() == Some(h)));
-    let dir = OutputDir::open(out, None)?;
-    dir.reset_records(&all)?;
-    if let Some(run) = &run {
-        write_atomic(
-            &dir.path.join("run.json"),
-            &serde_json::to_string_pretty(run).expect("serialisable"),
-        )?;
-    }
-    let mut file = dir.write_summary(run.clone(), None, health.clone())?;
-    if health.is_none() && healths.iter().any(Option::is_some) {
-        file.summary
-            .notes
-            .push("health differs between the shards (each edited its own model): see each shard's summary".into());
-        write_atomic(
-            &dir.path.join("summary.json"),
-            &serde_json::to_string_pretty(&file).expect("serialisable"),
-        )?;
-    }
-    Ok(file)
 }
 
 #[cfg(test)]

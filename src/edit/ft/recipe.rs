@@ -1,5 +1,5 @@
 //! The fine-tuning editor's settings: every choice of the paper's recipe, its ablations
-//! and the FT-L / FT-M baselines, loaded from a recipe file ([`super::config`]).
+//! and the FT-L / FT-M baselines, loaded from a recipe file ([`crate::edit::config`]).
 
 use serde::{Deserialize, Serialize};
 

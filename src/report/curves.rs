@@ -1,0 +1,107 @@
+//! `ftedit report plot`: runs' curves (metrics against the number of edits) as one
+//! chart, from sequential runs' `curve.jsonl`, curve files kept on their own, or a
+//! finished run's summary as one point.
+
+use std::path::Path;
+
+use super::plot::{Chart, Panel, Series};
+use crate::error::{Error, Result};
+use crate::eval::run_dir::OutputDir;
+use crate::protocols::sequential::{CurvePoint, curve_path, read_curve};
+
+/// The metrics a curve plot shows by default: the suite's three, the first batch's
+/// efficacy (forgetting) and the model's health.
+pub fn default_plot_metrics(runs: &[(String, Vec<CurvePoint>)]) -> Vec<String> {
+    let cf = runs
+        .iter()
+        .flat_map(|(_, ps)| ps)
+        .any(|p| p.metrics.contains_key("ES") || p.first_batch.contains_key("ES"));
+    let names: &[&str] = if cf {
+        &["ES", "PS", "NS", "first_batch.ES", "PPL", "known_retained"]
+    } else {
+        &[
+            "efficacy",
+            "paraphrase",
+            "specificity",
+            "first_batch.efficacy",
+            "PPL",
+            "known_retained",
+        ]
+    };
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// A chart of `metrics` against edits, one line per run (perplexity on a log axis when
+/// it spans more than a factor of ten).
+pub fn chart(
+    title: &str,
+    runs: &[(String, Vec<CurvePoint>)],
+    metrics: &[String],
+) -> Chart {
+    let panels = metrics
+        .iter()
+        .map(|m| {
+            let series: Vec<Option<Series>> = runs
+                .iter()
+                .map(|(_, points)| {
+                    let pts: Vec<(f64, f64)> = points
+                        .iter()
+                        .filter_map(|p| p.value(m).map(|v| (p.edits as f64, v)))
+                        .collect();
+                    (!pts.is_empty()).then_some(Series { points: pts })
+                })
+                .collect();
+            let values = series
+                .iter()
+                .flatten()
+                .flat_map(|s| s.points.iter().map(|p| p.1));
+            let (lo, hi) = values.fold((f64::INFINITY, 0f64), |(a, b), v| (a.min(v), b.max(v)));
+            let y_label = match m.strip_prefix("first_batch.") {
+                Some(inner) => format!("{inner}, first batch"),
+                None if m == "known_retained" => "known facts kept (%)".into(),
+                None => m.clone(),
+            };
+            // Everything but perplexity is a percentage.
+            Panel {
+                y_label,
+                series,
+                log_y: m == "PPL" && lo > 0.0 && hi / lo > 10.0,
+                y_range: (m != "PPL").then_some((0.0, 100.0)),
+            }
+        })
+        .collect();
+    Chart {
+        title: title.to_owned(),
+        x_label: "edits".into(),
+        legend: runs.iter().map(|(l, _)| l.clone()).collect(),
+        panels,
+    }
+}
+
+/// A run's points for a plot: its curve, or its summary as one point. `dir` may also be
+/// a curve file kept on its own (e.g. `bench/results/*-curve.jsonl`), so published curves
+/// can be drawn again without their run folders.
+pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
+    if dir.is_file() {
+        let points = read_curve(dir)?;
+        if points.is_empty() {
+            return Err(Error::Input(format!(
+                "{}: a curve file with no checkpoint in it",
+                dir.display()
+            )));
+        }
+        return Ok(points);
+    }
+    if curve_path(dir).exists() {
+        return read_curve(dir);
+    }
+    let out = OutputDir::read(dir);
+    match out.summary()? {
+        Some(file) => Ok(vec![CurvePoint::from_summary(&file)]),
+        None => Err(Error::Input(format!(
+            "{}: no curve.jsonl (a sequential run) and no summary.json (a finished run)",
+            dir.display()
+        ))),
+    }
+}
+
