@@ -50,7 +50,11 @@ const MAX_BASES: usize = 8;
 /// The recipe's table for `arch`: its `base` resolved first, the file laid over it, then
 /// the file's own `[arch.<arch>]` table, so that a file's settings beat its base's
 /// architecture tables and its own architecture table beats both.
-pub(crate) fn resolved_table(name_or_path: &str, arch: Option<&str>, depth: usize) -> Result<toml::Table> {
+pub(crate) fn resolved_table(
+    name_or_path: &str,
+    arch: Option<&str>,
+    depth: usize,
+) -> Result<toml::Table> {
     if depth > MAX_BASES {
         return Err(Error::Input(format!(
             "recipe {name_or_path}: more than {MAX_BASES} nested `base` recipes (a cycle?)"

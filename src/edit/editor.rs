@@ -63,4 +63,3 @@ pub struct EditorState {
     /// MEMIT); `null` when there is nothing.
     pub values: serde_json::Value,
 }
-

@@ -18,10 +18,10 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::editor::{Editor, EditorState};
 use super::layers::{layer_list, layer_range};
 use super::locate::spread::{ZOptions, spread, targets};
 use super::locate::{LocateReport, Prepared, StatsConfig, ValueConfig};
-use super::editor::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -160,4 +160,3 @@ impl Editor for MemitEditor {
         .ok()
     }
 }
-

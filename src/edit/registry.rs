@@ -398,10 +398,7 @@ mod tests {
     fn every_builtin_recipe_loads_and_names_its_method() {
         for (name, _) in config::BUILTIN {
             let c = MethodConfig::load(name, None, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(
-                names().contains(&c.method()),
-                "{name}"
-            );
+            assert!(names().contains(&c.method()), "{name}");
             // The TOML written for a run loads back to the same config.
             let dir = std::env::temp_dir().join(format!("ftedit-recipe-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();

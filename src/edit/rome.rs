@@ -18,13 +18,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::editor::{Editor, EditorState};
 use super::layers::layer_range;
 use super::locate::value::{ValueTask, optimize_value, values_in_batches};
 use super::locate::{
     LocateReport, Prepared, StatsConfig, ValueConfig, add_to_out_proj, mean_keys, out_proj,
     record_key,
 };
-use super::editor::{Editor, EditorState};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::{Model, Site};
@@ -236,4 +236,3 @@ impl Editor for RomeEditor {
         serde_json::to_value(serde_json::json!({ "runs": self.reports })).ok()
     }
 }
-

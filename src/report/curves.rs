@@ -33,11 +33,7 @@ pub fn default_plot_metrics(runs: &[(String, Vec<CurvePoint>)]) -> Vec<String> {
 
 /// A chart of `metrics` against edits, one line per run (perplexity on a log axis when
 /// it spans more than a factor of ten).
-pub fn chart(
-    title: &str,
-    runs: &[(String, Vec<CurvePoint>)],
-    metrics: &[String],
-) -> Chart {
+pub fn chart(title: &str, runs: &[(String, Vec<CurvePoint>)], metrics: &[String]) -> Chart {
     let panels = metrics
         .iter()
         .map(|m| {
@@ -104,4 +100,3 @@ pub fn plot_points(dir: &Path) -> Result<Vec<CurvePoint>> {
         ))),
     }
 }
-

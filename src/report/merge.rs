@@ -69,4 +69,3 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<SummaryFile> {
     }
     Ok(file)
 }
-

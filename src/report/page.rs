@@ -13,13 +13,13 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use super::curves;
-use crate::protocols::sequential::CurvePoint;
+use super::plot::{Chart, Panel, Series};
 use crate::error::{Error, Result};
 use crate::eval::check::Check;
 use crate::eval::health::Health;
 use crate::eval::run_dir::{OutputDir, SummaryFile};
 use crate::eval::{RecordResult, Scores};
-use super::plot::{Chart, Panel, Series};
+use crate::protocols::sequential::CurvePoint;
 
 /// One row of a run's record table.
 #[derive(Debug, Clone, PartialEq)]

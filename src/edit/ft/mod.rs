@@ -12,12 +12,12 @@ use tch::{Kind, Tensor};
 use super::augment::{self, Fact, Rng};
 use super::editor::{Editor, EditorState};
 use super::layers::layer_range;
-use recipe::{FactMode, LossKind, Recipe};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::{AdamW, AdamWConfig, Example, backward_in_slices, target_token_nlls};
+use recipe::{FactMode, LossKind, Recipe};
 
 /// What a training run did, for the run report.
 #[derive(Debug, Clone, Serialize)]

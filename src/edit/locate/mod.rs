@@ -18,11 +18,11 @@ use tch::{Kind, Tensor};
 
 use super::augment;
 use super::editor::EditorState;
-use stats::{StatsOptions, second_moments};
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::{Input, Model};
 use crate::tokenizer::Tokenizer;
+use stats::{StatsOptions, second_moments};
 
 /// How v* (ROME) or z (MEMIT) is optimised (`[value]` in their recipes).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -402,4 +402,3 @@ pub(crate) fn record_key(r: &EditRecord) -> String {
     (&r.prompt, &r.subject, &r.target_new).hash(&mut h);
     format!("r{:016x}", h.finish())
 }
-

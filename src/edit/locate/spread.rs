@@ -253,4 +253,3 @@ pub(crate) fn spread(
     }
     Ok(())
 }
-

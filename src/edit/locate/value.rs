@@ -424,4 +424,3 @@ impl ValueBatch {
             .forward(model, &self.at, Some(&mut self.probe), grad_from)
     }
 }
-
