@@ -10,22 +10,23 @@
 //! [`sweep`] runs a protocol once per combination of settings, to tune a method.
 //! What runs write is read back, drawn and merged by [`crate::report`].
 
+pub mod checks;
 pub mod sequential;
 pub mod sweep;
 
-use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use crate::data::EditRecord;
 pub use crate::edit::{Editor, NoEdit};
 use crate::error::{Error, Result};
-use crate::eval::health::Health;
+use crate::eval::health::{Health, collapse_warning};
 use crate::eval::run_dir::OutputDir;
 pub use crate::eval::run_dir::Timing;
 use crate::eval::{EvalOptions, RecordResult, evaluate};
 use crate::model::Model;
 use crate::model::Snapshot;
 use crate::tokenizer::Tokenizer;
+use checks::Checks;
 use sequential::Checkpoint;
 
 /// How edits and evaluation interleave.
@@ -129,48 +130,19 @@ pub fn run(
     pb.set_position((records.len() - todo.len()) as u64);
     // Drop a cut-off last line before appending.
     out.reset_records(&out.records()?)?;
-    // The subjects' own NLL on the unedited model (before any checkpoint is restored),
-    // for subject_nll_delta.
-    let subject_before: HashMap<String, Option<f64>> = records
-        .iter()
-        .map(|r| r.id.clone())
-        .zip(crate::eval::check::subject_nlls(model, tok, records)?)
-        .collect();
-    // The neighbours' predictions on the unedited model, for EasyEdit's locality.
-    let todo_refs: Vec<&EditRecord> = todo.iter().collect();
-    let unedited = if opts.locality {
-        crate::eval::easyedit::neighbour_argmax(model, tok, &todo_refs)?
-    } else {
-        Vec::new()
-    };
-    let locality_before: HashMap<String, Vec<Vec<u32>>> = todo
-        .iter()
-        .map(|r| r.id.clone())
-        .zip(unedited)
-        .filter_map(|(id, l)| Some((id, l?.neighbours.into_iter().map(|n| n.after).collect())))
-        .collect();
-    let mut write = |mut r: RecordResult| -> Result<()> {
-        r.subject_nll_before = subject_before.get(&r.id).copied().flatten();
-        if let (Some(l), Some(before)) = (r.locality.as_mut(), locality_before.get(&r.id)) {
-            l.compare(before);
-        }
-        out.append(&r)?;
+    // What the checks need from the unedited model, before any edit and before a
+    // sequential run restores its checkpoint's weights (the single protocol undoes its
+    // edits, so the model it leaves is the unedited one: no health).
+    let mut checks = Checks::for_run(opts, protocol != Protocol::Single);
+    checks.before(model, tok, records, &todo, |name| {
+        pb.set_message(name.to_owned())
+    })?;
+    // Every result is completed by the checks before it is written.
+    let write = |r: &mut RecordResult| -> Result<()> {
+        checks.score_record(r);
+        out.append(r)?;
         pb.inc(1);
         Ok(())
-    };
-    // The health baseline, before any edit (the single protocol undoes its edits, so
-    // the model it leaves is the unedited one).
-    let probe = opts
-        .health
-        .as_ref()
-        .filter(|_| protocol != Protocol::Single);
-    let baseline = match probe {
-        Some(p) => {
-            pb.set_message("health baseline");
-            let edited: HashSet<String> = records.iter().map(|r| r.subject.clone()).collect();
-            Some(p.baseline(model, &edited)?)
-        }
-        None => None,
     };
     let mut editing = Editing {
         editor,
@@ -191,13 +163,16 @@ pub fn run(
                 editing.edit(model, tok, records)?;
                 pb.set_message("");
             }
-            evaluate(model, tok, &todo, opts, &mut write)?;
-            if let (Some(p), Some(b)) = (probe, &baseline) {
-                health = Some(if editing.editor.changes_weights() {
-                    p.measure_after(model, b, records.len())?
-                } else {
-                    p.unedited(b)
-                });
+            evaluate(model, tok, &todo, opts, &mut |mut r| write(&mut r))?;
+            let edits = if editing.editor.changes_weights() {
+                records.len()
+            } else {
+                0
+            };
+            health = checks.score_model(model, edits)?;
+            if let Some(h) = health.as_mut().filter(|h| h.collapsed) {
+                h.collapsed_at = Some(edits);
+                eprintln!("{}", collapse_warning(h, edits, checks.collapse_factor));
             }
         }
         Protocol::Single => {
@@ -215,7 +190,10 @@ pub fn run(
                 editing.prepare(model, tok, chunk)?;
                 for r in chunk {
                     editing.edit(model, tok, std::slice::from_ref(r))?;
-                    let result = evaluate(model, tok, std::slice::from_ref(r), opts, &mut write);
+                    let result =
+                        evaluate(model, tok, std::slice::from_ref(r), opts, &mut |mut r| {
+                            write(&mut r)
+                        });
                     if let Some(s) = &snapshot {
                         model.params.restore(s)?;
                     }
@@ -245,14 +223,7 @@ pub fn run(
                     out.path.display()
                 )));
             }
-            let mut curve = sequential::Curve::new(
-                out,
-                records,
-                batch_size,
-                opts,
-                probe.zip(baseline.as_ref()),
-                start,
-            )?;
+            let mut curve = sequential::Curve::new(out, records, batch_size, opts, start)?;
             let mut ck = Checkpoint::new(records, batch_size);
             match resumed {
                 Some((saved, state)) => {
@@ -264,7 +235,7 @@ pub fn run(
                 }
                 None => {
                     curve.restart()?;
-                    curve.point(model, tok, 0, 0.0, None)?;
+                    curve.point(model, tok, &checks, 0, 0.0, None)?;
                 }
             }
             // The reports of the runs this one resumes; the editor's own start afresh.
@@ -291,7 +262,7 @@ pub fn run(
                 pb.set_message(format!("step {step}/{}", batches.len()));
                 if eval_every.is_some_and(|k| step % k == 0) && step < batches.len() {
                     pb.set_message(format!("step {step}/{}: checkpoint", batches.len()));
-                    curve.point(model, tok, step, editing.seconds, None)?;
+                    curve.point(model, tok, &checks, step, editing.seconds, None)?;
                     save(&mut ck, &editing, &curve, step, model)?;
                 }
             }
@@ -299,11 +270,20 @@ pub fn run(
                 save(&mut ck, &editing, &curve, batches.len(), model)?;
             }
             let mut results = out.records()?;
-            evaluate(model, tok, &todo, opts, &mut |r| {
-                results.push(r.clone());
-                write(r)
+            // The last point of the curve is this evaluation, checks included.
+            evaluate(model, tok, &todo, opts, &mut |mut r| {
+                write(&mut r)?;
+                results.push(r);
+                Ok(())
             })?;
-            health = curve.point(model, tok, batches.len(), editing.seconds, Some(&results))?;
+            health = curve.point(
+                model,
+                tok,
+                &checks,
+                batches.len(),
+                editing.seconds,
+                Some(&results),
+            )?;
             if let Some(report) = editing.editor.report() {
                 out.write_train_report(report, &base_reports)?;
             }

@@ -18,10 +18,11 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::checks::Checks;
 use crate::data::EditRecord;
 use crate::edit::EditorState;
 use crate::error::{Error, Result};
-use crate::eval::health::{Baseline, Health, Probe};
+use crate::eval::health::{Health, collapse_warning};
 use crate::eval::run_dir::{OutputDir, read_jsonl};
 use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::model::Model;
@@ -70,7 +71,7 @@ pub(super) struct Curve<'a> {
     /// Indices of the records every checkpoint scores, when edited.
     sample: Vec<usize>,
     light: EvalOptions,
-    health: Option<(&'a Probe, &'a Baseline)>,
+    collapse_factor: f64,
     collapsed_at: Option<usize>,
     start: Instant,
     /// Seconds of the runs this one resumes.
@@ -84,7 +85,6 @@ impl<'a> Curve<'a> {
         records: &'a [EditRecord],
         batch_size: usize,
         opts: &EvalOptions,
-        health: Option<(&'a Probe, &'a Baseline)>,
         start: Instant,
     ) -> Result<Self> {
         let path = curve_path(&out.path);
@@ -109,7 +109,10 @@ impl<'a> Curve<'a> {
             batch_size,
             sample: (0..records.len()).step_by(every).collect(),
             light,
-            health,
+            collapse_factor: opts
+                .health
+                .as_ref()
+                .map_or(f64::INFINITY, |p| p.options.collapse_factor),
             collapsed_at: None,
             start,
             offset: 0.0,
@@ -158,6 +161,7 @@ impl<'a> Curve<'a> {
         &mut self,
         model: &Model,
         tok: &Tokenizer,
+        checks: &Checks,
         steps: usize,
         edit_seconds: f64,
         all: Option<&[RecordResult]>,
@@ -206,30 +210,15 @@ impl<'a> Curve<'a> {
             .filter(|r| first.contains(r.id.as_str()))
             .cloned()
             .collect();
-        let health = match self.health {
-            Some((probe, base)) => {
-                let mut h = if edits == 0 {
-                    probe.unedited(base)
-                } else {
-                    probe.measure(model, base)?
-                };
-                if h.collapsed && self.collapsed_at.is_none() {
-                    self.collapsed_at = Some(edits);
-                    eprintln!(
-                        "{}",
-                        crate::eval::health::collapse_warning(
-                            &h,
-                            edits,
-                            probe.options.collapse_factor
-                        )
-                    );
-                }
-                h.collapsed_at = self.collapsed_at;
-                h.collapsed |= self.collapsed_at.is_some();
-                Some(h)
+        let mut health = checks.score_model(model, edits)?;
+        if let Some(h) = health.as_mut() {
+            if h.collapsed && self.collapsed_at.is_none() {
+                self.collapsed_at = Some(edits);
+                eprintln!("{}", collapse_warning(h, edits, self.collapse_factor));
             }
-            None => None,
-        };
+            h.collapsed_at = self.collapsed_at;
+            h.collapsed |= self.collapsed_at.is_some();
+        }
         let point = CurvePoint {
             edits,
             steps,
