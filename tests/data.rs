@@ -7,9 +7,9 @@ use common::{random_model, shared_dir, temp_dir, tiny_llama};
 use ftedit::data::{self, EditRecord, Format, Selection, Suite};
 use ftedit::eval::health::{HealthOptions, Probe};
 use ftedit::eval::run_dir::OutputDir;
-use ftedit::report;
 use ftedit::eval::{EvalOptions, Scores};
 use ftedit::protocols::{self, Editor, NoEdit, Protocol};
+use ftedit::report;
 use ftedit::{Model, Tokenizer};
 use tch::Kind;
 
