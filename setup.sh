@@ -5,6 +5,7 @@
 #
 #   ./setup.sh              # libtorch + default models (smollm2, gemma3) + release build
 #   ./setup.sh --bench      # also the Python packages the benchmark scripts compare against
+#   ./setup.sh --docs       # also mdbook (from crates.io), to build the manual in docs/
 #   FTEDIT_MODELS="smollm2 gemma3 qwen2" ./setup.sh   # choose the models to fetch
 #                                      (qwen2: Qwen2.5-Coder-0.5B; qwen2-1.5b: the 1.5B)
 set -euo pipefail
@@ -21,10 +22,13 @@ MODELS="${FTEDIT_MODELS:-smollm2 gemma3}"
 PYTHON="${PYTHON:-python3}"
 
 WITH_BENCH=0
+WITH_DOCS=0
+MDBOOK_VERSION="0.5.4"
 for arg in "$@"; do
   case "$arg" in
     --bench) WITH_BENCH=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --docs) WITH_DOCS=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -99,4 +103,11 @@ done
 # ---- 3. release binary ------------------------------------------------------------
 say "building ftedit (release)"
 cargo build --release --quiet
+
+# ---- 4. the manual's builder (--docs) ------------------------------------------------
+if [ "$WITH_DOCS" = 1 ] && ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
+  say "installing mdbook $MDBOOK_VERSION (crates.io; the book's HTML and search only)"
+  cargo install mdbook --version "$MDBOOK_VERSION" --locked --quiet \
+    --no-default-features --features search
+fi
 say "done: ./target/release/ftedit --help"

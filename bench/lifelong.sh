@@ -9,7 +9,7 @@
 #
 # dataset: counterfact (EasyEdit's reduced CounterFact edit split, records 0..edits: none
 # of them is among the dev records the sweeps tuned on) | zsre (the zsRE dev records
-# from 300 on, after those the README reports and the sweeps used; 337 of them).
+# from 300 on, after those the manual's results report and the sweeps used; 337 of them).
 # Environment: FTEDIT (default ./target/release/ftedit), THREADS (default 2), DEVICE
 # (default cpu), OUT_DIR (default runs/lifelong-MODEL), FTEDIT_DATA (default
 # ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft'),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The sweeps that choose the baselines' per-model defaults (issue 13): `ftedit sweep` on
-# CounterFact and zsRE dev records 200..300, which the README's 200 + 200 rows (records
+# CounterFact and zsRE dev records 200..300, which the manual's 200 + 200 rows (records
 # 0..200) do not use; batch protocol, no GE. Each sweep resumes where it stopped.
 #
 #   bench/tune.sh MODEL METHOD [DATASET]

@@ -8,13 +8,19 @@
 //!   built for editing (logits only where needed, frozen layers without autograd,
 //!   MLP hooks), generation.
 //! - [`train`]: the conditional-likelihood loss and the optimiser.
-//! - [`data`]: edit data sets (CounterFact, zsRE, JSONL) as one record type.
-//! - [`edit`]: editing methods behind one trait, each configured by a recipe (TOML) and
-//!   built by one registry.
-//! - [`eval`]: the literature's metrics and the reports they are written to.
+//! - [`data`]: edit data sets (CounterFact, zsRE, KnowEdit, EasyEdit, JSONL; one file
+//!   per format) as one record type.
+//! - [`edit`]: editing methods behind one trait, each owning its configuration (a TOML
+//!   recipe) and listed by one registry; the locate-then-edit core they share.
+//! - [`eval`]: the literature's metrics, the model's health, and the run folder they are
+//!   written to.
 //! - [`protocols`]: an editor and then the evaluator (single, batch, sequential), and
-//!   sweeps over settings; the only layer that uses both `edit` and `eval`.
+//!   sweeps over settings, with the checks around an edit as a list; the only layer that
+//!   uses both `edit` and `eval`.
 //! - [`report`]: what runs wrote, read back: the HTML page, SVG plots, merged shards.
+//!
+//! The manual (`docs/`, an mdBook) describes the layers and how to add a method or an
+//! architecture.
 //! - [`runtime`], [`progress`], [`cache`], [`output`]: devices and the libtorch runtime;
 //!   progress bars; the on-disk cache; writing files without losing a user's (unique
 //!   temporaries, held signals, run-folder locks).

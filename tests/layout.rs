@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The layers, bottom up (README and `src/lib.rs`).
+/// The layers, bottom up (`src/lib.rs`, docs/src/design.md).
 const LAYERS: &[&str] = &[
     "formats",
     "tokenizer",
