@@ -1,6 +1,6 @@
 //! Golden tests against ../shared/reference: values computed by PyTorch + transformers in
 //! float32 on the same dequantized weights (see that folder's README for how).
-//! Tolerances are the README's: token ids exact, log-probabilities within 1e-3 absolute,
+//! Tolerances are the manual's (docs/src/design.md, Testing): token ids exact, log-probabilities within 1e-3 absolute,
 //! losses and gradient norms within 1e-3 relative.
 
 mod common;
