@@ -67,8 +67,11 @@ pub fn parse_kind(name: &str) -> Result<Kind> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Precision {
-    /// In the parameters' own dtype (f32 for loaded models).
+    /// bf16-mixed where the device multiplies bf16 matrices in hardware (a CUDA GPU; a
+    /// CPU with AMX-BF16, AVX512-BF16 or Arm BF16), f32 elsewhere ([`Precision::resolve`]).
     #[default]
+    Auto,
+    /// In the parameters' own dtype (f32 for loaded models).
     F32,
     /// bf16 mixed precision, as `torch.autocast(device, dtype=torch.bfloat16)`: matrix
     /// products in bf16, everything autocast keeps in f32 (norms, softmax, losses) in
@@ -77,21 +80,48 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// Parses `f32` or `bf16-mixed`.
+    /// Parses `auto`, `f32` or `bf16-mixed`.
     pub fn parse(name: &str) -> Result<Self> {
         match name {
+            "auto" => Ok(Precision::Auto),
             "f32" => Ok(Precision::F32),
             "bf16-mixed" | "bf16" => Ok(Precision::Bf16Mixed),
             _ => Err(Error::Input(format!(
-                "unknown precision '{name}' (use f32 or bf16-mixed)"
+                "unknown precision '{name}' (use auto, f32 or bf16-mixed)"
             ))),
         }
     }
 
     pub fn name(self) -> &'static str {
         match self {
+            Precision::Auto => "auto",
             Precision::F32 => "f32",
             Precision::Bf16Mixed => "bf16-mixed",
+        }
+    }
+
+    /// What runs on `device` (never `Auto`), and why, for reports: `auto` takes
+    /// bf16-mixed only where bf16 matrix products run in hardware, since emulated bf16
+    /// is slower than f32.
+    pub fn resolve(self, device: Device) -> (Precision, String) {
+        match self {
+            Precision::F32 | Precision::Bf16Mixed => (self, "asked for".into()),
+            Precision::Auto if device != Device::Cpu => (
+                Precision::Bf16Mixed,
+                "auto: a CUDA GPU multiplies bf16 matrices in hardware".into(),
+            ),
+            Precision::Auto => match cpu_bf16() {
+                Some(flag) => (
+                    Precision::Bf16Mixed,
+                    format!("auto: this CPU multiplies bf16 matrices in hardware ({flag})"),
+                ),
+                None => (
+                    Precision::F32,
+                    "auto: this CPU has no bf16 matrix instructions (AMX-BF16, AVX512-BF16, \
+                     Arm BF16), where bf16 is emulated and slower than f32"
+                        .into(),
+                ),
+            },
         }
     }
 }
@@ -135,17 +165,29 @@ impl Drop for Autocast {
 /// Whether this CPU multiplies bf16 matrices in hardware (x86: AVX512-BF16 or AMX-BF16;
 /// Arm: the BF16 extension). Without it libtorch emulates bf16 products, slower than f32.
 pub fn cpu_has_bf16() -> bool {
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| {
+    cpu_bf16().is_some()
+}
+
+/// The flag by which this CPU multiplies bf16 matrices in hardware, the fastest first
+/// (`amx_bf16`, `avx512_bf16`, Arm's `bf16`), from `/proc/cpuinfo`.
+pub fn cpu_bf16() -> Option<&'static str> {
+    static FLAG: OnceLock<Option<&'static str>> = OnceLock::new();
+    *FLAG.get_or_init(|| {
         let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        info.lines()
-            .filter(|l| l.starts_with("flags") || l.starts_with("Features"))
-            .take(1)
-            .any(|l| {
-                l.split_whitespace()
-                    .any(|f| matches!(f, "avx512_bf16" | "amx_bf16" | "bf16"))
-            })
+        bf16_flag(&info)
     })
+}
+
+/// [`cpu_bf16`] of a `/proc/cpuinfo` text.
+fn bf16_flag(cpuinfo: &str) -> Option<&'static str> {
+    let flags: Vec<&str> = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("flags") || l.starts_with("Features"))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    ["amx_bf16", "avx512_bf16", "bf16"]
+        .into_iter()
+        .find(|f| flags.contains(f))
 }
 
 /// Says once on stderr when `precision` asks for bf16 on a CPU that emulates it.
@@ -188,7 +230,7 @@ mod tests {
 
     #[test]
     fn precision_names_round_trip() {
-        for p in [Precision::F32, Precision::Bf16Mixed] {
+        for p in [Precision::Auto, Precision::F32, Precision::Bf16Mixed] {
             assert_eq!(Precision::parse(p.name()).unwrap(), p);
         }
         assert!(
@@ -196,6 +238,30 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("bf16-mixed")
+        );
+    }
+
+    #[test]
+    fn auto_takes_bf16_only_with_matrix_instructions() {
+        let amx = "processor : 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n";
+        let zen4 = "flags : fpu avx2 avx512f avx512_bf16\n";
+        let avx2 = "flags : fpu sse avx2 fma\n";
+        assert_eq!(bf16_flag(amx), Some("amx_bf16"));
+        assert_eq!(bf16_flag(zen4), Some("avx512_bf16"));
+        assert_eq!(bf16_flag(avx2), None);
+        assert_eq!(bf16_flag("Features : fp asimd bf16\n"), Some("bf16"));
+        // Explicit choices stay; auto follows this machine.
+        assert_eq!(Precision::F32.resolve(Device::Cpu).0, Precision::F32);
+        assert_eq!(
+            Precision::Bf16Mixed.resolve(Device::Cpu).0,
+            Precision::Bf16Mixed
+        );
+        let (p, why) = Precision::Auto.resolve(Device::Cpu);
+        assert_eq!(p == Precision::Bf16Mixed, cpu_has_bf16(), "{why}");
+        assert!(why.starts_with("auto: "), "{why}");
+        assert_eq!(
+            Precision::Auto.resolve(Device::Cuda(0)).0,
+            Precision::Bf16Mixed
         );
     }
 }

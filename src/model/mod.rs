@@ -663,9 +663,9 @@ impl Model {
     /// config's precision for the length of an edit and put the old one back.
     pub fn set_precision(&self, p: Precision) -> Precision {
         let old = self.precision();
-        let v = match p {
-            Precision::F32 => 0,
+        let v = match p.resolve(self.device()).0 {
             Precision::Bf16Mixed => 1,
+            _ => 0,
         };
         self.precision
             .store(v, std::sync::atomic::Ordering::Relaxed);
@@ -791,9 +791,10 @@ impl Model {
         let mut ctx = Ctx::new(positions, past, masks, cache, hooks, grad_from);
         ctx.resume = resume;
         ctx.stop_after = stop_after;
+        // `precision()` is resolved: never `Auto`.
         let _autocast = match self.precision() {
-            Precision::F32 => None,
             Precision::Bf16Mixed => Some(Autocast::bf16(device)?),
+            Precision::F32 | Precision::Auto => None,
         };
         let h = self.arch.hidden_states(&input.ids, &mut ctx);
         if let Some(c) = ctx.cache {

@@ -22,7 +22,8 @@ pub struct MethodArgs {
     /// --set value.clamp_norm_factor=4 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
-    /// Fine-tuning recipes: how training computes, f32 or bf16-mixed (shorthand for
+    /// Fine-tuning recipes: how training computes, auto (bf16-mixed where the device has
+    /// bf16 matrix instructions, else f32), f32 or bf16-mixed (shorthand for
     /// --set optim.precision=…).
     #[arg(long)]
     pub precision: Option<String>,

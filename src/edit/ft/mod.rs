@@ -35,6 +35,10 @@ pub struct TrainReport {
     pub seconds: f64,
     pub examples_per_s: f64,
     pub tokens_per_s: f64,
+    /// How training computed (`f32` or `bf16-mixed`; `optim.precision = "auto"` picks by
+    /// the device) and why.
+    pub precision: String,
+    pub precision_reason: String,
     /// The prefixes used (P), so a run can be repeated.
     pub prefixes: Vec<String>,
 }
@@ -307,8 +311,9 @@ impl FtEditor {
             .sum();
         // Only what trains can change: a copy of it restores the model if training fails.
         let snapshot = model.params.snapshot_of(&trained)?;
-        crate::runtime::warn_if_emulated(r.optim.precision, model.device());
-        let before = model.set_precision(r.optim.precision);
+        let (precision, precision_reason) = r.optim.precision.resolve(model.device());
+        crate::runtime::warn_if_emulated(precision, model.device());
+        let before = model.set_precision(precision);
         let result = self.run(model, &all, &own, &r);
         model.set_precision(before);
         model.params.freeze_all();
@@ -341,6 +346,8 @@ impl FtEditor {
             seconds,
             examples_per_s: seen as f64 / seconds,
             tokens_per_s: tokens as f64 / seconds,
+            precision: precision.name().to_owned(),
+            precision_reason,
             prefixes,
         };
         self.reports.push(report.clone());

@@ -125,8 +125,10 @@ pub struct OptimConfig {
     /// `min_steps` are not affected.
     #[serde(default)]
     pub converge_loss: f64,
-    /// How the training steps compute: `f32`, or `bf16-mixed` (bf16 matrix products,
-    /// f32 master weights, optimizer state, norms and losses, as PyTorch's autocast).
+    /// How the training steps compute: `f32`, `bf16-mixed` (bf16 matrix products, f32
+    /// master weights, optimizer state, norms and losses, as PyTorch's autocast), or
+    /// `auto` (the default): bf16-mixed where the device has bf16 matrix instructions
+    /// (AMX, AVX512-BF16, a CUDA GPU), f32 elsewhere. The report says which ran and why.
     #[serde(default)]
     pub precision: crate::runtime::Precision,
     /// Consecutive steps the edits must stay under `converge_loss`.
