@@ -608,3 +608,129 @@ fn errors_name_the_file_record_or_setting_once() {
     assert!(err.contains("is a file"), "{err}");
     assert!(!err.contains("os error 17"), "{err}");
 }
+
+/// The losses of the report `ftedit edit` wrote beside `out`.
+fn report_losses(out: &Path) -> Vec<f64> {
+    let path = PathBuf::from(format!("{}.report.json", out.display()));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    report["training"]["runs"][0]["loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+/// Starts `ftedit args`, waits until its training has saved a resume point past step
+/// 20 in `point`, then sends it `signal`; returns the exit code and stderr.
+fn stop_mid_training(args: &[String], point: &Path, signal: libc::c_int) -> (i32, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftedit"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state = point.join("state.json");
+    let start = std::time::Instant::now();
+    loop {
+        let step = std::fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["step"].as_u64())
+            .unwrap_or(0);
+        if step > 20 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before a resume point past step 20"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no resume point appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signals a child process of this test.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    (status.code().unwrap_or(-status.signal().unwrap_or(0)), err)
+}
+
+#[test]
+fn a_killed_training_run_resumes_where_it_stopped() {
+    let dir = temp_dir("safe-train-resume");
+    let model = tiny_model(&dir);
+    let edits = two_edits(&dir);
+    // Long enough to stop in the middle; a resume point every few milliseconds; one
+    // thread and f32 so that two runs agree to the bit.
+    let run = |out: &Path| {
+        edit_args(
+            &model,
+            &edits,
+            &s(out),
+            &[
+                "--set",
+                "optim.min_steps=1500",
+                "--set",
+                "optim.converge_loss=0",
+                "--set",
+                "optim.diverge_factor=0",
+                "--precision",
+                "f32",
+                "--threads",
+                "1",
+                "--checkpoint-every",
+                "0.0002",
+            ],
+        )
+    };
+    let whole = dir.join("whole.gguf");
+    let (code, _, err) = ftedit(&run(&whole), None);
+    assert_eq!(code, 0, "{err}");
+    let expected = report_losses(&whole);
+    assert_eq!(expected.len(), 1500);
+    assert!(
+        !dir.join("whole.gguf.ftedit-resume").exists(),
+        "a finished run keeps no point"
+    );
+
+    // SIGKILL (nothing can be saved at the kill) and SIGINT (saved on the way out).
+    for (signal, name) in [(libc::SIGKILL, "killed"), (libc::SIGINT, "interrupted")] {
+        let out = dir.join(format!("{name}.gguf"));
+        let point = dir.join(format!("{name}.gguf.ftedit-resume"));
+        let (code, err) = stop_mid_training(&run(&out), &point, signal);
+        if signal == libc::SIGINT {
+            assert_eq!(code, 130, "{err}");
+            assert!(err.contains("resume point is in"), "{err}");
+        } else {
+            assert_eq!(code, -libc::SIGKILL, "{err}");
+        }
+        assert!(!out.exists(), "{name}: a model was written");
+        assert!(
+            point.join("state.json").is_file(),
+            "{name}: no resume point"
+        );
+        // The same command again continues and ends where the whole run did.
+        let (code, _, err) = ftedit(&run(&out), None);
+        assert_eq!(code, 0, "{err}");
+        assert!(err.contains("resuming training at step"), "{name}: {err}");
+        assert!(
+            !point.exists(),
+            "{name}: the finished run left its resume point"
+        );
+        assert_eq!(report_losses(&out), expected, "{name}: the losses differ");
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&whole).unwrap(),
+            "{name}: the weights differ"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -27,6 +27,7 @@ use super::config;
 use super::editor::Editor;
 use super::ft::FtEditor;
 use super::ft::recipe::{FactMode, Recipe};
+use super::ft::resume::ResumePoint;
 use super::memit::{MemitConfig, MemitEditor};
 use super::none::{NoEdit, NoneConfig};
 use super::rome::{RomeConfig, RomeEditor};
@@ -127,6 +128,8 @@ pub struct BuildOptions<'a> {
     pub pool: Option<PathBuf>,
     /// Show progress bars.
     pub progress: bool,
+    /// Where a fine-tuning run saves its resume point, and how often.
+    pub resume: Option<ResumePoint>,
 }
 
 /// The editor `config` describes.
@@ -194,6 +197,7 @@ pub fn build_ft(config: &MethodConfig, tok: &Tokenizer, opts: &BuildOptions) -> 
         tok,
     )?;
     ft.progress = opts.progress;
+    ft.resume = opts.resume.clone();
     Ok(ft)
 }
 

@@ -121,6 +121,9 @@ pub struct OutputDir {
     _lock: Option<crate::output::Lock>,
 }
 
+/// Where a run's training keeps its resume point (removed when training finishes).
+pub const TRAIN_RESUME: &str = "train-resume";
+
 /// The files that mark a folder as an evaluation's output.
 const RUN_FILES: &[&str] = &[
     "run.json",
@@ -128,6 +131,7 @@ const RUN_FILES: &[&str] = &[
     "summary.json",
     "curve.jsonl",
     "checkpoint",
+    TRAIN_RESUME,
     "sweep.json",
     crate::output::LOCK_FILE,
 ];

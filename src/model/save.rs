@@ -573,6 +573,13 @@ impl Destination {
         self.companion(&self.path, RECIPE_FILE, "recipe.toml")
     }
 
+    /// Where a training run keeps its resume point until the model is written: beside
+    /// the output (`x.gguf.ftedit-resume`, `DIR.ftedit-resume`), outside a folder
+    /// output so that the folder stays empty until the model is in it.
+    pub fn resume_dir(&self) -> PathBuf {
+        beside(&self.path, "ftedit-resume")
+    }
+
     /// A file that goes with the model at `base`: `name` in the folder, or
     /// `base.suffix` beside the GGUF.
     fn companion(&self, base: &Path, name: &str, suffix: &str) -> PathBuf {

@@ -4,4 +4,4 @@ pub mod loss;
 pub mod optim;
 
 pub use loss::{Example, Reduction, backward_in_slices, conditional_nll, target_token_nlls};
-pub use optim::{AdamW, AdamWConfig};
+pub use optim::{AdamW, AdamWConfig, AdamWState};

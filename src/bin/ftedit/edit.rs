@@ -122,7 +122,9 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     if config.method() == "none" {
         anyhow::bail!("--method none does not edit; pick a method (ftedit methods)");
     }
-    let build = args.method.build_options(&records, !args.quiet);
+    let build = args
+        .method
+        .build_options(&records, !args.quiet, Some(dest.resume_dir()))?;
     let mut editor: Box<dyn Editor> = if config.recipe().is_some() {
         let mut ft = registry::build_ft(&config, &tok, &build)?;
         ft.dump_examples = args.dump_examples.clone();

@@ -182,11 +182,6 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     opts.health = args.eval.health.probe(&tok, model.max_positions())?;
     opts.chat = args.eval.chat(&tok)?;
     let config = args.method.config("none", &model)?;
-    let mut editor = edit::build(
-        &config,
-        &tok,
-        &args.method.build_options(&records, !args.eval.quiet),
-    )?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "eval-{}-{}-{}-{}",
@@ -196,6 +191,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             protocol.name()
         ))
     });
+    let build = args.method.build_options(
+        &records,
+        !args.eval.quiet,
+        Some(out.join(ftedit::eval::run_dir::TRAIN_RESUME)),
+    )?;
+    let mut editor = edit::build(&config, &tok, &build)?;
     let mut run = args.eval.run_info(
         &args.model,
         &args.data,

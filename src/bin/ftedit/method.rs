@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ftedit::Model;
 use ftedit::data::EditRecord;
+use ftedit::edit::ft::resume::ResumePoint;
 use ftedit::edit::{BuildOptions, MethodConfig};
 
 #[derive(Args, Clone)]
@@ -31,6 +32,11 @@ pub struct MethodArgs {
     /// train split that matches the evaluated data).
     #[arg(long)]
     pub pool: Option<PathBuf>,
+    /// Fine-tuning: save a resume point of the training run every this many minutes
+    /// (and on Ctrl-C / SIGTERM) beside the output; the same command again continues
+    /// from it (0: never).
+    #[arg(long, default_value_t = 10.0, value_name = "MINUTES")]
+    pub checkpoint_every: f64,
 }
 
 impl MethodArgs {
@@ -53,11 +59,30 @@ impl MethodArgs {
 
     /// What the editor needs besides its config; `records` are the edits and everything
     /// evaluated, which the fact pool must not contain.
-    pub fn build_options<'a>(&self, records: &'a [EditRecord], progress: bool) -> BuildOptions<'a> {
-        BuildOptions {
+    /// `resume_dir`: where a training run's resume point goes (none for sweeps).
+    pub fn build_options<'a>(
+        &self,
+        records: &'a [EditRecord],
+        progress: bool,
+        resume_dir: Option<PathBuf>,
+    ) -> anyhow::Result<BuildOptions<'a>> {
+        if !(self.checkpoint_every >= 0.0 && self.checkpoint_every.is_finite()) {
+            anyhow::bail!(
+                "--checkpoint-every {}: minutes between resume points, 0 for none",
+                self.checkpoint_every
+            );
+        }
+        let resume = resume_dir
+            .filter(|_| self.checkpoint_every > 0.0)
+            .map(|dir| ResumePoint {
+                dir,
+                every: std::time::Duration::from_secs_f64(self.checkpoint_every * 60.0),
+            });
+        Ok(BuildOptions {
             exclude: records,
             pool: self.pool.clone(),
             progress,
-        }
+            resume,
+        })
     }
 }

@@ -75,7 +75,9 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
         &records,
         &spec,
         &opts,
-        &args.method.build_options(&records, !args.eval.quiet),
+        &args
+            .method
+            .build_options(&records, !args.eval.quiet, None)?,
         &out,
     )?;
     println!("{}", table.markdown());

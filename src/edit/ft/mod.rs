@@ -3,6 +3,7 @@
 //! language-model loss, all edits of a call in one shuffled training set.
 
 pub mod recipe;
+pub mod resume;
 
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::{AdamW, AdamWConfig, Example, backward_in_slices, target_token_nlls};
 use recipe::{FactMode, LossKind, Recipe};
+use resume::{ResumePoint, Saved};
 
 /// What a training run did, for the run report.
 #[derive(Debug, Clone, Serialize)]
@@ -59,6 +61,9 @@ pub struct FtEditor {
     /// Write the shuffled training set (token ids) here, e.g. to train the same set
     /// elsewhere for comparison.
     pub dump_examples: Option<std::path::PathBuf>,
+    /// Save a resume point of each training run here, and continue from one found there
+    /// ([`resume`]); `None`: a run interrupted starts again.
+    pub resume: Option<ResumePoint>,
     /// Tokenized pool facts, by pool index.
     fact_cache: std::cell::RefCell<std::collections::HashMap<usize, Vec<Example>>>,
 }
@@ -108,6 +113,7 @@ impl FtEditor {
             progress: false,
             reports: Vec::new(),
             dump_examples: None,
+            resume: None,
             fact_cache: Default::default(),
         })
     }
@@ -314,7 +320,7 @@ impl FtEditor {
         let (precision, precision_reason) = r.optim.precision.resolve(model.device());
         crate::runtime::warn_if_emulated(precision, model.device());
         let before = model.set_precision(precision);
-        let result = self.run(model, &all, &own, &r);
+        let result = self.run(model, &all, &own, &r, &trained);
         model.set_precision(before);
         model.params.freeze_all();
         let Run {
@@ -325,6 +331,12 @@ impl FtEditor {
         } = match result {
             Ok(v) => v,
             Err(e) => {
+                // A run that failed (not one that was stopped) has nothing to resume.
+                if !matches!(e, Error::Interrupted { .. })
+                    && let Some(point) = &self.resume
+                {
+                    point.remove();
+                }
                 model.params.restore(&snapshot)?;
                 if lora {
                     model.merge_lora()?;
@@ -356,7 +368,14 @@ impl FtEditor {
 
     /// The optimisation loop. `own`: the edits' own examples, checked for convergence
     /// past the recipe's epochs (`optim.converge_loss`).
-    fn run(&self, model: &Model, all: &[Example], own: &[Example], r: &Recipe) -> Result<Run> {
+    fn run(
+        &self,
+        model: &Model,
+        all: &[Example],
+        own: &[Example],
+        r: &Recipe,
+        trained: &[String],
+    ) -> Result<Run> {
         let bs = if r.optim.batch_size == 0 {
             all.len()
         } else {
@@ -396,7 +415,48 @@ impl FtEditor {
             batches.len(),
             starting_loss(model, &batches, r.optim.diverge_factor)?,
         );
-        for step in 0..total {
+        // Everything above is measured on the weights before training; a resume point
+        // puts the loop's state back on top of it.
+        let fingerprint = match &self.resume {
+            Some(_) => fingerprint(model, all, r, trained)?,
+            None => String::new(),
+        };
+        let mut first = 0;
+        let mut offset = 0.0;
+        if let Some(found) = match &self.resume {
+            Some(point) => point.load(&fingerprint)?,
+            None => None,
+        } {
+            let s = found.saved;
+            if s.total != total || s.params != trained {
+                return Err(Error::Input("a resume point of another schedule".into()));
+            }
+            {
+                let _g = tch::no_grad_guard();
+                for (p, w) in opt.params().iter().zip(&found.weights) {
+                    p.shallow_clone().copy_(w);
+                }
+            }
+            opt.set_state(found.adam)?;
+            (first, curve, seen, tokens, settled) = (s.step, s.loss, s.seen, s.tokens, s.settled);
+            guard.start = s.guard_start;
+            guard.recent = s.guard_recent.into();
+            lm_rng.0 = s.lm_rng;
+            offset = s.seconds;
+            pb.set_position(first as u64);
+            eprintln!(
+                "resuming training at step {first} of {total} from {}",
+                self.resume.as_ref().expect("found").dir.display()
+            );
+        }
+        // With a resume point, SIGINT and SIGTERM stop training at the next step
+        // boundary after saving it.
+        let _held = self
+            .resume
+            .as_ref()
+            .map(|_| crate::output::HoldSignals::new());
+        let mut last_save = Instant::now();
+        for step in first..total {
             // Checks start early enough that a run converged by the end of its epochs
             // stops right there.
             if step + r.optim.converge_steps > scheduled && !own.is_empty() {
@@ -457,11 +517,46 @@ impl FtEditor {
                 .sum::<usize>();
             pb.set_message(format!("loss {value:.4}"));
             pb.inc(1);
+            if let Some(point) = &self.resume {
+                let stop = crate::output::interrupted();
+                if stop.is_err() || last_save.elapsed() >= point.every {
+                    let saved = Saved {
+                        fingerprint: fingerprint.clone(),
+                        step: step + 1,
+                        total,
+                        loss: curve.clone(),
+                        seen,
+                        tokens,
+                        settled,
+                        guard_start: guard.start,
+                        guard_recent: guard.recent.iter().copied().collect(),
+                        lm_rng: lm_rng.0,
+                        seconds: offset + start.elapsed().as_secs_f64(),
+                        adam_steps: opt.state().steps,
+                        params: trained.to_vec(),
+                    };
+                    point.save(&saved, opt.params(), &opt.state())?;
+                    last_save = Instant::now();
+                }
+                if let Err(e) = stop {
+                    pb.finish_and_clear();
+                    eprintln!(
+                        "training stopped after step {} of {total}; its resume point is in {}: \
+                         the same command again continues from there",
+                        step + 1,
+                        point.dir.display()
+                    );
+                    return Err(e);
+                }
+            }
         }
         pb.finish_and_clear();
+        if let Some(point) = &self.resume {
+            point.remove();
+        }
         Ok(Run {
             loss: curve,
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: offset + start.elapsed().as_secs_f64(),
             seen,
             tokens,
         })
@@ -510,6 +605,23 @@ fn starting_loss(model: &Model, batches: &[&[Example]], factor: f64) -> Result<O
         }
     }
     Ok(Some(sum / tokens.max(1) as f64))
+}
+
+/// What a resume point must match: the training set in its order, the recipe, the
+/// trained parameters' names and values before training, and the precision.
+fn fingerprint(model: &Model, all: &[Example], r: &Recipe, trained: &[String]) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for e in all {
+        (&e.prompt, &e.target).hash(&mut h);
+    }
+    serde_json::to_string(r).expect("serialisable").hash(&mut h);
+    for name in trained {
+        name.hash(&mut h);
+        model.params.value_hash(name)?.hash(&mut h);
+    }
+    model.precision().name().hash(&mut h);
+    Ok(format!("{:016x}", h.finish()))
 }
 
 /// Steps whose mean loss the divergence guard compares with the start.
