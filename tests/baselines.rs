@@ -131,6 +131,23 @@ fn key_statistics_match_a_direct_computation_and_are_cached() {
     opts.samples = 200;
     second_moments(&m, &tok, &[5], &opts).unwrap();
     assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 3);
+    // Measured in bf16-mixed (emulated on CPUs without bf16 units): within bf16's
+    // rounding of the f32 statistics, not equal to them, and cached apart.
+    opts.samples = 127;
+    opts.precision = ftedit::model::Precision::Bf16Mixed;
+    let b = second_moments(&m, &tok, &[5], &opts).unwrap();
+    assert_eq!(std::fs::read_dir(&cache).unwrap().count(), 4);
+    let off = max_abs(&(&b[0] - &c[1]));
+    let scale = max_abs(&c[1]);
+    assert!(
+        off > 0.0 && off < 3e-2 * scale,
+        "bf16 statistics off by {off} (scale {scale})"
+    );
+    assert_eq!(
+        m.precision(),
+        ftedit::model::Precision::F32,
+        "the model's precision restored"
+    );
     let _ = std::fs::remove_dir_all(&cache);
 }
 
@@ -144,13 +161,16 @@ fn eiffel() -> EditRecord {
 }
 
 /// Key statistics from 10,000 WikiText positions, cached in a fresh temporary folder
-/// (returned too, for removal), as `--set` overrides.
+/// (returned too, for removal), in f32, as `--set` overrides.
 fn small_stats(tag: &str) -> (std::path::PathBuf, Vec<String>) {
     let cache = temp_dir(tag);
     let sets = vec![
         format!("stats.text={}", wikitext().display()),
         "stats.samples=10000".into(),
         format!("stats.cache_dir={}", cache.display()),
+        // f32 on every CPU, so that the comparisons below are as tight as they are here.
+        "stats.precision=f32".into(),
+        "value.precision=f32".into(),
     ];
     (cache, sets)
 }
@@ -218,6 +238,12 @@ fn every_baseline_flips_a_simple_fact_of_smollm2() {
         Box::new(ft_editor("ft-m", &tok)),
         editor("rome", &stats, &tok),
         editor("memit", &stats, &tok),
+        // The value optimisation in bf16-mixed (emulated where the CPU lacks bf16 units).
+        editor(
+            "rome",
+            &[stats.clone(), vec!["value.precision=bf16-mixed".into()]].concat(),
+            &tok,
+        ),
     ];
     for mut editor in editors {
         let (mut m, _) = load("smollm2");

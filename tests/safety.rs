@@ -734,3 +734,95 @@ fn a_killed_training_run_resumes_where_it_stopped() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Starts `ftedit args`, waits until `records` holds `n` lines, then kills it (SIGKILL).
+fn kill_after_records(args: &[String], records: &Path, n: usize) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ftedit"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(records).map_or(0, |t| t.lines().count()) < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before {n} records"
+        );
+        assert!(start.elapsed().as_secs() < 120, "no records appeared");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_mass_edit_killed_while_evaluating_resumes_without_editing_again() {
+    let dir = temp_dir("safe-batch-resume");
+    let model = tiny_model(&dir);
+    let data = counterfact_jsonl(&dir, 600);
+    let run = |out: &Path| {
+        eval_args(
+            &model,
+            &data,
+            out,
+            &[
+                "--method",
+                "ft",
+                "--set",
+                "augment.facts=none",
+                "--set",
+                "augment.prefix_lengths=[[2, 3]]",
+                "--set",
+                "train.layers=1..1",
+                "--set",
+                "optim.epochs=1",
+                "--precision",
+                "f32",
+                "--threads",
+                "1",
+                "--no-exact-match",
+                "--chunk",
+                "4",
+            ],
+        )
+    };
+    let whole = dir.join("whole");
+    let (code, _, err) = ftedit(&run(&whole), None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !whole.join("checkpoint").exists(),
+        "a finished run keeps its checkpoint"
+    );
+
+    let cut = dir.join("cut");
+    kill_after_records(&run(&cut), &cut.join("records.jsonl"), 20);
+    assert!(
+        cut.join("checkpoint/state.json").is_file(),
+        "no checkpoint of the edit"
+    );
+    let (code, _, err) = ftedit(&run(&cut), None);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("resuming after the edit"), "{err}");
+    assert!(!cut.join("checkpoint").exists());
+    // The same records with the same numbers, and the training report of the one edit.
+    let records = |d: &Path| -> Vec<serde_json::Value> {
+        let mut v: Vec<serde_json::Value> = std::fs::read_to_string(d.join("records.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        v.sort_by_key(|r| r["id"].as_str().unwrap().to_owned());
+        v
+    };
+    assert_eq!(records(&cut), records(&whole));
+    let train = |d: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(d.join("train_report.json")).unwrap())
+            .unwrap()
+    };
+    assert_eq!(
+        train(&cut)["runs"][0]["loss"],
+        train(&whole)["runs"][0]["loss"]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

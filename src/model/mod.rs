@@ -672,6 +672,15 @@ impl Model {
         old
     }
 
+    /// Computes in `p` (resolved against the device) until the guard is dropped, then as
+    /// before.
+    pub fn precision_for(&self, p: Precision) -> PrecisionGuard<'_> {
+        PrecisionGuard {
+            model: self,
+            before: self.set_precision(p),
+        }
+    }
+
     /// Logits at the chosen positions.
     pub fn forward(&self, input: &Input, at: &LogitsAt) -> Result<Tensor> {
         self.forward_with(input, at, ForwardExtras::default())
@@ -897,5 +906,17 @@ impl Model {
             .get(0)
             .to_kind(Kind::Double)
             .log_softmax(-1, Kind::Double))
+    }
+}
+
+/// Puts a model's precision back when dropped ([`Model::precision_for`]).
+pub struct PrecisionGuard<'a> {
+    model: &'a Model,
+    before: Precision,
+}
+
+impl Drop for PrecisionGuard<'_> {
+    fn drop(&mut self) {
+        self.model.set_precision(self.before);
     }
 }

@@ -156,12 +156,38 @@ pub fn run(
         pb.set_message("");
     }
     let mut health = None;
+    let mut batch_reports = Vec::new();
     match protocol {
         Protocol::Batch => {
             if editing.editor.changes_weights() {
-                pb.set_message("editing");
-                editing.edit(model, tok, records)?;
-                pb.set_message("");
+                // The edited weights are kept in the folder until the run ends, so that a
+                // run killed while evaluating (thousands of records, hours) resumes there
+                // instead of editing again.
+                let original = model.params.value_hashes()?;
+                match Checkpoint::resume(&out.path, model, records, records.len())? {
+                    Some((saved, state)) => {
+                        editing.editor.set_state(state)?;
+                        editing.seconds = saved.edit_seconds;
+                        batch_reports = saved.reports;
+                        eprintln!(
+                            "note: resuming after the edit saved in {}",
+                            out.path.join("checkpoint").display()
+                        );
+                    }
+                    None => {
+                        pb.set_message("editing");
+                        editing.edit(model, tok, records)?;
+                        let mut ck = Checkpoint::new(records, records.len());
+                        ck.steps = 1;
+                        ck.edit_seconds = editing.seconds;
+                        ck.seconds = start.elapsed().as_secs_f64();
+                        if let Some(r) = editing.editor.report() {
+                            ck.reports = earlier_runs(&r, &[]);
+                        }
+                        ck.save(&out.path, model, &original, &editing.editor.state())?;
+                        pb.set_message("");
+                    }
+                }
             }
             evaluate(model, tok, &todo, opts, &mut |mut r| write(&mut r))?;
             let edits = if editing.editor.changes_weights() {
@@ -289,10 +315,14 @@ pub fn run(
             }
         }
     }
-    if protocol == Protocol::Batch
-        && let Some(report) = editing.editor.report()
-    {
-        out.write_train_report(report, &[])?;
+    if protocol == Protocol::Batch {
+        // A resumed run's editor did not edit: its reports are the checkpoint's.
+        if let Some(report) = editing.editor.report() {
+            let fresh = report["runs"].as_array().is_some_and(|r| !r.is_empty());
+            let earlier = if fresh { &[][..] } else { &batch_reports[..] };
+            out.write_train_report(report, earlier)?;
+        }
+        Checkpoint::remove(&out.path);
     }
     pb.finish_and_clear();
     Ok(Outcome {

@@ -300,6 +300,11 @@ fn checkpoint_dir(out: &Path) -> PathBuf {
 }
 
 impl Checkpoint {
+    /// Removes a finished run's checkpoint.
+    pub(super) fn remove(out: &Path) {
+        let _ = std::fs::remove_dir_all(checkpoint_dir(out));
+    }
+
     pub(super) fn new(records: &[EditRecord], batch_size: usize) -> Self {
         Checkpoint {
             steps: 0,

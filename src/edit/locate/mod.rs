@@ -48,6 +48,11 @@ pub struct ValueConfig {
     /// another.
     #[serde(default = "default_value_batch")]
     pub batch: usize,
+    /// How the optimisation's forward and backward passes compute: `auto` (bf16-mixed
+    /// where the device multiplies bf16 matrices in hardware, f32 elsewhere), `f32` or
+    /// `bf16-mixed`; δ, its optimiser and the closed forms stay in f32 / f64.
+    #[serde(default)]
+    pub precision: crate::runtime::Precision,
 }
 
 fn default_value_batch() -> usize {
@@ -90,6 +95,11 @@ pub struct StatsConfig {
     pub cache: bool,
     /// The cache folder; empty: `$FTEDIT_CACHE`, else `~/.cache/ftedit`.
     pub cache_dir: String,
+    /// How the forward passes that collect the keys compute (`auto`, `f32`,
+    /// `bf16-mixed`); k kᵀ is summed in f64 either way, and bf16 statistics are cached
+    /// apart from f32 ones.
+    #[serde(default)]
+    pub precision: crate::runtime::Precision,
 }
 
 impl StatsConfig {
@@ -102,6 +112,7 @@ impl StatsConfig {
         let mut o = StatsOptions::new(text, self.samples);
         o.cache_dir = self.cache_dir();
         o.progress = progress;
+        o.precision = self.precision;
         o
     }
 

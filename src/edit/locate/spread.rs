@@ -117,9 +117,17 @@ impl ZCache {
     ) -> Result<Self> {
         let print = model.params.fingerprint("")?;
         let mut h = DefaultHasher::new();
-        serde_json::to_string(value)
-            .expect("serialisable")
-            .hash(&mut h);
+        // The precision as it resolves here; f32 z's keep the key they always had.
+        let mut settings = serde_json::to_value(value).expect("serialisable");
+        settings
+            .as_object_mut()
+            .expect("a table")
+            .remove("precision");
+        settings.to_string().hash(&mut h);
+        let precision = value.precision.resolve(model.device()).0;
+        if precision != crate::runtime::Precision::F32 {
+            precision.name().hash(&mut h);
+        }
         contexts.hash(&mut h);
         layer.hash(&mut h);
         let path = dir.join(format!(

@@ -11,6 +11,7 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::{CaptureKeys, Input, Model};
+use crate::runtime::Precision;
 use crate::tokenizer::Tokenizer;
 
 /// Where the keys come from and how many.
@@ -26,6 +27,8 @@ pub struct StatsOptions {
     /// Cache folder; `None` computes every time.
     pub cache_dir: Option<PathBuf>,
     pub progress: bool,
+    /// How the forward passes compute (resolved against the model's device).
+    pub precision: Precision,
 }
 
 impl StatsOptions {
@@ -37,13 +40,20 @@ impl StatsOptions {
             block: 128,
             cache_dir: Some(crate::cache::dir()),
             progress: false,
+            precision: Precision::F32,
         }
     }
 }
 
-fn cache_path(dir: &Path, print: u64, layer: usize, samples: usize) -> PathBuf {
+/// The cache file of one layer's statistics; those measured in bf16-mixed apart (f32
+/// ones keep the name they always had).
+fn cache_path(dir: &Path, print: u64, layer: usize, samples: usize, p: Precision) -> PathBuf {
+    let tag = match p {
+        Precision::Bf16Mixed => "-bf16",
+        _ => "",
+    };
     dir.join(format!(
-        "mom2-{print:016x}-layer{layer}-n{samples}.safetensors"
+        "mom2-{print:016x}-layer{layer}-n{samples}{tag}.safetensors"
     ))
 }
 
@@ -55,6 +65,7 @@ pub fn second_moments(
     opts: &StatsOptions,
 ) -> Result<Vec<Tensor>> {
     let text = std::fs::read_to_string(&opts.text).map_err(|e| Error::io(&opts.text, e))?;
+    let precision = opts.precision.resolve(model.device()).0;
     // Hashing every weight costs a pass over the model: only done when caching.
     let cache = match &opts.cache_dir {
         Some(dir) => Some((dir, model.params.fingerprint(&text)?)),
@@ -63,7 +74,7 @@ pub fn second_moments(
     let mut out: Vec<Option<Tensor>> = layers.iter().map(|_| None).collect();
     if let Some((dir, print)) = cache {
         for (slot, &l) in out.iter_mut().zip(layers) {
-            let path = cache_path(dir, print, l, opts.samples);
+            let path = cache_path(dir, print, l, opts.samples, precision);
             if path.exists() {
                 let t = Tensor::read_safetensors(&path)?;
                 *slot = t
@@ -83,7 +94,7 @@ pub fn second_moments(
         let computed = compute(model, tok, &text, &missing, opts)?;
         for (l, c) in missing.iter().zip(computed) {
             if let Some((dir, print)) = cache {
-                let path = cache_path(dir, print, *l, opts.samples);
+                let path = cache_path(dir, print, *l, opts.samples, precision);
                 crate::cache::write_tensors(&path, &[("mom2", &c.to_device(tch::Device::Cpu))])?;
             }
             let i = layers
@@ -106,6 +117,7 @@ fn compute(
     opts: &StatsOptions,
 ) -> Result<Vec<Tensor>> {
     let _g = tch::no_grad_guard();
+    let _p = model.precision_for(opts.precision);
     let ids = tok.encode(text, false)?;
     let per_block = opts.block.min(model.max_positions()).max(2) - 1;
     let blocks: Vec<Vec<u32>> = ids

@@ -125,6 +125,9 @@ pub(crate) fn optimize_values(
     let (m, v) = (delta.zeros_like(), delta.zeros_like());
     let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
     let mut active = vec![true; records.len()];
+    // The unedited values above are measured in the weights' dtype (the closed forms
+    // use them); the optimisation's passes compute as the recipe says.
+    let _p = model.precision_for(cfg.precision);
     for step in 0..cfg.steps {
         let idx = Tensor::from_slice(&batch.records_idx()).to_device(device);
         let d = delta.index_select(0, &idx).set_requires_grad(true);
