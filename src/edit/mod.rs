@@ -20,6 +20,7 @@ pub mod augment;
 pub mod config;
 pub mod editor;
 pub mod ft;
+pub mod grace;
 pub mod layers;
 pub mod locate;
 pub mod memit;

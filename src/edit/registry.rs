@@ -28,11 +28,13 @@ use super::editor::Editor;
 use super::ft::FtEditor;
 use super::ft::recipe::{FactMode, Recipe};
 use super::ft::resume::ResumePoint;
+use super::grace::{Codebook, GraceConfig, GraceEditor};
 use super::memit::{MemitConfig, MemitEditor};
 use super::none::{NoEdit, NoneConfig};
 use super::rome::{RomeConfig, RomeEditor};
 use crate::data::{self, EditRecord};
 use crate::error::{Error, Result};
+use crate::model::{SavedAdapter, SharedAdapter};
 use crate::tokenizer::Tokenizer;
 
 /// A registered method.
@@ -87,6 +89,11 @@ pub const METHODS: &[MethodInfo] = &[
         name: "alphaedit",
         about: "AlphaEdit: MEMIT's update in the null space of the preserved keys, for lifelong editing",
         default_recipe: "alphaedit",
+    },
+    MethodInfo {
+        name: "grace",
+        about: "GRACE: a key-value codebook at one layer, beside the weights (an adapter)",
+        default_recipe: "grace",
     },
 ];
 
@@ -155,6 +162,11 @@ pub fn build(
             e.progress = opts.progress;
             Box::new(e)
         }
+        MethodConfig::Grace(c) => {
+            let mut e = GraceEditor::new(c.clone());
+            e.progress = opts.progress;
+            Box::new(e)
+        }
         _ => Box::new(build_ft(config, tok, opts)?),
     })
 }
@@ -219,6 +231,7 @@ pub enum MethodConfig {
     Memit(MemitConfig),
     #[serde(rename = "alphaedit")]
     AlphaEdit(AlphaEditConfig),
+    Grace(GraceConfig),
 }
 
 impl MethodConfig {
@@ -293,6 +306,7 @@ impl MethodConfig {
             MethodConfig::Rome(_) => "rome",
             MethodConfig::Memit(_) => "memit",
             MethodConfig::AlphaEdit(_) => "alphaedit",
+            MethodConfig::Grace(_) => "grace",
         }
     }
 
@@ -307,6 +321,7 @@ impl MethodConfig {
             MethodConfig::Rome(c) => &c.description,
             MethodConfig::Memit(c) => &c.description,
             MethodConfig::AlphaEdit(c) => &c.description,
+            MethodConfig::Grace(c) => &c.description,
         }
     }
 
@@ -327,6 +342,7 @@ impl MethodConfig {
             MethodConfig::Rome(c) => c.check(),
             MethodConfig::Memit(c) => c.check(),
             MethodConfig::AlphaEdit(c) => c.check(),
+            MethodConfig::Grace(c) => c.check(),
             _ => self.recipe().expect("fine-tuning").check(),
         }
     }
@@ -347,6 +363,38 @@ impl MethodConfig {
         config::flatten("", &self.to_table(), &mut out);
         out.retain(|(k, _)| k != "method");
         out
+    }
+}
+
+/// The adapter `saved` holds, built by the method that wrote it.
+pub fn adapter_from_saved(saved: &SavedAdapter, device: tch::Device) -> Result<SharedAdapter> {
+    match saved.method.as_str() {
+        "grace" => Ok(std::rc::Rc::new(Codebook::from_saved(saved, device)?)),
+        other => Err(Error::Input(format!(
+            "an adapter of method '{other}', which keeps none (adapters: grace)"
+        ))),
+    }
+}
+
+/// Installs the adapter kept beside the model file `path` (`DIR/ftedit_adapter.*` or
+/// `x.gguf.adapter.*`), if there is one; returns whether there was.
+pub fn load_adapter(model: &mut crate::model::Model, path: &std::path::Path) -> Result<bool> {
+    let base = crate::model::adapter::adapter_base(path);
+    match crate::model::adapter::read_adapter(&base)? {
+        Some(saved) => {
+            let adapter = adapter_from_saved(&saved, model.device())?;
+            if adapter.layer() >= model.num_layers() {
+                return Err(Error::Input(format!(
+                    "{}: an adapter at layer {} of a {}-layer model",
+                    base.display(),
+                    adapter.layer(),
+                    model.num_layers()
+                )));
+            }
+            model.set_adapter(Some(adapter));
+            Ok(true)
+        }
+        None => Ok(false),
     }
 }
 

@@ -9,6 +9,7 @@
 //!   [`Model::prefill`] runs fixed heads once so only the tails run again.
 //! - [`generate`] samples greedily or top-k with a KV cache.
 
+pub mod adapter;
 pub mod config;
 pub mod gemma3;
 pub mod generate;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor};
 
+pub use adapter::{Adapter, SavedAdapter, SharedAdapter};
 pub use generate::{GenerateOptions, Sampling, generate};
 pub use load::{LoadOptions, load, stored_dtype};
 pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
@@ -490,6 +492,7 @@ impl Prefilled {
             grad_from,
             resume: self.start.as_ref().map(|(l, h)| (*l, h.shallow_clone())),
             stop_after: None,
+            probe: None,
         };
         model.forward_with(&self.tails, at, extras)
     }
@@ -523,6 +526,9 @@ pub struct ForwardExtras<'a> {
     /// Stop after this layer: the returned hidden states are its output (only hooks that
     /// read early layers use it; [`Model::run_hooks`] sets it from [`LayerHooks::last_layer`]).
     pub stop_after: Option<usize>,
+    /// Where the model's adapter probes, `[B, T]` bool; `None`: where the logits are
+    /// asked for ([`Model::forward_with`]), nowhere in passes without logits.
+    pub probe: Option<Tensor>,
 }
 
 /// A loaded causal language model.
@@ -535,6 +541,8 @@ pub struct Model {
     /// How forward passes compute ([`Precision`] as a `u8`; atomic so that `&Model`
     /// can switch it for the length of an edit).
     precision: std::sync::atomic::AtomicU8,
+    /// A module beside the weights applied in every forward pass ([`adapter`]).
+    adapter: Option<SharedAdapter>,
 }
 
 impl Model {
@@ -550,6 +558,7 @@ impl Model {
             params,
             source: source.as_ref().to_path_buf(),
             precision: Default::default(),
+            adapter: None,
         })
     }
 
@@ -681,6 +690,24 @@ impl Model {
         }
     }
 
+    /// Installs `adapter` (or removes the one there), returning the one it replaces.
+    pub fn set_adapter(&mut self, adapter: Option<SharedAdapter>) -> Option<SharedAdapter> {
+        if let Some(a) = &adapter {
+            assert!(
+                a.layer() < self.num_layers(),
+                "adapter at layer {} of {}",
+                a.layer(),
+                self.num_layers()
+            );
+        }
+        std::mem::replace(&mut self.adapter, adapter)
+    }
+
+    /// The adapter every forward pass applies, if any.
+    pub fn adapter(&self) -> Option<&SharedAdapter> {
+        self.adapter.as_ref()
+    }
+
     /// Logits at the chosen positions.
     pub fn forward(&self, input: &Input, at: &LogitsAt) -> Result<Tensor> {
         self.forward_with(input, at, ForwardExtras::default())
@@ -702,6 +729,43 @@ impl Model {
         let grad_from = extras
             .grad_from
             .map_or(self.grad_from(), |g| g.min(self.grad_from()));
+        let mut extras = extras;
+        if self.adapter.is_some() && extras.probe.is_none() {
+            let device = self.device();
+            extras.probe = Some(match at {
+                LogitsAt::All => adapter::probe_mask(b, t, None, device),
+                LogitsAt::Last => {
+                    let last: Vec<(usize, usize)> = input
+                        .lengths
+                        .iter()
+                        .enumerate()
+                        .map(|(r, &l)| (r, l - 1))
+                        .collect();
+                    adapter::probe_mask(b, t, Some(&last), device)
+                }
+                LogitsAt::Positions(pos) => {
+                    // Each row's first read is probed; packed rows hold several
+                    // sequences, and each of those has its own.
+                    let seg = match &input.segments {
+                        Some(s) => {
+                            Vec::<i64>::try_from(s.flatten(0, -1).to_device(tch::Device::Cpu))?
+                        }
+                        None => vec![0; b * t],
+                    };
+                    let mut first: std::collections::HashMap<(usize, i64), usize> =
+                        std::collections::HashMap::new();
+                    for &(r, p) in pos {
+                        if r < b && p < t {
+                            let e = first.entry((r, seg[r * t + p])).or_insert(p);
+                            *e = (*e).min(p);
+                        }
+                    }
+                    let firsts: Vec<(usize, usize)> =
+                        first.into_iter().map(|((r, _), p)| (r, p)).collect();
+                    adapter::probe_mask(b, t, Some(&firsts), device)
+                }
+            });
+        }
         let h = self.hidden_states(input, extras)?;
         let d = h.size()[2];
         let selected = match at {
@@ -780,6 +844,7 @@ impl Model {
             grad_from,
             resume,
             stop_after,
+            probe,
         } = extras;
         if let Some((layer, h)) = &resume
             && (*layer > self.num_layers()
@@ -800,6 +865,9 @@ impl Model {
         let mut ctx = Ctx::new(positions, past, masks, cache, hooks, grad_from);
         ctx.resume = resume;
         ctx.stop_after = stop_after;
+        if let (Some(a), Some(p)) = (&self.adapter, probe) {
+            ctx.adapter = Some((a.clone(), p));
+        }
         // `precision()` is resolved: never `Auto`.
         let _autocast = match self.precision() {
             Precision::Bf16Mixed => Some(Autocast::bf16(device)?),

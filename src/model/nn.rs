@@ -633,6 +633,10 @@ pub struct Ctx<'a> {
     pub resume: Option<(usize, Tensor)>,
     /// The last layer to run.
     pub stop_after: Option<usize>,
+    /// The model's adapter and the positions it probes `[B, T]`.
+    pub adapter: Option<(crate::model::SharedAdapter, Tensor)>,
+    /// The adapter layer's key, between [`Ctx::hook_key`] and [`Ctx::hook_output`].
+    adapter_key: Option<Tensor>,
     masks: Vec<(Option<usize>, AttnMaskCached)>,
 }
 
@@ -660,6 +664,8 @@ impl<'a> Ctx<'a> {
             grad_from,
             resume: None,
             stop_after: None,
+            adapter: None,
+            adapter_key: None,
             masks: Vec::new(),
         }
     }
@@ -736,6 +742,13 @@ impl<'a> Ctx<'a> {
 
     /// Runs the layer hooks' key observer.
     pub fn hook_key(&mut self, layer: usize, key: &Tensor) {
+        if self
+            .adapter
+            .as_ref()
+            .is_some_and(|(a, _)| a.layer() == layer)
+        {
+            self.adapter_key = Some(key.shallow_clone());
+        }
         if let Some(h) = self.hooks.as_deref_mut()
             && h.wants(layer)
         {
@@ -743,10 +756,14 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Runs the layer hooks' output editor.
+    /// Runs the layer hooks' output editor, then the model's adapter where it sits.
     pub fn hook_output(&mut self, layer: usize, out: Tensor) -> Tensor {
-        match self.hooks.as_deref_mut() {
+        let out = match self.hooks.as_deref_mut() {
             Some(h) if h.wants(layer) => h.mlp_output(layer, out),
+            _ => out,
+        };
+        match (&self.adapter, self.adapter_key.take()) {
+            (Some((a, probe)), Some(key)) if a.layer() == layer => a.apply(&key, out, probe),
             _ => out,
         }
     }

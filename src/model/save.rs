@@ -348,6 +348,8 @@ pub const FOLDER_FILES: &[&str] = &[
     "chat_template.jinja",
     REPORT_FILE,
     RECIPE_FILE,
+    "ftedit_adapter.json",
+    "ftedit_adapter.safetensors",
 ];
 
 /// The report `ftedit edit` writes in a model folder (beside a GGUF: `NAME.report.json`);

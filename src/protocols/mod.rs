@@ -203,6 +203,7 @@ pub fn run(
         }
         Protocol::Single => {
             let snapshot = snapshot_for(&*editing.editor, model)?;
+            let adapter_before = model.adapter().cloned();
             // A resumed run keeps the reports of the edits before it, and each edit's
             // report is written with its record, so a killed run loses neither.
             let earlier = if done.is_empty() {
@@ -223,6 +224,8 @@ pub fn run(
                     if let Some(s) = &snapshot {
                         model.params.restore(s)?;
                     }
+                    // An editor beside the weights is undone with them.
+                    model.set_adapter(adapter_before.clone());
                     result?;
                     if let Some(report) = editing.editor.report() {
                         out.write_train_report(report, &earlier)?;

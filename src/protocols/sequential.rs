@@ -26,6 +26,7 @@ use crate::eval::health::{Health, collapse_warning};
 use crate::eval::run_dir::{OutputDir, read_jsonl};
 use crate::eval::{EvalOptions, RecordResult, Summary, evaluate};
 use crate::model::Model;
+use crate::model::adapter::ADAPTER_NAME;
 use crate::tokenizer::Tokenizer;
 
 /// One checkpoint of a sequential run: a line of `curve.jsonl`.
@@ -353,6 +354,10 @@ impl Checkpoint {
                 .collect();
             let state: Vec<(&str, &tch::Tensor)> = state.iter().map(|(n, t)| (*n, t)).collect();
             tch::Tensor::write_safetensors(&state, tmp.join("editor.safetensors"))?;
+            // An editor beside the weights (GRACE's codebook) keeps its edits there.
+            if let Some(a) = model.adapter() {
+                crate::model::adapter::write_adapter(&a.saved(), &tmp.join(ADAPTER_NAME))?;
+            }
             for (name, text) in [
                 ("editor.json", serde_json::to_string(&editor_state.values)),
                 ("state.json", serde_json::to_string_pretty(self)),
@@ -381,7 +386,7 @@ impl Checkpoint {
     /// is refused.
     pub(super) fn resume(
         out: &Path,
-        model: &Model,
+        model: &mut Model,
         records: &[EditRecord],
         batch_size: usize,
     ) -> Result<Option<(Self, EditorState)>> {
@@ -410,6 +415,11 @@ impl Checkpoint {
         for (name, t) in tch::Tensor::read_safetensors(dir.join("weights.safetensors"))? {
             let mut p = model.params.get(&name)?;
             p.copy_(&t.to_device(p.device()).to_kind(p.kind()));
+        }
+        if let Some(saved) = crate::model::adapter::read_adapter(&dir.join(ADAPTER_NAME))? {
+            drop(_g);
+            let adapter = crate::edit::registry::adapter_from_saved(&saved, model.device())?;
+            model.set_adapter(Some(adapter));
         }
         let tensors = tch::Tensor::read_safetensors(dir.join("editor.safetensors"))?;
         // Checkpoints from before editor.json kept tensors only.

@@ -389,6 +389,7 @@ pub fn sweep(
             dir.write_file("recipe.toml", &config.to_toml())?;
             let mut editor = edit::build(config, tok, build)?;
             let snapshot = super::snapshot_for(editor.as_ref(), model)?;
+            let adapter_before = model.adapter().cloned();
             let result = run(
                 model,
                 tok,
@@ -401,6 +402,7 @@ pub fn sweep(
             if let Some(s) = &snapshot {
                 model.params.restore(s)?;
             }
+            model.set_adapter(adapter_before.clone());
             match result {
                 // A learning rate too high for the model is an answer of the sweep, not a
                 // reason to stop it.

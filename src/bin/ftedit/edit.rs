@@ -188,6 +188,24 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         save::save_hf(&model, &tok, &dest.path, &opts)?;
         serde_json::json!({"format": "safetensors", "dtype": format!("{out_dtype:?}")})
     };
+    // An editor beside the weights (GRACE) writes its adapter beside the model; one an
+    // earlier output left there goes.
+    let adapter_base = ftedit::model::adapter::adapter_base(&dest.path);
+    match model.adapter() {
+        Some(a) => {
+            ftedit::model::adapter::write_adapter(&a.saved(), &adapter_base)?;
+            eprintln!(
+                "note: the edit lives in an adapter beside the model ({}.json, .safetensors): \
+                 ftedit applies it; llama.cpp and transformers run the model without it",
+                adapter_base.display()
+            );
+        }
+        None => {
+            for ext in ["json", "safetensors"] {
+                let _ = std::fs::remove_file(format!("{}.{ext}", adapter_base.display()));
+            }
+        }
+    }
     phases.lap("save", start);
     let report = serde_json::json!({
         "model": source.display().to_string(),

@@ -80,7 +80,15 @@ impl ModelArgs {
             kind: runtime::parse_kind(&self.dtype)?,
         };
         let path = registry::resolve(&self.model)?;
-        Ok(ftedit::load(&path, &opts)?)
+        let (mut model, tok) = ftedit::load(&path, &opts)?;
+        // An adapter an editor beside the weights (GRACE) wrote goes with the model.
+        if ftedit::edit::registry::load_adapter(&mut model, &path)? {
+            eprintln!(
+                "note: with the adapter beside it ({}.json)",
+                ftedit::model::adapter::adapter_base(&path).display()
+            );
+        }
+        Ok((model, tok))
     }
 }
 

@@ -1,0 +1,115 @@
+//! Adapters: modules that live beside the weights and act in every forward pass at one
+//! layer's MLP output projection (GRACE's codebook, WISE's side memory). An adapter sees
+//! the projection's input (the key) and may change its output at the positions a forward
+//! pass *probes*: where its logits are asked for first in each row (the last prompt token
+//! of a teacher-forced prompt + target, or the new token of a generation step), or every
+//! position when logits are asked for everywhere. Editors above this layer define them;
+//! the model only applies the one installed ([`crate::model::Model::set_adapter`]).
+
+use std::rc::Rc;
+
+use tch::Tensor;
+
+/// A module at one layer's MLP output projection.
+pub trait Adapter {
+    /// The layer whose MLP output projection it wraps.
+    fn layer(&self) -> usize;
+    /// The projection's output after the adapter: `key` is its input `[B, T, inner]`,
+    /// `out` its output `[B, T, hidden]`, `probe` `[B, T]` (bool) the positions probed.
+    fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor) -> Tensor;
+    /// What to save of it: its method, settings and tensors.
+    fn saved(&self) -> SavedAdapter;
+    /// For the editor that made it to find its own type again.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// An adapter as files hold it: `method` names the editor that reads it back.
+#[derive(Debug)]
+pub struct SavedAdapter {
+    pub method: String,
+    /// Settings, as JSON.
+    pub config: serde_json::Value,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// The adapter a model carries (shared, so editors can keep a handle).
+pub type SharedAdapter = Rc<dyn Adapter>;
+
+/// A `[B, T]` bool mask true at exactly `positions` (`(row, position)`), or everywhere
+/// (`None`).
+pub fn probe_mask(
+    b: usize,
+    t: usize,
+    positions: Option<&[(usize, usize)]>,
+    device: tch::Device,
+) -> Tensor {
+    let Some(positions) = positions else {
+        return Tensor::ones([b as i64, t as i64], (tch::Kind::Bool, device));
+    };
+    let mut flat = vec![false; b * t];
+    for &(r, p) in positions {
+        if r < b && p < t {
+            flat[r * t + p] = true;
+        }
+    }
+    Tensor::from_slice(&flat)
+        .view([b as i64, t as i64])
+        .to_device(device)
+}
+
+/// The files an adapter is kept in beside a model: `NAME.json` (method and settings) and
+/// `NAME.safetensors` (tensors), for `base` = `DIR/ftedit_adapter` (a folder model) or
+/// `x.gguf.adapter` (beside a GGUF).
+pub fn adapter_base(model_path: &std::path::Path) -> std::path::PathBuf {
+    if model_path.is_dir() {
+        model_path.join(ADAPTER_NAME)
+    } else {
+        std::path::PathBuf::from(format!("{}.adapter", model_path.display()))
+    }
+}
+
+/// The adapter files' name in a model folder (`ftedit_adapter.json`, `.safetensors`).
+pub const ADAPTER_NAME: &str = "ftedit_adapter";
+
+/// Writes `saved` as `base.json` and `base.safetensors`, each whole or not at all.
+pub fn write_adapter(saved: &SavedAdapter, base: &std::path::Path) -> crate::Result<()> {
+    let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", base.display()));
+    let tensors = with("safetensors");
+    let tmp = crate::output::temp_path(&tensors);
+    let named: Vec<(&str, &Tensor)> = saved.tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    Tensor::write_safetensors(&named, &tmp)
+        .map_err(crate::Error::from)
+        .and_then(|_| std::fs::rename(&tmp, &tensors).map_err(|e| crate::Error::io(&tensors, e)))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })?;
+    let json = serde_json::json!({"method": saved.method, "config": saved.config});
+    crate::output::write_atomic(
+        &with("json"),
+        serde_json::to_string_pretty(&json)
+            .expect("serialisable")
+            .as_bytes(),
+    )
+}
+
+/// The adapter kept at `base` ([`write_adapter`]), if there is one.
+pub fn read_adapter(base: &std::path::Path) -> crate::Result<Option<SavedAdapter>> {
+    let with = |ext: &str| std::path::PathBuf::from(format!("{}.{ext}", base.display()));
+    let json = with("json");
+    if !json.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&json).map_err(|e| crate::Error::io(&json, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| crate::Error::data(&json, e.to_string()))?;
+    let method = v["method"]
+        .as_str()
+        .ok_or_else(|| crate::Error::data(&json, "no `method`"))?
+        .to_owned();
+    let tensors = Tensor::read_safetensors(with("safetensors"))?;
+    Ok(Some(SavedAdapter {
+        method,
+        config: v["config"].clone(),
+        tensors,
+    }))
+}
