@@ -89,6 +89,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Puts the folder `new` (written whole beside it) at `dir`, replacing the one there: the
+/// old folder moves aside under a temporary name first, so one of them is whole at every
+/// moment.
+pub fn swap_dir(new: &Path, dir: &Path) -> Result<()> {
+    let old = temp_path(&dir.with_extension("old"));
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    std::fs::rename(new, dir).map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
 /// The signal held while a [`HoldSignals`] lives (0: none).
 static PENDING: AtomicI32 = AtomicI32::new(0);
 

@@ -366,15 +366,7 @@ impl Checkpoint {
                 std::fs::write(&p, text.expect("serialisable")).map_err(|e| Error::io(&p, e))?;
             }
             crate::output::interrupted()?;
-            // The old checkpoint moves aside before the new one takes its name, so one of
-            // them is always whole.
-            let old = crate::output::temp_path(&out.join("checkpoint.old"));
-            if dir.exists() {
-                std::fs::rename(&dir, &old).map_err(|e| Error::io(&dir, e))?;
-            }
-            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-            let _ = std::fs::remove_dir_all(&old);
-            Ok(())
+            crate::output::swap_dir(&tmp, &dir)
         };
         write().inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&tmp);

@@ -10,7 +10,7 @@
 //! On disk: `state.json` and `tensors.safetensors` in one folder, written beside it and
 //! swapped in whole, so one complete point is always there.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -142,7 +142,7 @@ impl ResumePoint {
             let state = tmp.join(STATE);
             let text = serde_json::to_string(saved).expect("serialisable");
             std::fs::write(&state, text).map_err(|e| Error::io(&state, e))?;
-            swap_in(&tmp, &self.dir)
+            crate::output::swap_dir(&tmp, &self.dir)
         };
         write().inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -153,16 +153,4 @@ impl ResumePoint {
     pub fn remove(&self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Puts folder `new` at `dir`: the old one moves aside first, so one of them is always
-/// whole under a name the next run looks at or cleans up.
-fn swap_in(new: &Path, dir: &Path) -> Result<()> {
-    let old = crate::output::temp_path(&dir.with_extension("old"));
-    if dir.exists() {
-        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
-    }
-    std::fs::rename(new, dir).map_err(|e| Error::io(dir, e))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
 }
