@@ -622,32 +622,25 @@ fn report_losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Starts `ftedit args`, waits until its training has saved a resume point past step
-/// 20 in `point`, then sends it `signal`; returns the exit code and stderr.
-fn stop_mid_training(args: &[String], point: &Path, signal: libc::c_int) -> (i32, String) {
+/// Starts `ftedit args`, waits until `ready` (polled every few milliseconds; the run
+/// must not end first), then sends it `signal`; returns the exit code (minus the signal
+/// when it killed the process) and stderr.
+fn signal_when(args: &[String], ready: impl Fn() -> bool, signal: libc::c_int) -> (i32, String) {
     use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
     let mut child = Command::new(env!("CARGO_BIN_EXE_ftedit"))
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let state = point.join("state.json");
     let start = std::time::Instant::now();
-    loop {
-        let step = std::fs::read_to_string(&state)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v["step"].as_u64())
-            .unwrap_or(0);
-        if step > 20 {
-            break;
-        }
+    while !ready() {
         assert!(
             child.try_wait().unwrap().is_none(),
-            "the run ended before a resume point past step 20"
+            "the run ended before it was ready to be stopped"
         );
-        assert!(start.elapsed().as_secs() < 120, "no resume point appeared");
+        assert!(start.elapsed().as_secs() < 120, "the run never got ready");
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     // SAFETY: signals a child process of this test.
@@ -660,8 +653,16 @@ fn stop_mid_training(args: &[String], point: &Path, signal: libc::c_int) -> (i32
         .unwrap()
         .read_to_string(&mut err)
         .unwrap();
-    use std::os::unix::process::ExitStatusExt;
     (status.code().unwrap_or(-status.signal().unwrap_or(0)), err)
+}
+
+/// Whether the training resume point in `point` is past step 20.
+fn resume_point_past_20(point: &Path) -> bool {
+    std::fs::read_to_string(point.join("state.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .and_then(|v| v["step"].as_u64())
+        .is_some_and(|step| step > 20)
 }
 
 #[test]
@@ -706,7 +707,7 @@ fn a_killed_training_run_resumes_where_it_stopped() {
     for (signal, name) in [(libc::SIGKILL, "killed"), (libc::SIGINT, "interrupted")] {
         let out = dir.join(format!("{name}.gguf"));
         let point = dir.join(format!("{name}.gguf.ftedit-resume"));
-        let (code, err) = stop_mid_training(&run(&out), &point, signal);
+        let (code, err) = signal_when(&run(&out), || resume_point_past_20(&point), signal);
         if signal == libc::SIGINT {
             assert_eq!(code, 130, "{err}");
             assert!(err.contains("resume point is in"), "{err}");
@@ -733,27 +734,6 @@ fn a_killed_training_run_resumes_where_it_stopped() {
         );
     }
     std::fs::remove_dir_all(&dir).unwrap();
-}
-
-/// Starts `ftedit args`, waits until `records` holds `n` lines, then kills it (SIGKILL).
-fn kill_after_records(args: &[String], records: &Path, n: usize) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while std::fs::read_to_string(records).map_or(0, |t| t.lines().count()) < n {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before {n} records"
-        );
-        assert!(start.elapsed().as_secs() < 120, "no records appeared");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 #[test]
@@ -796,7 +776,10 @@ fn a_mass_edit_killed_while_evaluating_resumes_without_editing_again() {
     );
 
     let cut = dir.join("cut");
-    kill_after_records(&run(&cut), &cut.join("records.jsonl"), 20);
+    let records = cut.join("records.jsonl");
+    let written = || std::fs::read_to_string(&records).map_or(0, |t| t.lines().count()) >= 20;
+    let (code, _) = signal_when(&run(&cut), written, libc::SIGKILL);
+    assert_eq!(code, -libc::SIGKILL);
     assert!(
         cut.join("checkpoint/state.json").is_file(),
         "no checkpoint of the edit"
