@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::model::adapter::probe_mask;
 use crate::model::{Adapter, CaptureKeys, ForwardExtras, Input, LogitsAt, Model, SavedAdapter};
 use crate::tokenizer::Tokenizer;
+use crate::train::{AdamW, AdamWConfig};
 
 /// How a new key's value starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,10 +132,8 @@ impl Codebook {
         if self.len() == 0 {
             return None;
         }
-        let d = (&self.keys - q.unsqueeze(0))
-            .square()
-            .sum_dim_intlist(-1, false, Kind::Double)
-            .sqrt();
+        // The distance `apply` measures, so that a key placed to cover `q` covers it.
+        let d = Tensor::cdist(&q.unsqueeze(0), &self.keys, 2.0, None::<i64>).squeeze_dim(0);
         let i = d.argmin(0, false).int64_value(&[]) as usize;
         Some((i, d.double_value(&[i as i64])))
     }
@@ -403,9 +402,16 @@ impl GraceEditor {
         let labels = Tensor::from_slice(&target.iter().map(|&x| i64::from(x)).collect::<Vec<_>>())
             .to_device(device);
         let probe = probe_mask(1, ids.len(), Some(&[(0, t_star)]), device);
-        let (m, v) = (values.zeros_like(), values.zeros_like());
+        // Adam over the values (only the trained key's row has a gradient).
+        let mut adam = AdamW::over(
+            vec![values.shallow_clone()],
+            AdamWConfig {
+                lr: cfg.lr,
+                ..AdamWConfig::default()
+            },
+        )?;
         let mut last = f64::NAN;
-        for step in 0..cfg.iterations {
+        for _ in 0..cfg.iterations {
             let extras = ForwardExtras {
                 resume: h_in.as_ref().map(|(l, h)| (*l, h.shallow_clone())),
                 grad_from: Some(layer + 1),
@@ -420,27 +426,9 @@ impl GraceEditor {
             if !last.is_finite() {
                 return Err(Error::Diverged(format!("GRACE's value loss became {last}")));
             }
-            let mut g = values.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
+            adam.zero_grad()?;
             loss.backward();
-            let _g = tch::no_grad_guard();
-            let g = values.grad();
-            // Adam over the values (only the trained key's row has a gradient).
-            let t = (step + 1) as i32;
-            let (b1, b2, e) = (0.9f64, 0.999f64, 1e-8);
-            let _ = m
-                .shallow_clone()
-                .g_mul_scalar_(b1)
-                .g_add_(&(&g * (1.0 - b1)));
-            let _ = v
-                .shallow_clone()
-                .g_mul_scalar_(b2)
-                .g_add_(&(g.square() * (1.0 - b2)));
-            let denom = (v.sqrt() / (1.0 - b2.powi(t)).sqrt()).g_add_scalar(e);
-            let step_size = cfg.lr / (1.0 - b1.powi(t));
-            let _ = values.shallow_clone().g_sub_(&(&m / denom * step_size));
+            adam.step()?;
         }
         book.values = values.detach();
         let keys = book.len();

@@ -59,6 +59,12 @@ impl AdamW {
             .into_iter()
             .map(|(_, t)| t.shallow_clone())
             .collect();
+        Self::over(params, cfg)
+    }
+
+    /// AdamW on tensors outside a parameter store (leaves that require grad, such as
+    /// an adapter's values).
+    pub fn over(params: Vec<Tensor>, cfg: AdamWConfig) -> Result<Self> {
         if params.is_empty() {
             return Err(Error::Input("no trainable parameters".into()));
         }
