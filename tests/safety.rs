@@ -622,40 +622,6 @@ fn report_losses(out: &Path) -> Vec<f64> {
         .collect()
 }
 
-/// Starts `ftedit args`, waits until `ready` (polled every few milliseconds; the run
-/// must not end first), then sends it `signal`; returns the exit code (minus the signal
-/// when it killed the process) and stderr.
-fn signal_when(args: &[String], ready: impl Fn() -> bool, signal: libc::c_int) -> (i32, String) {
-    use std::io::Read;
-    use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !ready() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it was ready to be stopped"
-        );
-        assert!(start.elapsed().as_secs() < 120, "the run never got ready");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    // SAFETY: signals a child process of this test.
-    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (status.code().unwrap_or(-status.signal().unwrap_or(0)), err)
-}
-
 /// Whether the training resume point in `point` is past step 20.
 fn resume_point_past_20(point: &Path) -> bool {
     std::fs::read_to_string(point.join("state.json"))
@@ -707,7 +673,7 @@ fn a_killed_training_run_resumes_where_it_stopped() {
     for (signal, name) in [(libc::SIGKILL, "killed"), (libc::SIGINT, "interrupted")] {
         let out = dir.join(format!("{name}.gguf"));
         let point = dir.join(format!("{name}.gguf.ftedit-resume"));
-        let (code, err) = signal_when(&run(&out), || resume_point_past_20(&point), signal);
+        let (code, err) = common::signal_when(&run(&out), || resume_point_past_20(&point), signal);
         if signal == libc::SIGINT {
             assert_eq!(code, 130, "{err}");
             assert!(err.contains("resume point is in"), "{err}");
@@ -778,7 +744,7 @@ fn a_mass_edit_killed_while_evaluating_resumes_without_editing_again() {
     let cut = dir.join("cut");
     let records = cut.join("records.jsonl");
     let written = || std::fs::read_to_string(&records).map_or(0, |t| t.lines().count()) >= 20;
-    let (code, _) = signal_when(&run(&cut), written, libc::SIGKILL);
+    let (code, _) = common::signal_when(&run(&cut), written, libc::SIGKILL);
     assert_eq!(code, -libc::SIGKILL);
     assert!(
         cut.join("checkpoint/state.json").is_file(),

@@ -42,6 +42,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("rome", include_str!("../../recipes/rome.toml")),
     ("memit", include_str!("../../recipes/memit.toml")),
     ("alphaedit", include_str!("../../recipes/alphaedit.toml")),
+    ("mend", include_str!("../../recipes/mend.toml")),
     ("grace", include_str!("../../recipes/grace.toml")),
 ];
 

@@ -1,6 +1,6 @@
-//! Layer specs, as recipes write them: a number, an inclusive range `A..B`, `all`, or a
-//! depth fraction (`2/3`, `1/9..2/7`) that resolves against the model's depth, so one
-//! recipe fits models of any depth.
+//! Layer specs, as recipes write them: a number, an inclusive range `A..B`, `all`, a
+//! depth fraction (`2/3`, `1/9..2/7`) or the top `last N` that resolves against the
+//! model's depth, so one recipe fits models of any depth.
 
 use crate::error::{Error, Result};
 
@@ -11,12 +11,12 @@ pub fn layer_list(spec: &str, num_layers: usize) -> Result<Vec<usize>> {
 }
 
 /// Parses a layer spec against a model of `num_layers` layers: `all`, `N`, `A..B`
-/// (inclusive), a depth fraction `p/q` (layer ⌊num_layers·p/q⌋), or a range of either,
-/// such as `1/9..2/7`.
+/// (inclusive), a depth fraction `p/q` (layer ⌊num_layers·p/q⌋), a range of either,
+/// such as `1/9..2/7`, or `last N` (the top `N` layers, MEND's).
 pub fn layer_range(spec: &str, num_layers: usize) -> Result<(usize, usize)> {
     let bad = || {
         Error::Input(format!(
-            "bad layers '{spec}' (N, A..B, all, a depth fraction p/q, or p/q..r/s)"
+            "bad layers '{spec}' (N, A..B, all, a depth fraction p/q, p/q..r/s, or last N)"
         ))
     };
     let spec = spec.trim();
@@ -25,6 +25,15 @@ pub fn layer_range(spec: &str, num_layers: usize) -> Result<(usize, usize)> {
     }
     if spec == "all" {
         return Ok((0, num_layers - 1));
+    }
+    if let Some(n) = spec.strip_prefix("last") {
+        let n: usize = n.trim().parse().map_err(|_| bad())?;
+        if n == 0 || n > num_layers {
+            return Err(Error::Input(format!(
+                "layers '{spec}': the model has {num_layers} layers"
+            )));
+        }
+        return Ok((num_layers - n, num_layers - 1));
     }
     let one = |s: &str| -> Result<usize> {
         let s = s.trim();
@@ -74,6 +83,10 @@ mod tests {
         assert_eq!(layer_range("1/9..2/7", 30).unwrap(), (3, 8));
         assert_eq!(layer_range("1/9..2/7", 18).unwrap(), (2, 5));
         assert_eq!(layer_range("1/5", 28).unwrap(), (5, 5));
+        assert_eq!(layer_range("last 3", 30).unwrap(), (27, 29));
+        assert_eq!(layer_range("last3", 18).unwrap(), (15, 17));
+        assert!(layer_range("last 0", 30).is_err());
+        assert!(layer_range("last 31", 30).is_err());
         assert!(layer_range("5..3", 30).is_err());
         assert!(layer_range("30", 30).is_err());
         assert!(layer_range("3/2", 30).is_err());

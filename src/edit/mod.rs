@@ -24,6 +24,7 @@ pub mod grace;
 pub mod layers;
 pub mod locate;
 pub mod memit;
+pub mod mend;
 pub mod none;
 pub mod registry;
 pub mod rome;

@@ -30,6 +30,7 @@ use super::ft::recipe::{FactMode, Recipe};
 use super::ft::resume::ResumePoint;
 use super::grace::{Codebook, GraceConfig, GraceEditor};
 use super::memit::{MemitConfig, MemitEditor};
+use super::mend::{MendConfig, MendEditor};
 use super::none::{NoEdit, NoneConfig};
 use super::rome::{RomeConfig, RomeEditor};
 use crate::data::{self, EditRecord};
@@ -89,6 +90,11 @@ pub const METHODS: &[MethodInfo] = &[
         name: "alphaedit",
         about: "AlphaEdit: MEMIT's update in the null space of the preserved keys, for lifelong editing",
         default_recipe: "alphaedit",
+    },
+    MethodInfo {
+        name: "mend",
+        about: "MEND: a trained network turns the fine-tuning gradient of the top MLPs into a weight change (train it first: ftedit train-editor)",
+        default_recipe: "mend",
     },
     MethodInfo {
         name: "grace",
@@ -167,6 +173,11 @@ pub fn build(
             e.progress = opts.progress;
             Box::new(e)
         }
+        MethodConfig::Mend(c) => {
+            let mut e = MendEditor::new(c.clone());
+            e.progress = opts.progress;
+            Box::new(e)
+        }
         _ => Box::new(build_ft(config, tok, opts)?),
     })
 }
@@ -231,6 +242,7 @@ pub enum MethodConfig {
     Memit(MemitConfig),
     #[serde(rename = "alphaedit")]
     AlphaEdit(AlphaEditConfig),
+    Mend(MendConfig),
     Grace(GraceConfig),
 }
 
@@ -306,6 +318,7 @@ impl MethodConfig {
             MethodConfig::Rome(_) => "rome",
             MethodConfig::Memit(_) => "memit",
             MethodConfig::AlphaEdit(_) => "alphaedit",
+            MethodConfig::Mend(_) => "mend",
             MethodConfig::Grace(_) => "grace",
         }
     }
@@ -321,6 +334,7 @@ impl MethodConfig {
             MethodConfig::Rome(c) => &c.description,
             MethodConfig::Memit(c) => &c.description,
             MethodConfig::AlphaEdit(c) => &c.description,
+            MethodConfig::Mend(c) => &c.description,
             MethodConfig::Grace(c) => &c.description,
         }
     }
@@ -342,6 +356,7 @@ impl MethodConfig {
             MethodConfig::Rome(c) => c.check(),
             MethodConfig::Memit(c) => c.check(),
             MethodConfig::AlphaEdit(c) => c.check(),
+            MethodConfig::Mend(c) => c.check(),
             MethodConfig::Grace(c) => c.check(),
             _ => self.recipe().expect("fine-tuning").check(),
         }

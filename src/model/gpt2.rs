@@ -99,6 +99,7 @@ impl Config {
 
 /// `y = x·W + b` with `W` stored `(in, out)`.
 struct Conv1D {
+    name: String,
     weight: Tensor,
     bias: Tensor,
 }
@@ -106,6 +107,7 @@ struct Conv1D {
 impl Conv1D {
     fn load(p: &ParamStore, prefix: &str, in_dim: i64, out_dim: i64) -> Result<Self> {
         Ok(Conv1D {
+            name: format!("{prefix}.weight"),
             weight: p.get_shaped(&format!("{prefix}.weight"), &[in_dim, out_dim])?,
             bias: p.get_shaped(&format!("{prefix}.bias"), &[out_dim])?,
         })
@@ -143,9 +145,10 @@ struct Mlp {
 
 impl Mlp {
     fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let key = self.c_fc.forward(x).gelu("tanh");
+        let fc = ctx.hook_linear(layer, &self.c_fc.name, x, self.c_fc.forward(x));
+        let key = fc.gelu("tanh");
         ctx.hook_key(layer, &key);
-        let out = self.c_proj.forward(&key);
+        let out = ctx.hook_linear(layer, &self.c_proj.name, &key, self.c_proj.forward(&key));
         ctx.hook_output(layer, out)
     }
 }

@@ -19,6 +19,9 @@ pub struct Lora {
 /// `y = x·Wᵀ + b` with `W` stored `(out, in)` as in `torch.nn.Linear`, plus a LoRA
 /// adapter when the store holds one (`{prefix}.lora_A.weight`, `{prefix}.lora_B.weight`).
 pub struct Linear {
+    /// The weight's parameter name (`model.layers.3.mlp.up_proj.weight`), which the
+    /// layer hooks are told ([`LayerHooks::mlp_linear`]).
+    pub name: String,
     pub weight: Tensor,
     pub bias: Option<Tensor>,
     pub lora: Option<Lora>,
@@ -45,6 +48,7 @@ impl Linear {
             _ => None,
         };
         Ok(Linear {
+            name: format!("{prefix}.weight"),
             weight: p.get_shaped(&format!("{prefix}.weight"), &[out_dim, in_dim])?,
             bias: if bias {
                 Some(p.get_shaped(&format!("{prefix}.bias"), &[out_dim])?)
@@ -119,9 +123,12 @@ impl GatedMlp {
 
     pub fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
         let (gate, up) = match &self.gate_up {
-            GateUp::Separate { gate_proj, up_proj } => (gate_proj.forward(x), up_proj.forward(x)),
+            GateUp::Separate { gate_proj, up_proj } => (
+                ctx.linear(layer, gate_proj, x),
+                ctx.linear(layer, up_proj, x),
+            ),
             GateUp::Fused(gu) => {
-                let y = gu.forward(x);
+                let y = ctx.linear(layer, gu, x);
                 let parts = y.chunk(2, -1);
                 (parts[0].shallow_clone(), parts[1].shallow_clone())
             }
@@ -132,7 +139,7 @@ impl GatedMlp {
         };
         let key = gate * up;
         ctx.hook_key(layer, &key);
-        let out = self.down_proj.forward(&key);
+        let out = ctx.linear(layer, &self.down_proj, &key);
         ctx.hook_output(layer, out)
     }
 }
@@ -164,9 +171,9 @@ impl GeluMlp {
     }
 
     pub fn forward(&self, x: &Tensor, layer: usize, ctx: &mut Ctx) -> Tensor {
-        let key = self.up.forward(x).gelu(self.approximate);
+        let key = ctx.linear(layer, &self.up, x).gelu(self.approximate);
         ctx.hook_key(layer, &key);
-        let out = self.down.forward(&key);
+        let out = ctx.linear(layer, &self.down, &key);
         ctx.hook_output(layer, out)
     }
 }
@@ -522,6 +529,12 @@ pub trait LayerHooks {
     fn mlp_output(&mut self, _layer: usize, out: Tensor) -> Tensor {
         out
     }
+    /// May change the output `y` of a linear map of the MLP (`weight`: its weight's
+    /// parameter name) given its input `x`, both `[B, T, ·]` (MEND reads both and adds
+    /// its weight change here).
+    fn mlp_linear(&mut self, _layer: usize, _weight: &str, _x: &Tensor, y: Tensor) -> Tensor {
+        y
+    }
     /// May change the residual stream after the whole layer, `[B, T, hidden]`.
     fn block_output(&mut self, _layer: usize, h: Tensor) -> Tensor {
         h
@@ -765,6 +778,20 @@ impl<'a> Ctx<'a> {
         match (&self.adapter, self.adapter_key.take()) {
             (Some((a, probe)), Some(key)) if a.layer() == layer => a.apply(&key, out, probe),
             _ => out,
+        }
+    }
+
+    /// Applies a linear map of layer `layer`'s MLP, then the hooks' [`LayerHooks::mlp_linear`].
+    pub fn linear(&mut self, layer: usize, lin: &Linear, x: &Tensor) -> Tensor {
+        let y = lin.forward(x);
+        self.hook_linear(layer, &lin.name, x, y)
+    }
+
+    /// Runs the hooks' [`LayerHooks::mlp_linear`] on an MLP linear map's output.
+    pub fn hook_linear(&mut self, layer: usize, weight: &str, x: &Tensor, y: Tensor) -> Tensor {
+        match self.hooks.as_deref_mut() {
+            Some(h) if h.wants(layer) => h.mlp_linear(layer, weight, x, y),
+            _ => y,
         }
     }
 

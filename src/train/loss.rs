@@ -5,7 +5,7 @@
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Input, LogitsAt, Model};
+use crate::model::{ForwardExtras, Input, LogitsAt, Model};
 
 /// One training example: the prompt as model input (BOS included where the model
 /// wants it) and the target tokens that should follow.
@@ -66,7 +66,11 @@ fn layout(batch: &[Example], model: &Model) -> Result<Layout> {
 
 /// Per-token NLLs `[N]` of all target tokens of the batch, in order, and each token's
 /// example index.
-fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)> {
+fn token_nll_tensor(
+    model: &Model,
+    batch: &[Example],
+    extras: ForwardExtras,
+) -> Result<(Tensor, Tensor)> {
     let Layout {
         input,
         at,
@@ -74,7 +78,7 @@ fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)
         owner,
     } = layout(batch, model)?;
     let device = model.device();
-    let logits = model.forward(&input, &LogitsAt::Positions(at))?;
+    let logits = model.forward_with(&input, &LogitsAt::Positions(at), extras)?;
     let labels = Tensor::from_slice(&labels).to_device(device);
     // Low-precision models take the loss in f32; f64 models keep f64.
     let kind = if logits.kind() == Kind::Double {
@@ -95,7 +99,17 @@ fn token_nll_tensor(model: &Model, batch: &[Example]) -> Result<(Tensor, Tensor)
 /// The conditional NLL of the targets given the prompts (a scalar with a graph to the
 /// trainable parameters).
 pub fn conditional_nll(model: &Model, batch: &[Example], reduction: Reduction) -> Result<Tensor> {
-    let (nll, owner) = token_nll_tensor(model, batch)?;
+    conditional_nll_with(model, batch, reduction, ForwardExtras::default())
+}
+
+/// [`conditional_nll`] with hooks or other extras in the forward pass.
+pub fn conditional_nll_with(
+    model: &Model,
+    batch: &[Example],
+    reduction: Reduction,
+    extras: ForwardExtras,
+) -> Result<Tensor> {
+    let (nll, owner) = token_nll_tensor(model, batch, extras)?;
     Ok(match reduction {
         Reduction::TokenMean => nll.mean(nll.kind()),
         Reduction::ExampleMean => {
@@ -148,7 +162,7 @@ pub fn backward_in_slices(
 /// The NLL of every target token, per example (no autograd).
 pub fn target_token_nlls(model: &Model, batch: &[Example]) -> Result<Vec<Vec<f64>>> {
     let _g = tch::no_grad_guard();
-    let (nll, _) = token_nll_tensor(model, batch)?;
+    let (nll, _) = token_nll_tensor(model, batch, ForwardExtras::default())?;
     let flat = Vec::<f64>::try_from(nll.to_kind(Kind::Double))?;
     let mut out = Vec::with_capacity(batch.len());
     let mut i = 0;

@@ -475,3 +475,46 @@ pub fn counterfact_jsonl(dir: &std::path::Path, n: usize) -> std::path::PathBuf 
     std::fs::write(&data, (0..n).map(line).collect::<String>()).unwrap();
     data
 }
+
+/// The `ftedit` binary of this build.
+pub fn ftedit_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ftedit"))
+}
+
+/// Starts `ftedit args`, waits until `ready` (polled every few milliseconds; the run
+/// must not end first), then sends it `signal`; returns the exit code (minus the signal
+/// when it killed the process) and stderr.
+pub fn signal_when(
+    args: &[String],
+    ready: impl Fn() -> bool,
+    signal: libc::c_int,
+) -> (i32, String) {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let mut child = std::process::Command::new(ftedit_bin())
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !ready() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was ready to be stopped"
+        );
+        assert!(start.elapsed().as_secs() < 120, "the run never got ready");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    // SAFETY: signals a child process of this test.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-status.signal().unwrap_or(0)), err)
+}

@@ -9,6 +9,7 @@ mod methods;
 mod predict;
 mod report;
 mod sweep;
+mod train_editor;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -43,6 +44,8 @@ enum Command {
     Methods(methods::MethodsArgs),
     /// Merge evaluation reports.
     Report(report::ReportArgs),
+    /// Train an editor that learns to edit (MEND) on edit records.
+    TrainEditor(Box<train_editor::TrainEditorArgs>),
 }
 
 /// Which model to load, and where.
@@ -175,6 +178,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => sweep::run(*args),
         Command::Methods(args) => methods::run(args),
         Command::Report(args) => report::run(args),
+        Command::TrainEditor(args) => train_editor::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

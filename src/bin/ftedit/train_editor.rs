@@ -1,0 +1,193 @@
+//! `ftedit train-editor`: meta-train an editor that learns to edit (MEND) on edit
+//! records, validating as it goes; the same command again resumes an interrupted run.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ftedit::edit::MethodConfig;
+use ftedit::edit::mend::train::{TrainOptions, train_editor};
+
+use crate::{ModelArgs, RecordArgs};
+
+/// Files the output folder may hold: the run's own.
+const OWN: &[&str] = &[
+    "editor.safetensors",
+    "recipe.toml",
+    "train_curve.jsonl",
+    "train-resume",
+    ftedit::output::LOCK_FILE,
+];
+
+#[derive(Args)]
+pub struct TrainEditorArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The editor to train: mend.
+    #[arg(long, default_value = "mend")]
+    method: String,
+    /// A recipe of that method (built-in or TOML file) [default: the method's own].
+    #[arg(long)]
+    recipe: Option<String>,
+    /// Override a recipe setting, e.g. --set train.steps=5000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Edit records to train on: CounterFact, zsRE or JSONL with paraphrases and
+    /// locality prompts (what `eval --data` reads).
+    #[arg(long)]
+    data: PathBuf,
+    #[command(flatten)]
+    records: RecordArgs,
+    /// Records never to train on (those you will evaluate on): dropped from --data by id
+    /// and by subject and new target (repeatable).
+    #[arg(long, value_name = "FILE")]
+    exclude: Vec<PathBuf>,
+    /// Records to validate on [default: the last `train.val_records` of --data, held
+    /// out of training].
+    #[arg(long)]
+    val: Option<PathBuf>,
+    /// The output folder: editor.safetensors, recipe.toml (edit with `--recipe
+    /// DIR/recipe.toml`) and train_curve.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Minutes between resume points (also saved at each validation and on Ctrl-C /
+    /// SIGTERM; the same command again continues; 0: only those).
+    #[arg(long, default_value_t = 10.0, value_name = "MINUTES")]
+    checkpoint_every: f64,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
+    if args.method != "mend" {
+        anyhow::bail!(
+            "--method {}: only mend is trained this way (the other methods edit without training)",
+            args.method
+        );
+    }
+    if !(args.checkpoint_every >= 0.0 && args.checkpoint_every.is_finite()) {
+        anyhow::bail!(
+            "--checkpoint-every {}: minutes, 0 for none",
+            args.checkpoint_every
+        );
+    }
+    if args.out.is_file() {
+        anyhow::bail!("--out {}: a file, not a folder", args.out.display());
+    }
+    if args.out.is_dir() {
+        let other: Vec<String> = ftedit::output::names_in(&args.out)?
+            .into_iter()
+            .filter(|n| !OWN.contains(&n.as_str()) && !n.starts_with('.'))
+            .collect();
+        if !other.is_empty() {
+            anyhow::bail!(
+                "--out {}: the folder holds files train-editor did not write ({}); choose a new or empty folder",
+                args.out.display(),
+                ftedit::output::some_names(&other)
+            );
+        }
+    }
+    let mut train = args.records.load(&args.data, None)?;
+    if !args.exclude.is_empty() {
+        let mut ids = std::collections::HashSet::new();
+        let mut pairs = std::collections::HashSet::new();
+        for p in &args.exclude {
+            for r in ftedit::data::load(p, None)? {
+                pairs.insert((r.subject.clone(), r.target_new.clone()));
+                ids.insert(r.id);
+            }
+        }
+        let before = train.len();
+        train.retain(|r| {
+            !ids.contains(&r.id) && !pairs.contains(&(r.subject.clone(), r.target_new.clone()))
+        });
+        eprintln!(
+            "excluded {} of {before} training records (in --exclude)",
+            before - train.len()
+        );
+    }
+    let (model, tok) = args.model.load()?;
+    let config = MethodConfig::select(
+        Some(&args.method),
+        args.recipe.as_deref(),
+        &args.method,
+        Some(model.arch_name()),
+        &args.set,
+    )?;
+    let MethodConfig::Mend(config) = config else {
+        unreachable!("select checked the method");
+    };
+    let (val, val_path) = match &args.val {
+        Some(p) => {
+            let v = ftedit::data::load(p, None)?;
+            if v.is_empty() {
+                anyhow::bail!("--val {}: no records", p.display());
+            }
+            (v, p.clone())
+        }
+        None => {
+            let k = config.train.val_records;
+            if k == 0 {
+                anyhow::bail!("train.val_records = 0: validation needs at least one edit");
+            }
+            if train.len() < k + 2 {
+                anyhow::bail!(
+                    "{}: {} records, too few to hold out {k} for validation and train on the rest (give --val)",
+                    args.data.display(),
+                    train.len()
+                );
+            }
+            let v = train.split_off(train.len() - k);
+            (v, args.data.clone())
+        }
+    };
+    eprintln!(
+        "training MEND on {} records of {} (validating on {} of {}), up to {} steps",
+        train.len(),
+        args.data.display(),
+        config.train.val_records.min(val.len()),
+        val_path.display(),
+        config.train.steps
+    );
+    let opts = TrainOptions {
+        out: args.out.clone(),
+        checkpoint_every: Duration::from_secs_f64(args.checkpoint_every * 60.0),
+        progress: !args.quiet,
+    };
+    let report = train_editor(
+        &model,
+        &tok,
+        &config,
+        (&train, &args.data),
+        (&val, &val_path),
+        &opts,
+    )?;
+    println!(
+        "{} steps in {:.0} s{}; best validation loss {:.4} at step {}{}",
+        report.steps,
+        report.seconds,
+        report
+            .resumed_from
+            .map_or(String::new(), |s| format!(" (resumed at step {s})")),
+        report.best_val_loss.unwrap_or(f64::NAN),
+        report.best_step,
+        if report.skipped > 0 {
+            format!("; {} steps skipped (non-finite)", report.skipped)
+        } else {
+            String::new()
+        }
+    );
+    println!(
+        "wrote {}, {} and {}",
+        report.editor.display(),
+        report.recipe.display(),
+        args.out.join("train_curve.jsonl").display()
+    );
+    println!(
+        "edit with: ftedit edit --recipe {} --model {} ...",
+        report.recipe.display(),
+        args.model.model
+    );
+    Ok(())
+}
