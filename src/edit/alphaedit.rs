@@ -46,10 +46,14 @@ pub struct AlphaEditConfig {
     pub cache_z: bool,
     pub value: ValueConfig,
     pub stats: StatsConfig,
+    /// RECT and 1-LI on the edit's weight change ([`crate::edit::post`]).
+    #[serde(default)]
+    pub post: crate::edit::post::PostConfig,
 }
 
 impl AlphaEditConfig {
     pub(crate) fn check(&self) -> Result<()> {
+        self.post.check()?;
         layer_range(&self.layers, 1 << 20)?;
         if self.l2.is_nan() || self.l2 <= 0.0 {
             return Err(Error::Input(format!(

@@ -43,10 +43,14 @@ pub struct MemitConfig {
     pub cache_z: bool,
     pub value: ValueConfig,
     pub stats: StatsConfig,
+    /// RECT and 1-LI on the edit's weight change ([`crate::edit::post`]).
+    #[serde(default)]
+    pub post: crate::edit::post::PostConfig,
 }
 
 impl MemitConfig {
     pub(crate) fn check(&self) -> Result<()> {
+        self.post.check()?;
         layer_range(&self.layers, 1 << 20)?;
         if self.lambda.is_nan() || self.lambda < 0.0 {
             return Err(Error::Input(format!(

@@ -26,6 +26,7 @@ pub mod locate;
 pub mod memit;
 pub mod mend;
 pub mod none;
+pub mod post;
 pub mod registry;
 pub mod rome;
 

@@ -32,6 +32,7 @@ use super::grace::{Codebook, GraceConfig, GraceEditor};
 use super::memit::{MemitConfig, MemitEditor};
 use super::mend::{MendConfig, MendEditor};
 use super::none::{NoEdit, NoneConfig};
+use super::post::{PostConfig, PostEditor};
 use super::rome::{RomeConfig, RomeEditor};
 use crate::data::{self, EditRecord};
 use crate::error::{Error, Result};
@@ -147,6 +148,19 @@ pub struct BuildOptions<'a> {
 
 /// The editor `config` describes.
 pub fn build(
+    config: &MethodConfig,
+    tok: &Tokenizer,
+    opts: &BuildOptions,
+) -> Result<Box<dyn Editor>> {
+    let editor = build_method(config, tok, opts)?;
+    Ok(match config.post() {
+        Some(post) if post.is_active() => Box::new(PostEditor::new(editor, post.clone())),
+        _ => editor,
+    })
+}
+
+/// The method's own editor, before [`PostConfig`].
+fn build_method(
     config: &MethodConfig,
     tok: &Tokenizer,
     opts: &BuildOptions,
@@ -336,6 +350,22 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(c) => &c.description,
             MethodConfig::Mend(c) => &c.description,
             MethodConfig::Grace(c) => &c.description,
+        }
+    }
+
+    /// What happens to the weight change after the edit, for the methods that write
+    /// weights.
+    pub fn post(&self) -> Option<&PostConfig> {
+        match self {
+            MethodConfig::None(_) | MethodConfig::Grace(_) => None,
+            MethodConfig::Rome(c) => Some(&c.post),
+            MethodConfig::Memit(c) => Some(&c.post),
+            MethodConfig::AlphaEdit(c) => Some(&c.post),
+            MethodConfig::Mend(c) => Some(&c.post),
+            MethodConfig::Ft(r)
+            | MethodConfig::FtNaive(r)
+            | MethodConfig::FtL(r)
+            | MethodConfig::FtM(r) => Some(&r.post),
         }
     }
 

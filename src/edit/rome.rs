@@ -40,10 +40,14 @@ pub struct RomeConfig {
     pub layer: String,
     pub value: ValueConfig,
     pub stats: StatsConfig,
+    /// RECT and 1-LI on the edit's weight change ([`crate::edit::post`]).
+    #[serde(default)]
+    pub post: crate::edit::post::PostConfig,
 }
 
 impl RomeConfig {
     pub(crate) fn check(&self) -> Result<()> {
+        self.post.check()?;
         // Any depth will do to check the spec's form.
         let (lo, hi) = layer_range(&self.layer, 1 << 20)?;
         if lo != hi {

@@ -160,10 +160,14 @@ pub struct Recipe {
     pub augment: AugmentConfig,
     pub train: TrainConfig,
     pub optim: OptimConfig,
+    /// RECT and 1-LI on the edit's weight change ([`crate::edit::post`]).
+    #[serde(default)]
+    pub post: crate::edit::post::PostConfig,
 }
 
 impl Recipe {
     pub(crate) fn check(&self) -> Result<()> {
+        self.post.check()?;
         let bad = |m: String| Err(Error::Input(format!("recipe: {m}")));
         if self.optim.lr.is_nan() || self.optim.lr <= 0.0 {
             return bad(format!("optim.lr must be positive, not {}", self.optim.lr));

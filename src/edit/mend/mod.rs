@@ -42,6 +42,9 @@ pub struct MendConfig {
     /// empty until one is trained.
     pub editor: String,
     pub train: MendTrain,
+    /// RECT and 1-LI on the edit's weight change ([`crate::edit::post`]).
+    #[serde(default)]
+    pub post: crate::edit::post::PostConfig,
 }
 
 /// How `ftedit train-editor` meta-trains the network (the authors' defaults, except
@@ -78,6 +81,7 @@ pub struct MendTrain {
 
 impl MendConfig {
     pub(crate) fn check(&self) -> Result<()> {
+        self.post.check()?;
         layer_range(&self.layers, 1 << 20)?;
         let t = &self.train;
         if self.rank < 1 || t.accumulate == 0 || t.val_every == 0 || t.lr.is_nan() || t.lr <= 0.0 {

@@ -1,0 +1,89 @@
+//! RECT and 1-LI on a real edit (FT-M on a tiny random model): α = 0 restores the
+//! original weights bit for bit, the default changes nothing, α = ½ lands half way, and
+//! RECT leaves exactly its share of the update's entries changed.
+
+mod common;
+
+use common::{counterfact_jsonl, random_model, temp_dir, tiny_llama, write_gguf};
+use ftedit::edit::MethodConfig;
+use tch::{Kind, Tensor};
+
+/// The tiny model and its tokenizer, loaded from a GGUF file, and three edits.
+fn setup() -> (
+    ftedit::Model,
+    ftedit::Tokenizer,
+    Vec<ftedit::data::EditRecord>,
+) {
+    let dir = temp_dir("post");
+    let path = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    let (model, tok) = ftedit::load(&path, &Default::default()).unwrap();
+    let records = ftedit::data::load(counterfact_jsonl(&dir, 3), None).unwrap();
+    (model, tok, records)
+}
+
+/// FT-M on layer 1 with `sets`; returns the edited matrix and the editor's report.
+fn edit(sets: &[&str]) -> (Tensor, Tensor, serde_json::Value) {
+    let (mut model, tok, records) = setup();
+    let mut all: Vec<String> = ["optim.epochs=3", "train.layers=1"]
+        .iter()
+        .chain(sets)
+        .map(|s| s.to_string())
+        .collect();
+    all.push("augment.facts=none".into());
+    let config = MethodConfig::load("ft-m", Some(model.arch_name()), &all).unwrap();
+    let mut editor = ftedit::edit::build(&config, &tok, &Default::default()).unwrap();
+    let name = editor.writes(&model).unwrap().unwrap()[0].clone();
+    let before = model.params.get(&name).unwrap().copy();
+    editor.edit(&mut model, &tok, &records).unwrap();
+    let after = model.params.get(&name).unwrap().copy();
+    (before, after, editor.report().unwrap())
+}
+
+#[test]
+fn interpolation_and_rect_shape_the_edit() {
+    let (w0, plain, _) = edit(&[]);
+    assert!(!plain.equal(&w0), "the edit changed nothing");
+    // α = 1 (and RECT at 1) is the edit as made, bit for bit.
+    let (_, same, report) = edit(&["post.interpolate=1", "post.rect=1"]);
+    assert!(same.equal(&plain));
+    assert!(report.get("post").is_none(), "inactive post-processing ran");
+    // α = 0 restores the original, bit for bit.
+    let (_, back, report) = edit(&["post.interpolate=0"]);
+    assert!(back.equal(&w0));
+    assert_eq!(report["post"]["interpolate"], 0.0);
+    // α = ½: half way (f32 rounding).
+    let (_, half, _) = edit(&["post.interpolate=0.5"]);
+    let want = &w0 + (&plain - &w0) * 0.5;
+    let err = (&half - &want).abs().max().double_value(&[]);
+    assert!(err < 1e-6, "{err}");
+    // RECT at 40 %: N − ⌊0.6 N⌋ entries keep their change, the largest relative ones.
+    let (_, sparse, report) = edit(&["post.rect=0.4"]);
+    let n = w0.numel() as i64;
+    let kept = sparse.ne_tensor(&w0).sum(Kind::Int64).int64_value(&[]);
+    let changed_by_edit = plain.ne_tensor(&w0).sum(Kind::Int64).int64_value(&[]);
+    let share = n - (0.6 * n as f64).floor() as i64;
+    assert_eq!(kept, share.min(changed_by_edit), "of {n}");
+    assert_eq!(report["post"]["edits"][0]["entries_changed"], kept);
+    let rel = ((&plain - &w0) / &w0).abs();
+    let kept_mask = sparse.ne_tensor(&w0);
+    let least_kept = rel.masked_select(&kept_mask).min().double_value(&[]);
+    let most_dropped = rel
+        .masked_select(&kept_mask.logical_not())
+        .max()
+        .double_value(&[]);
+    assert!(least_kept >= most_dropped, "{least_kept} < {most_dropped}");
+}
+
+#[test]
+fn bad_settings_name_the_key() {
+    let err = MethodConfig::load("rome", None, &["post.rect=2".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("post.rect"), "{err}");
+    let err = MethodConfig::load("memit", None, &["post.bogus=1".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("bogus"), "{err}");
+    assert!(MethodConfig::load("grace", None, &["post.rect=0.4".into()]).is_err());
+}
