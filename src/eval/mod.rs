@@ -11,6 +11,7 @@ pub mod chat;
 pub mod check;
 pub mod counterfact;
 pub mod easyedit;
+pub mod general;
 pub mod generation;
 pub mod health;
 pub mod metrics;

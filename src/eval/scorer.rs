@@ -134,6 +134,15 @@ fn for_each_pass(
 
 /// Per-token NLLs (f64, from the model's logits) of every request.
 pub fn token_nlls(model: &Model, reqs: &[NllRequest]) -> Result<Vec<Vec<f64>>> {
+    Ok(token_scores(model, reqs)?
+        .into_iter()
+        .map(|r| r.into_iter().map(|(nll, _)| nll).collect())
+        .collect())
+}
+
+/// Per token of every request: its NLL (f64, from the model's logits) and whether it is
+/// the argmax there (greedy).
+pub fn token_scores(model: &Model, reqs: &[NllRequest]) -> Result<Vec<Vec<(f64, bool)>>> {
     let _g = tch::no_grad_guard();
     let mut needed = Vec::with_capacity(reqs.len());
     let mut reads = Vec::new();
@@ -154,23 +163,19 @@ pub fn token_nlls(model: &Model, reqs: &[NllRequest]) -> Result<Vec<Vec<f64>>> {
             labels.push(tok as i64);
         }
     }
-    let mut flat = vec![0f64; reads.len()];
+    let mut flat = vec![(0f64, false); reads.len()];
     for_each_pass(model, &needed, &reads, |mine, logits| {
         let lab: Vec<i64> = mine.iter().map(|&i| labels[i]).collect();
         let lab = Tensor::from_slice(&lab)
             .to_device(logits.device())
             .unsqueeze(1);
-        let nll = logits
-            .to_kind(Kind::Double)
-            .log_softmax(-1, Kind::Double)
-            .gather(1, &lab, false)
-            .neg()
-            .squeeze_dim(1);
-        for (&i, v) in mine
-            .iter()
-            .zip(Vec::<f64>::try_from(nll.to_device(tch::Device::Cpu))?)
-        {
-            flat[i] = v;
+        let logp = logits.to_kind(Kind::Double).log_softmax(-1, Kind::Double);
+        let nll = logp.gather(1, &lab, false).neg().squeeze_dim(1);
+        let greedy = logp.argmax(-1, false).eq_tensor(&lab.squeeze_dim(1));
+        let nll = Vec::<f64>::try_from(nll.to_device(tch::Device::Cpu))?;
+        let greedy = Vec::<bool>::try_from(greedy.to_device(tch::Device::Cpu))?;
+        for ((&i, v), g) in mine.iter().zip(nll).zip(greedy) {
+            flat[i] = (v, g);
         }
         Ok(())
     })?;

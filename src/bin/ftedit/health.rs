@@ -66,3 +66,127 @@ impl HealthArgs {
         Ok(Some(Probe::new(tok, options, max_positions)?))
     }
 }
+
+/// `ftedit health`: a model's general abilities on downstream tasks, scored as
+/// lm-evaluation-harness scores them, and against another model's when asked.
+#[derive(Args)]
+pub struct HealthCmdArgs {
+    #[command(flatten)]
+    model: crate::ModelArgs,
+    /// Compare with this model (the unedited one): each task's scores for both and the
+    /// drop.
+    #[arg(long, value_name = "MODEL")]
+    against: Option<String>,
+    /// Items per task (the first of each file; more than a file holds means all of it).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    general: usize,
+    /// The tasks, comma-separated [default: all: arc_easy, arc_challenge, hellaswag,
+    /// piqa, winogrande, boolq, mmlu, lambada].
+    #[arg(long, value_delimiter = ',', value_name = "TASKS")]
+    general_tasks: Vec<String>,
+    /// The tasks' data folder [default: general/ in the data folder].
+    #[arg(long, value_name = "DIR")]
+    general_dir: Option<PathBuf>,
+    /// Print the scores as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: HealthCmdArgs) -> anyhow::Result<()> {
+    use ftedit::eval::general::{self, tasks};
+    let dir = args
+        .general_dir
+        .clone()
+        .unwrap_or_else(|| ftedit::data::data_dir().join("general"));
+    let names: Vec<String> = if args.general_tasks.is_empty() {
+        tasks::TASKS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.general_tasks.clone()
+    };
+    let loaded = names
+        .iter()
+        .map(|n| tasks::load(n, &dir, Some(args.general)))
+        .collect::<ftedit::Result<Vec<_>>>()?;
+    let score_all =
+        |model: &ftedit::Model, tok: &Tokenizer| -> anyhow::Result<Vec<general::TaskScore>> {
+            let mut out = Vec::new();
+            for t in &loaded {
+                let start = std::time::Instant::now();
+                let s = general::score(model, tok, t)?;
+                if !args.json {
+                    eprintln!(
+                        "{}: {} items in {:.1} s",
+                        t.name,
+                        s.n,
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+                out.push(s);
+            }
+            Ok(out)
+        };
+    let (model, tok) = args.model.load()?;
+    let scores = score_all(&model, &tok)?;
+    drop(model);
+    let base = match &args.against {
+        Some(b) => {
+            let mut m = args.model.clone();
+            m.model = b.clone();
+            let (bm, bt) = m.load()?;
+            Some(score_all(&bm, &bt)?)
+        }
+        None => None,
+    };
+    let mean =
+        |s: &[general::TaskScore]| s.iter().map(|x| x.main).sum::<f64>() / s.len().max(1) as f64;
+    if args.json {
+        let mut out = serde_json::Map::new();
+        for (t, s) in loaded.iter().zip(&scores) {
+            out.insert(t.name.clone(), serde_json::to_value(s)?);
+        }
+        out.insert("mean".into(), mean(&scores).into());
+        if let Some(b) = &base {
+            let mut before = serde_json::Map::new();
+            for (t, s) in loaded.iter().zip(b) {
+                before.insert(t.name.clone(), serde_json::to_value(s)?);
+            }
+            before.insert("mean".into(), mean(b).into());
+            out.insert("before".into(), before.into());
+            out.insert("mean_drop".into(), (mean(b) - mean(&scores)).into());
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!(
+        "| task | items | acc | acc_norm | main |{}",
+        if base.is_some() {
+            " before | drop |"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "|---|---:|---:|---:|---:|{}",
+        if base.is_some() { "---:|---:|" } else { "" }
+    );
+    for (i, (t, s)) in loaded.iter().zip(&scores).enumerate() {
+        let norm = s.acc_norm.map_or("—".into(), |v| format!("{v:.1}"));
+        let extra = base.as_ref().map_or(String::new(), |b| {
+            format!(" {:.1} | {:+.1} |", b[i].main, b[i].main - s.main)
+        });
+        println!(
+            "| {} | {} | {:.1} | {norm} | {:.1} |{extra}",
+            t.name, s.n, s.acc, s.main
+        );
+    }
+    match &base {
+        Some(b) => println!(
+            "general mean {:.1} (before {:.1}, drop {:+.1})",
+            mean(&scores),
+            mean(b),
+            mean(b) - mean(&scores)
+        ),
+        None => println!("general mean {:.1}", mean(&scores)),
+    }
+    Ok(())
+}

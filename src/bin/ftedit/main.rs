@@ -44,6 +44,9 @@ enum Command {
     Methods(methods::MethodsArgs),
     /// Merge evaluation reports.
     Report(report::ReportArgs),
+    /// A model's general abilities on downstream tasks (lm-eval's scoring), alone or
+    /// against the unedited model.
+    Health(Box<health::HealthCmdArgs>),
     /// Train an editor that learns to edit (MEND) on edit records.
     TrainEditor(Box<train_editor::TrainEditorArgs>),
 }
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
         Command::Methods(args) => methods::run(args),
         Command::Report(args) => report::run(args),
         Command::TrainEditor(args) => train_editor::run(*args),
+        Command::Health(args) => health::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

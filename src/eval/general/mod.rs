@@ -1,0 +1,195 @@
+//! General abilities: zero-shot downstream tasks scored as lm-evaluation-harness scores
+//! them (`../shared/data/general/LM_EVAL.md`): per choice the log-likelihood of the
+//! continuation given the context, the continuation's tokens being the tail of the
+//! joint encoding; `acc` (highest log-likelihood is the gold choice), `acc_norm` (the
+//! same divided by the choice's length in characters), LAMBADA's `acc` (every target
+//! token greedy) and perplexity. Ties go to the lowest index, as `np.argmax` has it.
+
+pub mod tasks;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::eval::scorer::{NllRequest, token_scores};
+use crate::model::Model;
+use crate::tokenizer::Tokenizer;
+
+/// One item: a request `(context, continuation)` per choice, the gold choice and each
+/// choice's length in characters (without the leading space).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Doc {
+    pub requests: Vec<(String, String)>,
+    pub gold: usize,
+    pub choice_chars: Vec<usize>,
+}
+
+/// The metric a task is quoted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    Acc,
+    AccNorm,
+}
+
+/// A task's docs and how they are scored.
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub name: String,
+    pub docs: Vec<Doc>,
+    /// The metric `general.mean` takes from it.
+    pub main: Metric,
+    /// Whether `acc_norm` is reported.
+    pub norm: bool,
+    /// One request per doc, `acc` = every continuation token greedy, and perplexity
+    /// (LAMBADA).
+    pub greedy: bool,
+}
+
+/// A task's scores, in percent (perplexity as is).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    pub n: usize,
+    pub acc: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acc_norm: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub perplexity: Option<f64>,
+    /// The metric `general.mean` uses, its value.
+    pub main: f64,
+}
+
+/// lm-eval's pair encoding: trailing whitespace of the context moves to the
+/// continuation; the continuation's tokens are the joint encoding's tail after as many
+/// tokens as the context alone encodes to.
+pub fn encode_pair(
+    tok: &Tokenizer,
+    context: &str,
+    continuation: &str,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let trimmed = context.trim_end();
+    let moved = &context[trimmed.len()..];
+    let cont = format!("{moved}{continuation}");
+    let whole = tok.encode(&format!("{trimmed}{cont}"), true)?;
+    let ctx = tok.encode(trimmed, true)?;
+    let n = ctx.len().min(whole.len());
+    Ok((whole[..n].to_vec(), whole[n..].to_vec()))
+}
+
+/// Index of the largest value, the lowest index on ties.
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Per doc: each request's log-likelihood and whether every token was the argmax.
+pub fn loglikelihoods(
+    model: &Model,
+    tok: &Tokenizer,
+    docs: &[Doc],
+) -> Result<Vec<Vec<(f64, bool)>>> {
+    let mut reqs = Vec::new();
+    for d in docs {
+        for (c, x) in &d.requests {
+            let (ctx, cont) = encode_pair(tok, c, x)?;
+            if ctx.is_empty() || cont.is_empty() {
+                return Err(crate::Error::Input(format!(
+                    "a request with an empty context or continuation: {c:?} + {x:?}"
+                )));
+            }
+            let start = ctx.len();
+            reqs.push(NllRequest {
+                ids: [ctx, cont.clone()].concat(),
+                start,
+                tokens: cont,
+            });
+        }
+    }
+    let scores = token_scores(model, &reqs)?;
+    let mut it = scores.into_iter();
+    Ok(docs
+        .iter()
+        .map(|d| {
+            d.requests
+                .iter()
+                .map(|_| {
+                    let s = it.next().expect("one score per request");
+                    (-s.iter().map(|t| t.0).sum::<f64>(), s.iter().all(|t| t.1))
+                })
+                .collect()
+        })
+        .collect())
+}
+
+/// Scores `task` on `model`.
+pub fn score(model: &Model, tok: &Tokenizer, task: &Task) -> Result<TaskScore> {
+    let lls = loglikelihoods(model, tok, &task.docs)?;
+    let n = task.docs.len().max(1) as f64;
+    let (mut acc, mut acc_norm, mut ll_sum) = (0.0, 0.0, 0.0);
+    for (d, ll) in task.docs.iter().zip(&lls) {
+        if task.greedy {
+            acc += f64::from(u8::from(ll[0].1));
+            ll_sum += ll[0].0;
+            continue;
+        }
+        let raw: Vec<f64> = ll.iter().map(|x| x.0).collect();
+        acc += f64::from(u8::from(argmax(&raw) == d.gold));
+        let normed: Vec<f64> = raw
+            .iter()
+            .zip(&d.choice_chars)
+            .map(|(l, &c)| l / c.max(1) as f64)
+            .collect();
+        acc_norm += f64::from(u8::from(argmax(&normed) == d.gold));
+    }
+    let acc = 100.0 * acc / n;
+    let acc_norm = task.norm.then_some(100.0 * acc_norm / n);
+    Ok(TaskScore {
+        n: task.docs.len(),
+        acc,
+        acc_norm,
+        perplexity: task.greedy.then(|| (-ll_sum / n).exp()),
+        main: match task.main {
+            Metric::AccNorm => acc_norm.unwrap_or(acc),
+            Metric::Acc => acc,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tasks::{csv_rows, hellaswag_preprocess};
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_lowest_index_on_ties() {
+        assert_eq!(argmax(&[-1.0, -0.5, -0.5]), 1);
+        assert_eq!(argmax(&[-2.0]), 0);
+    }
+
+    #[test]
+    fn csv_follows_rfc_4180() {
+        let rows = csv_rows("q,a\n\"x, \"\"y\"\"\nz\",0\nplain,1\n");
+        assert_eq!(
+            rows,
+            vec![
+                vec!["q".to_string(), "a".into()],
+                vec!["x, \"y\"\nz".into(), "0".into()],
+                vec!["plain".into(), "1".into()],
+            ]
+        );
+    }
+
+    /// LM_EVAL.md's rules: strip, `[title]`, tags removed, one pass of double spaces.
+    #[test]
+    fn hellaswag_preprocessing() {
+        assert_eq!(
+            hellaswag_preprocess("  A man [title] runs. [step] He  "),
+            "A man. runs. He"
+        );
+        assert_eq!(hellaswag_preprocess("a   b"), "a  b");
+    }
+}

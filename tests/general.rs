@@ -1,0 +1,214 @@
+//! General abilities: the task files read as lm-eval builds its requests (the examples
+//! and counts of `../shared/data/general/LM_EVAL.md`), and the scores on a tiny random
+//! model against the definitions, computed here from one plain forward pass per
+//! request.
+
+mod common;
+
+use common::{random_model, temp_dir, tiny_llama, write_gguf};
+use ftedit::eval::general::{self, Doc, Metric, Task, encode_pair, tasks};
+use tch::Kind;
+
+fn general_dir() -> std::path::PathBuf {
+    common::shared_dir().join("data/general")
+}
+
+#[test]
+fn the_task_files_read_as_lm_eval_reads_them() {
+    let dir = general_dir();
+    let counts = [
+        ("arc_easy", 2376),
+        ("arc_challenge", 1172),
+        ("hellaswag", 2000),
+        ("piqa", 1838),
+        ("winogrande", 1267),
+        ("boolq", 3270),
+        ("mmlu", 2013),
+        ("lambada", 5153),
+    ];
+    for (name, n) in counts {
+        let t = tasks::load(name, &dir, None).unwrap();
+        assert_eq!(t.docs.len(), n, "{name}");
+        assert!(t.docs.iter().all(|d| d.gold < d.requests.len()), "{name}");
+    }
+    let arc = &tasks::load("arc_easy", &dir, Some(1)).unwrap().docs[0];
+    assert_eq!(arc.gold, 0);
+    assert_eq!(
+        arc.requests[0].1,
+        " Sunlight is the source of energy for nearly all ecosystems."
+    );
+    assert!(arc.requests[0].0.starts_with("Question: Which statement"));
+    assert!(arc.requests[0].0.ends_with("food webs?\nAnswer:"));
+    assert_eq!(arc.choice_chars, [59, 54, 50, 43]);
+
+    let hs = &tasks::load("hellaswag", &dir, Some(2)).unwrap().docs;
+    assert_eq!(
+        hs[0].requests[3],
+        (
+            "Roof shingle removal: A man is sitting on a roof. He".to_string(),
+            " starts pulling up roofing on a roof.".to_string()
+        )
+    );
+    assert_eq!(hs[0].gold, 3);
+    assert!(hs[1].requests[0].0.ends_with("grabs the pole. The lady"));
+
+    let piqa = &tasks::load("piqa", &dir, Some(2)).unwrap().docs[1];
+    assert_eq!(piqa.choice_chars[0], 30, "{:?}", piqa.requests[0]);
+
+    let lam = &tasks::load("lambada", &dir, Some(1)).unwrap().docs[0];
+    assert!(lam.requests[0].0.ends_with("I don't care about"));
+    assert_eq!(lam.requests[0].1, " signs");
+
+    let mmlu = &tasks::load("mmlu", &dir, Some(1)).unwrap().docs[0];
+    assert!(mmlu.requests[0].0.starts_with(
+        "The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+    ));
+    assert!(
+        mmlu.requests[0]
+            .0
+            .ends_with("over Q.\nA. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    );
+    assert_eq!((mmlu.gold, mmlu.requests[1].1.as_str()), (1, " B"));
+
+    let wino = &tasks::load("winogrande", &dir, Some(1)).unwrap().docs[0];
+    assert_eq!(
+        wino.requests[1],
+        (
+            "Sarah was a much better surgeon than Maria so Maria".to_string(),
+            " always got the easier cases.".to_string()
+        )
+    );
+    assert_eq!(wino.gold, 1);
+
+    let boolq = &tasks::load("boolq", &dir, Some(1)).unwrap().docs[0];
+    assert!(boolq.requests[0].0.starts_with("Ethanol fuel -- "));
+    assert!(boolq.requests[0].0.ends_with("?\nAnswer:"));
+    assert_eq!(
+        (boolq.requests[0].1.as_str(), boolq.requests[1].1.as_str()),
+        (" no", " yes")
+    );
+
+    let err = tasks::load("squad", &dir, None).unwrap_err().to_string();
+    assert!(err.contains("unknown task 'squad'"), "{err}");
+}
+
+/// The tiny model and its tokenizer (from a GGUF file).
+fn tiny() -> (ftedit::Model, ftedit::Tokenizer) {
+    let dir = temp_dir("general");
+    let path = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    ftedit::load(&path, &Default::default()).unwrap()
+}
+
+/// Σ log p(continuation token) from one forward pass over context + continuation, and
+/// whether each was the argmax: the definition.
+fn by_definition(m: &ftedit::Model, ctx: &[u32], cont: &[u32]) -> (f64, bool) {
+    let ids: Vec<i64> = ctx.iter().chain(cont).map(|&t| t as i64).collect();
+    let input = ftedit::model::Input::right_padded(
+        &[ids.iter().map(|&t| t as u32).collect::<Vec<_>>()],
+        m.device(),
+    )
+    .unwrap();
+    let logits = m.forward(&input, &ftedit::model::LogitsAt::All).unwrap();
+    let logp = logits
+        .get(0)
+        .to_kind(Kind::Double)
+        .log_softmax(-1, Kind::Double);
+    let (mut ll, mut greedy) = (0.0, true);
+    for (j, &t) in cont.iter().enumerate() {
+        let row = logp.get((ctx.len() + j - 1) as i64);
+        ll += row.double_value(&[t as i64]);
+        greedy &= row.argmax(0, false).int64_value(&[]) == t as i64;
+    }
+    (ll, greedy)
+}
+
+#[test]
+fn scores_follow_the_definitions() {
+    let (model, tok) = tiny();
+    // Trailing whitespace moves to the continuation; its tokens are the joint tail.
+    let (ctx, cont) = encode_pair(&tok, "the cat ", "sat").unwrap();
+    let whole = tok.encode("the cat sat", true).unwrap();
+    assert_eq!([ctx.clone(), cont.clone()].concat(), whole);
+    assert_eq!(ctx, tok.encode("the cat", true).unwrap());
+
+    let docs = vec![
+        Doc {
+            requests: vec![
+                ("the hat is".into(), " on".into()),
+                ("the hat is".into(), " in the tea".into()),
+                ("the hat is".into(), " at".into()),
+            ],
+            gold: 1,
+            choice_chars: vec![2, 10, 2],
+        },
+        Doc {
+            requests: vec![
+                ("so the ten".into(), " is in".into()),
+                ("so the tea".into(), " is in".into()),
+            ],
+            gold: 0,
+            choice_chars: vec![5, 5],
+        },
+    ];
+    let lls = general::loglikelihoods(&model, &tok, &docs).unwrap();
+    let (mut acc, mut acc_norm) = (0.0, 0.0);
+    for (d, got) in docs.iter().zip(&lls) {
+        let mut want = Vec::new();
+        for ((c, x), g) in d.requests.iter().zip(got) {
+            let (ctx, cont) = encode_pair(&tok, c, x).unwrap();
+            let w = by_definition(&model, &ctx, &cont);
+            assert!((w.0 - g.0).abs() < 1e-4, "{c}{x}: {} vs {}", w.0, g.0);
+            assert_eq!(w.1, g.1);
+            want.push(w.0);
+        }
+        // argmax, lowest index on ties, exactly as np.argmax.
+        let first_max = |v: &[f64]| (0..v.len()).fold(0, |b, i| if v[i] > v[b] { i } else { b });
+        acc += f64::from(u8::from(first_max(&want) == d.gold));
+        let normed: Vec<f64> = want
+            .iter()
+            .zip(&d.choice_chars)
+            .map(|(l, &n)| l / n as f64)
+            .collect();
+        acc_norm += f64::from(u8::from(first_max(&normed) == d.gold));
+    }
+    let task = Task {
+        name: "toy".into(),
+        docs: docs.clone(),
+        main: Metric::AccNorm,
+        norm: true,
+        greedy: false,
+    };
+    let s = general::score(&model, &tok, &task).unwrap();
+    assert_eq!(s.acc, 100.0 * acc / 2.0);
+    assert_eq!(s.acc_norm, Some(100.0 * acc_norm / 2.0));
+    assert_eq!(s.main, s.acc_norm.unwrap());
+
+    // LAMBADA-style: acc = every token greedy; perplexity = exp(−mean ll).
+    let lam = Task {
+        name: "toy-lambada".into(),
+        docs: vec![docs[0].clone(), docs[1].clone()]
+            .into_iter()
+            .map(|mut d| {
+                d.requests.truncate(1);
+                d.gold = 0;
+                d
+            })
+            .collect(),
+        main: Metric::Acc,
+        norm: false,
+        greedy: true,
+    };
+    let s = general::score(&model, &tok, &lam).unwrap();
+    let (mut lls, mut hits) = (0.0, 0.0);
+    for d in &lam.docs {
+        let (c, x) = &d.requests[0];
+        let (ctx, cont) = encode_pair(&tok, c, x).unwrap();
+        let (ll, g) = by_definition(&model, &ctx, &cont);
+        lls += ll;
+        hits += f64::from(u8::from(g));
+    }
+    assert_eq!(s.acc, 100.0 * hits / 2.0);
+    let ppl = (-lls / 2.0).exp();
+    assert!((s.perplexity.unwrap() - ppl).abs() < 1e-6 * ppl);
+}
