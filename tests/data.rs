@@ -710,6 +710,7 @@ fn health_probe(tok: &Tokenizer, m: &Model, tokens: usize) -> ftedit::Result<Pro
         known_n: 10,
         collapse_factor: 1.5,
         cache_dir: None,
+        general: None,
     };
     Probe::new(tok, options, m.max_positions())
 }

@@ -151,7 +151,15 @@ fn scores_follow_the_definitions() {
             choice_chars: vec![5, 5],
         },
     ];
-    let lls = general::loglikelihoods(&model, &tok, &docs).unwrap();
+    let toy = Task {
+        name: "toy".into(),
+        docs: docs.clone(),
+        main: Metric::AccNorm,
+        norm: true,
+        greedy: false,
+    };
+    let prepared = general::PreparedTask::new(&tok, &toy, usize::MAX).unwrap();
+    let lls = general::loglikelihoods(&model, &prepared.docs).unwrap();
     let (mut acc, mut acc_norm) = (0.0, 0.0);
     for (d, got) in docs.iter().zip(&lls) {
         let mut want = Vec::new();
@@ -172,14 +180,7 @@ fn scores_follow_the_definitions() {
             .collect();
         acc_norm += f64::from(u8::from(first_max(&normed) == d.gold));
     }
-    let task = Task {
-        name: "toy".into(),
-        docs: docs.clone(),
-        main: Metric::AccNorm,
-        norm: true,
-        greedy: false,
-    };
-    let s = general::score(&model, &tok, &task).unwrap();
+    let s = general::score(&model, &tok, &toy).unwrap();
     assert_eq!(s.acc, 100.0 * acc / 2.0);
     assert_eq!(s.acc_norm, Some(100.0 * acc_norm / 2.0));
     assert_eq!(s.main, s.acc_norm.unwrap());
@@ -211,4 +212,56 @@ fn scores_follow_the_definitions() {
     assert_eq!(s.acc, 100.0 * hits / 2.0);
     let ppl = (-lls / 2.0).exp();
     assert!((s.perplexity.unwrap() - ppl).abs() < 1e-6 * ppl);
+}
+
+/// `eval --general N` scores the tasks before and after editing into the summary's
+/// health, and a drop over `--general-drop` flags a collapse.
+#[test]
+fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
+    let dir = temp_dir("general-eval");
+    let path = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    let data = common::counterfact_jsonl(&dir, 2);
+    let run = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let o = std::process::Command::new(common::ftedit_bin())
+            .args(["eval", "--model"])
+            .arg(&path)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(["--method", "ft-m", "--set", "optim.epochs=2", "--quiet"])
+            .args([
+                "--general",
+                "3",
+                "--general-tasks",
+                "arc_easy,boolq,lambada",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_str(&std::fs::read_to_string(dir.join(out).join("summary.json")).unwrap())
+            .unwrap()
+    };
+    let s = run("plain", &[]);
+    let g = &s["health"]["general"];
+    for task in ["arc_easy", "boolq", "lambada"] {
+        assert!(g["tasks"][task]["acc"].is_number(), "{g}");
+        assert!(g["before"][task]["main"].is_number(), "{g}");
+    }
+    assert!(g["tasks"]["lambada"]["perplexity"].is_number(), "{g}");
+    let mean = |side: &str| {
+        ["arc_easy", "boolq", "lambada"]
+            .iter()
+            .map(|t| g[side][*t]["main"].as_f64().unwrap())
+            .sum::<f64>()
+            / 3.0
+    };
+    assert!((g["mean"].as_f64().unwrap() - mean("tasks")).abs() < 1e-9);
+    let drop = g["mean_drop"].as_f64().unwrap();
+    assert!((drop - (mean("before") - mean("tasks"))).abs() < 1e-9);
+    // A threshold below the drop flags the run.
+    let s = run("flagged", &[&format!("--general-drop={}", drop - 1.0)]);
+    assert_eq!(s["health"]["collapsed"], true, "{}", s["health"]);
 }

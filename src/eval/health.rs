@@ -9,17 +9,23 @@
 //! - **known-fact retention**: of the facts the unedited model gets right (top-1 at the
 //!   first target token; subjects being edited left out), the share it still gets right.
 //!
-//! A run is flagged **collapsed** when `PPL / PPL_before` exceeds a factor (1.5).
+//! - **general abilities** when asked ([`GeneralOptions`]): zero-shot downstream tasks
+//!   scored as lm-evaluation-harness does ([`crate::eval::general`]), on the first
+//!   items of each task.
+//!
+//! A run is flagged **collapsed** when `PPL / PPL_before` exceeds a factor (1.5), or the
+//! general-ability mean drops by more than a threshold (5 points).
 //!
 //! [`Probe`] tokenises the text and the facts once; [`Probe::baseline`] measures the
 //! unedited model, [`Probe::measure`] an edited one against it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::general::{PreparedTask, TaskScore, score_prepared, tasks};
 use super::scorer::predictions;
 use crate::error::{Error, Result};
 use crate::model::{Input, LogitsAt, Model};
@@ -44,6 +50,33 @@ pub struct HealthOptions {
     /// Where the unedited model's numbers are cached (by weights and probe); `None`
     /// measures them every time.
     pub cache_dir: Option<PathBuf>,
+    /// Downstream tasks; `None`: none.
+    pub general: Option<GeneralOptions>,
+}
+
+/// Which downstream tasks a health check scores, and when their drop is a collapse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeneralOptions {
+    /// The tasks' data folder (`general/` in the data folder).
+    pub dir: PathBuf,
+    /// The first this many items of each task.
+    pub items: usize,
+    /// Task names ([`tasks::TASKS`]).
+    pub tasks: Vec<String>,
+    /// Flag a collapse when the mean of the tasks' main metrics drops by more than this
+    /// many points.
+    pub drop_threshold: f64,
+}
+
+impl Default for GeneralOptions {
+    fn default() -> Self {
+        GeneralOptions {
+            dir: crate::data::data_dir().join("general"),
+            items: 20,
+            tasks: tasks::TASKS.iter().map(|s| s.to_string()).collect(),
+            drop_threshold: 5.0,
+        }
+    }
 }
 
 impl Default for HealthOptions {
@@ -57,6 +90,7 @@ impl Default for HealthOptions {
             known_n: 500,
             collapse_factor: 1.5,
             cache_dir: Some(crate::cache::dir()),
+            general: None,
         }
     }
 }
@@ -76,6 +110,7 @@ pub struct Probe {
     /// but the first.
     lead: bool,
     facts: Vec<Fact>,
+    general: Vec<PreparedTask>,
     pub options: HealthOptions,
 }
 
@@ -86,6 +121,20 @@ pub struct Baseline {
     /// Indices (into the probe's facts) of the facts the unedited model gets right,
     /// edited subjects left out.
     known: Vec<usize>,
+    /// Per task of the probe, in order.
+    general: Vec<TaskScore>,
+}
+
+/// The downstream tasks' scores after editing and before, and the mean of their main
+/// metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneralHealth {
+    pub tasks: BTreeMap<String, TaskScore>,
+    pub before: BTreeMap<String, TaskScore>,
+    pub mean: f64,
+    pub mean_before: f64,
+    /// `mean_before − mean`, in points.
+    pub mean_drop: f64,
 }
 
 /// A model's health against its unedited self: `health` in `summary.json`, one per
@@ -106,6 +155,9 @@ pub struct Health {
     /// Edits applied at the first checkpoint where the model had collapsed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub collapsed_at: Option<usize>,
+    /// General abilities, when the check scores downstream tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub general: Option<GeneralHealth>,
 }
 
 impl Health {
@@ -126,6 +178,14 @@ impl Health {
             s.push_str(&format!(
                 "; known facts kept {k:.1} % ({kept} of {})",
                 self.known_facts
+            ));
+        }
+        if let Some(g) = &self.general {
+            s.push_str(&format!(
+                "; general mean {:.1} → {:.1} ({:+.1})",
+                g.mean_before,
+                g.mean,
+                g.mean - g.mean_before
             ));
         }
         s
@@ -261,10 +321,22 @@ impl Probe {
                 .collect(),
             None => Vec::new(),
         };
+        let general = match &options.general {
+            Some(g) => g
+                .tasks
+                .iter()
+                .map(|name| {
+                    let task = tasks::load(name, &g.dir, Some(g.items))?;
+                    PreparedTask::new(tok, &task, max_positions)
+                })
+                .collect::<Result<Vec<_>>>()?,
+            None => Vec::new(),
+        };
         Ok(Probe {
             windows,
             lead,
             facts,
+            general,
             options,
         })
     }
@@ -341,7 +413,9 @@ impl Probe {
             .filter(|p| p.exists())
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|t| serde_json::from_str(&t).ok())
-            .filter(|c: &Cached| c.correct.len() == self.facts.len());
+            .filter(|c: &Cached| {
+                c.correct.len() == self.facts.len() && c.general.len() == self.general.len()
+            });
         let cached = match cached {
             Some(c) => c,
             None => {
@@ -349,6 +423,7 @@ impl Probe {
                 let c = Cached {
                     ppl: self.perplexity(model)?,
                     correct: self.correct(model, &all)?,
+                    general: self.general_scores(model)?,
                 };
                 if let Some(p) = &path {
                     crate::cache::write_text(p, &serde_json::to_string(&c).expect("serialisable"))?;
@@ -362,7 +437,49 @@ impl Probe {
         Ok(Baseline {
             ppl: cached.ppl,
             known,
+            general: cached.general,
         })
+    }
+
+    /// Each task's scores on `model`.
+    fn general_scores(&self, model: &Model) -> Result<Vec<TaskScore>> {
+        self.general
+            .iter()
+            .map(|t| score_prepared(model, t))
+            .collect()
+    }
+
+    /// The general-ability part of a health report: `after` against the baseline's.
+    fn general_health(&self, base: &Baseline, after: Vec<TaskScore>) -> Option<GeneralHealth> {
+        if self.general.is_empty() {
+            return None;
+        }
+        let mean = |s: &[TaskScore]| s.iter().map(|x| x.main).sum::<f64>() / s.len() as f64;
+        let named = |s: &[TaskScore]| -> BTreeMap<String, TaskScore> {
+            self.general
+                .iter()
+                .zip(s)
+                .map(|(t, x)| (t.name.clone(), x.clone()))
+                .collect()
+        };
+        let (m, mb) = (mean(&after), mean(&base.general));
+        Some(GeneralHealth {
+            tasks: named(&after),
+            before: named(&base.general),
+            mean: m,
+            mean_before: mb,
+            mean_drop: mb - m,
+        })
+    }
+
+    /// Whether `h` is a collapse: perplexity over the factor, or the general mean down
+    /// by more than its threshold.
+    fn is_collapse(&self, ppl_ratio: f64, general: Option<&GeneralHealth>) -> bool {
+        let drop = match (general, &self.options.general) {
+            (Some(g), Some(o)) => g.mean_drop > o.drop_threshold,
+            _ => false,
+        };
+        ppl_ratio > self.options.collapse_factor || drop
     }
 
     /// What the probe measures, as text for the cache's fingerprint.
@@ -373,6 +490,12 @@ impl Probe {
         for f in &self.facts {
             (&f.prompt_ids, f.answer).hash(&mut h);
         }
+        for t in &self.general {
+            t.name.hash(&mut h);
+            for d in &t.docs {
+                (&d.requests, d.gold).hash(&mut h);
+            }
+        }
         format!("{:016x}", h.finish())
     }
 
@@ -382,13 +505,15 @@ impl Probe {
         let kept = self.correct(model, &base.known)?;
         let known_retained = (!self.facts.is_empty() && !kept.is_empty())
             .then(|| 100.0 * kept.iter().filter(|&&k| k).count() as f64 / kept.len() as f64);
+        let general = self.general_health(base, self.general_scores(model)?);
         Ok(Health {
             ppl_before: base.ppl,
             ppl,
             known_retained,
             known_facts: base.known.len(),
-            collapsed: ppl / base.ppl > self.options.collapse_factor,
+            collapsed: self.is_collapse(ppl / base.ppl, general.as_ref()),
             collapsed_at: None,
+            general,
         })
     }
 
@@ -415,6 +540,7 @@ impl Probe {
             known_facts: base.known.len(),
             collapsed: false,
             collapsed_at: None,
+            general: self.general_health(base, base.general.clone()),
         }
     }
 }
@@ -425,17 +551,27 @@ impl Probe {
 struct Cached {
     ppl: f64,
     correct: Vec<bool>,
+    #[serde(default)]
+    general: Vec<TaskScore>,
 }
 
 /// The plain line stderr gets when a model collapses.
 pub fn collapse_warning(h: &Health, edits: usize, factor: f64) -> String {
-    format!(
+    let mut line = format!(
         "warning: the model collapsed after {edits} edits: perplexity {:.2} → {:.2} (×{:.1}, \
-         over the ×{factor} threshold)",
+         {} the ×{factor} threshold)",
         h.ppl_before,
         h.ppl,
-        h.ratio()
-    )
+        h.ratio(),
+        if h.ratio() > factor { "over" } else { "within" }
+    );
+    if let Some(g) = &h.general {
+        line.push_str(&format!(
+            "; general mean {:.1} → {:.1} ({:+.1} points)",
+            g.mean_before, g.mean, -g.mean_drop
+        ));
+    }
+    line
 }
 
 #[cfg(test)]
@@ -463,6 +599,7 @@ mod tests {
             known_n: 0,
             collapse_factor: 1.5,
             cache_dir: None,
+            general: None,
         }
     }
 
@@ -492,6 +629,7 @@ mod tests {
             windows,
             lead,
             facts,
+            general: Vec::new(),
             options: options(),
         }
     }

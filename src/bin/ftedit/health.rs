@@ -29,6 +29,20 @@ pub struct HealthArgs {
     /// Flag a collapse when perplexity grows by more than this factor [default: 1.5].
     #[arg(long, value_name = "X")]
     collapse_factor: Option<f64>,
+    /// Also score general abilities: the first N items of each downstream task, before
+    /// and after editing (0: none; `ftedit health` has the task list).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    general: usize,
+    /// The downstream tasks, comma-separated [default: all eight].
+    #[arg(long, value_delimiter = ',', value_name = "TASKS")]
+    general_tasks: Vec<String>,
+    /// The tasks' data folder [default: general/ in the data folder].
+    #[arg(long, value_name = "DIR")]
+    general_dir: Option<PathBuf>,
+    /// Flag a collapse when the general-ability mean drops by more than this many
+    /// points [default: 5].
+    #[arg(long, value_name = "POINTS")]
+    general_drop: Option<f64>,
 }
 
 impl HealthArgs {
@@ -62,6 +76,19 @@ impl HealthArgs {
             known_n: self.known_n.unwrap_or(d.known_n),
             collapse_factor: self.collapse_factor.unwrap_or(d.collapse_factor),
             cache_dir: d.cache_dir,
+            general: (self.general > 0).then(|| {
+                let g = ftedit::eval::health::GeneralOptions::default();
+                ftedit::eval::health::GeneralOptions {
+                    dir: self.general_dir.clone().unwrap_or(g.dir),
+                    items: self.general,
+                    tasks: if self.general_tasks.is_empty() {
+                        g.tasks
+                    } else {
+                        self.general_tasks.clone()
+                    },
+                    drop_threshold: self.general_drop.unwrap_or(g.drop_threshold),
+                }
+            }),
         };
         Ok(Some(Probe::new(tok, options, max_positions)?))
     }

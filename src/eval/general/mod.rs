@@ -86,29 +86,77 @@ fn argmax(v: &[f64]) -> usize {
     best
 }
 
-/// Per doc: each request's log-likelihood and whether every token was the argmax.
-pub fn loglikelihoods(
-    model: &Model,
-    tok: &Tokenizer,
-    docs: &[Doc],
-) -> Result<Vec<Vec<(f64, bool)>>> {
-    let mut reqs = Vec::new();
-    for d in docs {
-        for (c, x) in &d.requests {
-            let (ctx, cont) = encode_pair(tok, c, x)?;
-            if ctx.is_empty() || cont.is_empty() {
-                return Err(crate::Error::Input(format!(
-                    "a request with an empty context or continuation: {c:?} + {x:?}"
-                )));
+/// A doc with its requests tokenised ([`encode_pair`]): `(context, continuation)` ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreparedDoc {
+    pub requests: Vec<(Vec<u32>, Vec<u32>)>,
+    pub gold: usize,
+    pub choice_chars: Vec<usize>,
+}
+
+/// A task tokenised once for a model's tokenizer, docs longer than the model's context
+/// left out.
+#[derive(Debug, Clone)]
+pub struct PreparedTask {
+    pub name: String,
+    pub docs: Vec<PreparedDoc>,
+    pub main: Metric,
+    pub norm: bool,
+    pub greedy: bool,
+}
+
+impl PreparedTask {
+    /// Tokenises `task`'s requests; a doc with a request over `max_positions` tokens is
+    /// left out (only tiny models have such short contexts).
+    pub fn new(tok: &Tokenizer, task: &Task, max_positions: usize) -> Result<Self> {
+        let mut docs = Vec::with_capacity(task.docs.len());
+        for d in &task.docs {
+            let requests = d
+                .requests
+                .iter()
+                .map(|(c, x)| {
+                    let (ctx, cont) = encode_pair(tok, c, x)?;
+                    if ctx.is_empty() || cont.is_empty() {
+                        return Err(crate::Error::Input(format!(
+                            "{}: a request with an empty context or continuation: {c:?} + {x:?}",
+                            task.name
+                        )));
+                    }
+                    Ok((ctx, cont))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if requests
+                .iter()
+                .all(|(c, x)| c.len() + x.len() <= max_positions)
+            {
+                docs.push(PreparedDoc {
+                    requests,
+                    gold: d.gold,
+                    choice_chars: d.choice_chars.clone(),
+                });
             }
-            let start = ctx.len();
-            reqs.push(NllRequest {
-                ids: [ctx, cont.clone()].concat(),
-                start,
-                tokens: cont,
-            });
         }
+        Ok(PreparedTask {
+            name: task.name.clone(),
+            docs,
+            main: task.main,
+            norm: task.norm,
+            greedy: task.greedy,
+        })
     }
+}
+
+/// Per doc: each request's log-likelihood and whether every token was the argmax.
+pub fn loglikelihoods(model: &Model, docs: &[PreparedDoc]) -> Result<Vec<Vec<(f64, bool)>>> {
+    let reqs: Vec<NllRequest> = docs
+        .iter()
+        .flat_map(|d| &d.requests)
+        .map(|(ctx, cont)| NllRequest {
+            ids: [ctx.as_slice(), cont].concat(),
+            start: ctx.len(),
+            tokens: cont.clone(),
+        })
+        .collect();
     let scores = token_scores(model, &reqs)?;
     let mut it = scores.into_iter();
     Ok(docs
@@ -127,7 +175,12 @@ pub fn loglikelihoods(
 
 /// Scores `task` on `model`.
 pub fn score(model: &Model, tok: &Tokenizer, task: &Task) -> Result<TaskScore> {
-    let lls = loglikelihoods(model, tok, &task.docs)?;
+    score_prepared(model, &PreparedTask::new(tok, task, usize::MAX)?)
+}
+
+/// Scores a tokenised task on `model`.
+pub fn score_prepared(model: &Model, task: &PreparedTask) -> Result<TaskScore> {
+    let lls = loglikelihoods(model, &task.docs)?;
     let n = task.docs.len().max(1) as f64;
     let (mut acc, mut acc_norm, mut ll_sum) = (0.0, 0.0, 0.0);
     for (d, ll) in task.docs.iter().zip(&lls) {
