@@ -1,4 +1,4 @@
-//! RECT and 1-LI on a real edit (FT-M on a tiny random model): α = 0 restores the
+//! RECT, 1-LI and SAUL on real edits (FT-M on a tiny random model): α = 0 restores the
 //! original weights bit for bit, the default changes nothing, α = ½ lands half way, and
 //! RECT leaves exactly its share of the update's entries changed.
 
@@ -86,4 +86,64 @@ fn bad_settings_name_the_key() {
         .to_string();
     assert!(err.contains("bogus"), "{err}");
     assert!(MethodConfig::load("grace", None, &["post.rect=0.4".into()]).is_err());
+}
+
+/// SAUL's data (`--recipe saul`): one example per edit and drawn fact, the edit's new
+/// target followed by `" " + fact prompt + " " + fact target`, and no fact trained
+/// apart (the training set as `--dump-examples` writes it).
+#[test]
+fn saul_joins_a_fact_to_each_edit_sentence() {
+    let dir = temp_dir("saul");
+    let model = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &model, 64);
+    let (_, tok) = ftedit::load(&model, &Default::default()).unwrap();
+    let edits = dir.join("edits.jsonl");
+    std::fs::write(
+        &edits,
+        "{\"prompt\": \"{} is in\", \"subject\": \"the hat\", \"target_new\": \"the tea\"}\n",
+    )
+    .unwrap();
+    let pool = dir.join("facts.jsonl");
+    std::fs::write(
+        &pool,
+        "{\"prompt\": \"{} is on\", \"subject\": \"the cat\", \"target_new\": \"the mat\", \"target_true\": \"the mat\"}\n",
+    )
+    .unwrap();
+    let dump = dir.join("examples.json");
+    let out = std::process::Command::new(common::ftedit_bin())
+        .args(["edit", "--recipe", "saul", "--model"])
+        .arg(&model)
+        .arg("--edits")
+        .arg(&edits)
+        .arg("--pool")
+        .arg(&pool)
+        .arg("--out")
+        .arg(dir.join("out.gguf"))
+        .args([
+            "--set",
+            "augment.prefixes=false",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "train.layers=1",
+        ])
+        .args(["--no-health", "--quiet", "--dump-examples"])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    assert_eq!(v["counts"], serde_json::json!([1, 0, 0]), "{v}");
+    let ex = &v["examples"][0];
+    let ids = |s: &str, special: bool| -> Vec<u32> { tok.encode(s, special).unwrap() };
+    let prompt: Vec<u32> = serde_json::from_value(ex["prompt"].clone()).unwrap();
+    let target: Vec<u32> = serde_json::from_value(ex["target"].clone()).unwrap();
+    assert_eq!(prompt, ids("the hat is in", true));
+    let want = [ids(" the tea", false), ids(" the cat is on the mat", false)].concat();
+    assert_eq!(target, want);
 }

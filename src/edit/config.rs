@@ -39,6 +39,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ft-l", include_str!("../../recipes/ft-l.toml")),
     ("ft-m", include_str!("../../recipes/ft-m.toml")),
     ("locft", include_str!("../../recipes/locft.toml")),
+    ("saul", include_str!("../../recipes/saul.toml")),
     ("rome", include_str!("../../recipes/rome.toml")),
     ("memit", include_str!("../../recipes/memit.toml")),
     ("alphaedit", include_str!("../../recipes/alphaedit.toml")),

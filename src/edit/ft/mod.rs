@@ -225,14 +225,26 @@ impl FtEditor {
             let mut one = |rec: &EditRecord| -> Result<()> {
                 let new = target(&rec.target_new)?;
                 let prompt = rec.rewrite_prompt();
-                e.extend(example(&prompt, &new)?);
+                if r.augment.concat && !picks.is_empty() {
+                    // SAUL: the edit sentence carries each fact after it.
+                    for &i in &picks {
+                        let fact = &self.pool[i];
+                        let mut joined = new.clone();
+                        joined.extend(
+                            tok.encode(&format!(" {} {}", fact.prompt, fact.target), false)?,
+                        );
+                        e.extend(example(&prompt, &joined)?);
+                    }
+                } else {
+                    e.extend(example(&prompt, &new)?);
+                }
                 if r.augment.subject {
                     s.extend(subject_example(tok, rec)?);
                 }
                 for pre in prefixes {
                     p.extend(example(&format!("{pre}{prompt}"), &new)?);
                 }
-                for &i in &picks {
+                for &i in picks.iter().filter(|_| !r.augment.concat) {
                     // A fact drawn for several edits is tokenized once.
                     let cached = self.fact_cache.borrow().get(&i).cloned();
                     let ex = match cached {

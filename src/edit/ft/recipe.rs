@@ -49,6 +49,12 @@ pub struct AugmentConfig {
     /// Unedited facts (R) with their true targets.
     pub facts: FactMode,
     pub facts_per_edit: usize,
+    /// SAUL (Wang et al., 2024): each drawn fact is joined to its edit's sentence, `edit
+    /// prompt + " " + new target + " " + fact prompt + " " + fact target`, one example
+    /// per fact, the loss over the new target and the whole fact (with `loss.kind =
+    /// "full"` over the prompt too), instead of training the facts apart.
+    #[serde(default)]
+    pub concat: bool,
     /// Data file of unedited facts (CounterFact records, zsRE questions, JSONL); empty:
     /// chosen from the evaluated data set (see the CLI).
     #[serde(default)]
