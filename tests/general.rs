@@ -261,6 +261,12 @@ fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
     assert!((g["mean"].as_f64().unwrap() - mean("tasks")).abs() < 1e-9);
     let drop = g["mean_drop"].as_f64().unwrap();
     assert!((drop - (mean("before") - mean("tasks"))).abs() < 1e-9);
+    // The summary's metrics carry them too, with the unedited values beside.
+    let m = &s["metrics"];
+    assert_eq!(m["general.mean_drop"], g["mean_drop"]);
+    assert_eq!(m["general.arc_easy.acc_norm_before"], g["before"]["arc_easy"]["acc_norm"]);
+    assert_eq!(m["general.lambada.acc"], g["tasks"]["lambada"]["acc"]);
+    assert!(m.get("general.boolq.acc_norm").is_none());
     // A threshold below the drop flags the run.
     let s = run("flagged", &[&format!("--general-drop={}", drop - 1.0)]);
     assert_eq!(s["health"]["collapsed"], true, "{}", s["health"]);

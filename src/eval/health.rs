@@ -165,6 +165,35 @@ impl Health {
         self.ppl / self.ppl_before
     }
 
+    /// Its numbers as a run's metrics: `PPL_before`, `PPL`, `known_retained` and, with
+    /// general abilities, `general.<task>.acc` / `.acc_norm` and their `…_before`,
+    /// `general.mean`, `general.mean_before`, `general.mean_drop`.
+    pub fn metrics(&self) -> Vec<(String, Option<f64>)> {
+        let mut out = vec![
+            ("PPL_before".to_string(), Some(self.ppl_before)),
+            ("PPL".to_string(), Some(self.ppl)),
+            ("known_retained".to_string(), self.known_retained),
+        ];
+        if let Some(g) = &self.general {
+            for (task, after) in &g.tasks {
+                let before = g.before.get(task);
+                out.push((format!("general.{task}.acc"), Some(after.acc)));
+                out.push((format!("general.{task}.acc_before"), before.map(|b| b.acc)));
+                if after.acc_norm.is_some() {
+                    out.push((format!("general.{task}.acc_norm"), after.acc_norm));
+                    out.push((
+                        format!("general.{task}.acc_norm_before"),
+                        before.and_then(|b| b.acc_norm),
+                    ));
+                }
+            }
+            out.push(("general.mean".into(), Some(g.mean)));
+            out.push(("general.mean_before".into(), Some(g.mean_before)));
+            out.push(("general.mean_drop".into(), Some(g.mean_drop)));
+        }
+        out
+    }
+
     /// One line for a terminal: `PPL 15.2 → 15.9 (×1.05); known facts kept 97.1 % (66 of 68)`.
     pub fn line(&self) -> String {
         let mut s = format!(

@@ -329,9 +329,7 @@ impl OutputDir {
         let mut summary = Summary::new(&self.records()?);
         if let Some(h) = &health {
             let m = &mut summary.metrics;
-            m.insert("PPL_before".into(), Some(h.ppl_before));
-            m.insert("PPL".into(), Some(h.ppl));
-            m.insert("known_retained".into(), h.known_retained);
+            m.extend(h.metrics());
             if h.known_retained.is_none() {
                 summary
                     .notes

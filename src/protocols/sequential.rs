@@ -263,17 +263,17 @@ impl CurvePoint {
         }
     }
 
-    /// A value by name: a metric (`ES`, `efficacy`, …), `first_batch.NAME`, `PPL` or
-    /// `known_retained`.
+    /// A value by name: a metric (`ES`, `efficacy`, …), `first_batch.NAME`, or one of
+    /// the health numbers ([`Health::metrics`]: `PPL`, `known_retained`,
+    /// `general.mean`, …).
     pub fn value(&self, name: &str) -> Option<f64> {
         let health = self.health.as_ref();
-        match name {
-            "PPL" => health.map(|h| h.ppl),
-            "known_retained" => health.and_then(|h| h.known_retained),
-            _ => match name.strip_prefix("first_batch.") {
-                Some(m) => self.first_batch.get(m).copied().flatten(),
-                None => self.metrics.get(name).copied().flatten(),
-            },
+        if let Some(v) = health.and_then(|h| h.metrics().into_iter().find(|(k, _)| k == name)) {
+            return v.1;
+        }
+        match name.strip_prefix("first_batch.") {
+            Some(m) => self.first_batch.get(m).copied().flatten(),
+            None => self.metrics.get(name).copied().flatten(),
         }
     }
 }

@@ -10,8 +10,13 @@ use crate::eval::run_dir::OutputDir;
 use crate::protocols::sequential::{CurvePoint, curve_path, read_curve};
 
 /// The metrics a curve plot shows by default: the suite's three, the first batch's
-/// efficacy (forgetting) and the model's health.
+/// efficacy (forgetting) and the model's health (with the general-ability mean when a
+/// run scored it).
 pub fn default_plot_metrics(runs: &[(String, Vec<CurvePoint>)]) -> Vec<String> {
+    let general = runs
+        .iter()
+        .flat_map(|(_, ps)| ps)
+        .any(|p| p.value("general.mean").is_some());
     let cf = runs
         .iter()
         .flat_map(|(_, ps)| ps)
@@ -28,7 +33,11 @@ pub fn default_plot_metrics(runs: &[(String, Vec<CurvePoint>)]) -> Vec<String> {
             "known_retained",
         ]
     };
-    names.iter().map(|s| s.to_string()).collect()
+    let mut out: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    if general {
+        out.push("general.mean".into());
+    }
+    out
 }
 
 /// A chart of `metrics` against edits, one line per run (perplexity on a log axis when

@@ -256,9 +256,7 @@ impl Run {
         );
         metrics.insert("subject_nll_delta".into(), check.subject_nll_delta);
         if let Some(h) = &health {
-            metrics.insert("PPL_before".into(), Some(h.ppl_before));
-            metrics.insert("PPL".into(), Some(h.ppl));
-            metrics.insert("known_retained".into(), h.known_retained);
+            metrics.extend(h.metrics());
         }
         let columns = [
             "P(new) before",
