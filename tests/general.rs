@@ -96,7 +96,7 @@ fn the_task_files_read_as_lm_eval_reads_them() {
 fn tiny() -> (ftedit::Model, ftedit::Tokenizer) {
     let dir = temp_dir("general");
     let path = dir.join("tiny.gguf");
-    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 2048);
     ftedit::load(&path, &Default::default()).unwrap()
 }
 
@@ -220,7 +220,7 @@ fn scores_follow_the_definitions() {
 fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
     let dir = temp_dir("general-eval");
     let path = dir.join("tiny.gguf");
-    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 2048);
     let data = common::counterfact_jsonl(&dir, 2);
     let run = |out: &str, extra: &[&str]| -> serde_json::Value {
         let o = std::process::Command::new(common::ftedit_bin())
@@ -247,6 +247,7 @@ fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
     let s = run("plain", &[]);
     let g = &s["health"]["general"];
     for task in ["arc_easy", "boolq", "lambada"] {
+        assert_eq!(g["tasks"][task]["n"], 3, "{g}");
         assert!(g["tasks"][task]["acc"].is_number(), "{g}");
         assert!(g["before"][task]["main"].is_number(), "{g}");
     }
@@ -264,10 +265,46 @@ fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
     // The summary's metrics carry them too, with the unedited values beside.
     let m = &s["metrics"];
     assert_eq!(m["general.mean_drop"], g["mean_drop"]);
-    assert_eq!(m["general.arc_easy.acc_norm_before"], g["before"]["arc_easy"]["acc_norm"]);
+    assert_eq!(
+        m["general.arc_easy.acc_norm_before"],
+        g["before"]["arc_easy"]["acc_norm"]
+    );
     assert_eq!(m["general.lambada.acc"], g["tasks"]["lambada"]["acc"]);
     assert!(m.get("general.boolq.acc_norm").is_none());
     // A threshold below the drop flags the run.
     let s = run("flagged", &[&format!("--general-drop={}", drop - 1.0)]);
     assert_eq!(s["health"]["collapsed"], true, "{}", s["health"]);
+}
+
+/// `ftedit health` checks a model file alone and against another: against itself
+/// nothing drops and nothing is flagged.
+#[test]
+fn the_health_command_checks_a_model_against_another() {
+    let dir = temp_dir("general-health");
+    let path = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 2048);
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let o = std::process::Command::new(common::ftedit_bin())
+            .args(["health", "--model"])
+            .arg(&path)
+            .args([
+                "--general",
+                "2",
+                "--general-tasks",
+                "arc_easy,lambada",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let alone = run(&[]);
+    assert!(alone["PPL"].as_f64().unwrap() > 1.0, "{alone}");
+    assert_eq!(alone["general"]["tasks"]["arc_easy"]["n"], 2);
+    let against = run(&["--against", path.to_str().unwrap()]);
+    assert_eq!(against["general"]["mean_drop"], 0.0);
+    assert_eq!(against["collapsed"], false);
+    assert_eq!(against["PPL"], against["PPL_before"]);
 }

@@ -55,7 +55,11 @@ pub fn ties_merge(base: &Tensor, weights: &[Tensor], w: &[f64], density: f64) ->
     let sign = total.sign();
     let (mut num, mut den) = (Tensor::zeros_like(base), Tensor::zeros_like(base));
     for (d, &wi) in deltas.iter().zip(w) {
-        let agree = d.sign().eq_tensor(&sign).logical_and(&d.ne(0.0)).to_kind(base.kind());
+        let agree = d
+            .sign()
+            .eq_tensor(&sign)
+            .logical_and(&d.ne(0.0))
+            .to_kind(base.kind());
         num += d * &agree * wi;
         den += agree * wi;
     }

@@ -483,7 +483,11 @@ impl Probe {
         if self.general.is_empty() {
             return None;
         }
-        let mean = |s: &[TaskScore]| s.iter().map(|x| x.main).sum::<f64>() / s.len() as f64;
+        // A task none of whose items fits the model's context (tiny models) has no say.
+        let mean = |s: &[TaskScore]| {
+            let scored: Vec<f64> = s.iter().filter(|x| x.n > 0).map(|x| x.main).collect();
+            scored.iter().sum::<f64>() / scored.len().max(1) as f64
+        };
         let named = |s: &[TaskScore]| -> BTreeMap<String, TaskScore> {
             self.general
                 .iter()

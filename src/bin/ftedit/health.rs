@@ -30,9 +30,9 @@ pub struct HealthArgs {
     #[arg(long, value_name = "X")]
     collapse_factor: Option<f64>,
     /// Also score general abilities: the first N items of each downstream task, before
-    /// and after editing (0: none; `ftedit health` has the task list).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    general: usize,
+    /// and after editing (0: none) [default: 0; `ftedit health`: 100].
+    #[arg(long, value_name = "N")]
+    general: Option<usize>,
     /// The downstream tasks, comma-separated [default: all eight].
     #[arg(long, value_delimiter = ',', value_name = "TASKS")]
     general_tasks: Vec<String>,
@@ -49,6 +49,17 @@ impl HealthArgs {
     /// The health probe, or `None` with `--no-health`. A default file that is missing
     /// turns its part off with a note; a named file that is missing is an error.
     pub fn probe(&self, tok: &Tokenizer, max_positions: usize) -> anyhow::Result<Option<Probe>> {
+        self.probe_with(tok, max_positions, 0)
+    }
+
+    /// [`HealthArgs::probe`] with `general` items per task unless `--general` says.
+    pub fn probe_with(
+        &self,
+        tok: &Tokenizer,
+        max_positions: usize,
+        general: usize,
+    ) -> anyhow::Result<Option<Probe>> {
+        let general = self.general.unwrap_or(general);
         if self.no_health {
             return Ok(None);
         }
@@ -76,11 +87,11 @@ impl HealthArgs {
             known_n: self.known_n.unwrap_or(d.known_n),
             collapse_factor: self.collapse_factor.unwrap_or(d.collapse_factor),
             cache_dir: d.cache_dir,
-            general: (self.general > 0).then(|| {
+            general: (general > 0).then(|| {
                 let g = ftedit::eval::health::GeneralOptions::default();
                 ftedit::eval::health::GeneralOptions {
                     dir: self.general_dir.clone().unwrap_or(g.dir),
-                    items: self.general,
+                    items: general,
                     tasks: if self.general_tasks.is_empty() {
                         g.tasks
                     } else {
@@ -94,126 +105,97 @@ impl HealthArgs {
     }
 }
 
-/// `ftedit health`: a model's general abilities on downstream tasks, scored as
-/// lm-evaluation-harness scores them, and against another model's when asked.
+/// `ftedit health`: a model's health (perplexity, known facts, general abilities on
+/// downstream tasks scored as lm-evaluation-harness does), alone or against the model it
+/// was edited from.
 #[derive(Args)]
 pub struct HealthCmdArgs {
     #[command(flatten)]
     model: crate::ModelArgs,
-    /// Compare with this model (the unedited one): each task's scores for both and the
-    /// drop.
+    /// Compare with this model (the unedited one): its numbers are the "before".
     #[arg(long, value_name = "MODEL")]
     against: Option<String>,
-    /// Items per task (the first of each file; more than a file holds means all of it).
-    #[arg(long, value_name = "N", default_value_t = 100)]
-    general: usize,
-    /// The tasks, comma-separated [default: all: arc_easy, arc_challenge, hellaswag,
-    /// piqa, winogrande, boolq, mmlu, lambada].
-    #[arg(long, value_delimiter = ',', value_name = "TASKS")]
-    general_tasks: Vec<String>,
-    /// The tasks' data folder [default: general/ in the data folder].
-    #[arg(long, value_name = "DIR")]
-    general_dir: Option<PathBuf>,
-    /// Print the scores as JSON.
+    #[command(flatten)]
+    health: HealthArgs,
+    /// Print the health report as JSON.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: HealthCmdArgs) -> anyhow::Result<()> {
-    use ftedit::eval::general::{self, tasks};
-    let dir = args
-        .general_dir
-        .clone()
-        .unwrap_or_else(|| ftedit::data::data_dir().join("general"));
-    let names: Vec<String> = if args.general_tasks.is_empty() {
-        tasks::TASKS.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.general_tasks.clone()
-    };
-    let loaded = names
-        .iter()
-        .map(|n| tasks::load(n, &dir, Some(args.general)))
-        .collect::<ftedit::Result<Vec<_>>>()?;
-    let score_all =
-        |model: &ftedit::Model, tok: &Tokenizer| -> anyhow::Result<Vec<general::TaskScore>> {
-            let mut out = Vec::new();
-            for t in &loaded {
-                let start = std::time::Instant::now();
-                let s = general::score(model, tok, t)?;
-                if !args.json {
-                    eprintln!(
-                        "{}: {} items in {:.1} s",
-                        t.name,
-                        s.n,
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-                out.push(s);
-            }
-            Ok(out)
-        };
     let (model, tok) = args.model.load()?;
-    let scores = score_all(&model, &tok)?;
-    drop(model);
-    let base = match &args.against {
+    let probe = args
+        .health
+        .probe_with(&tok, model.max_positions(), 100)?
+        .ok_or_else(|| {
+            anyhow::anyhow!("nothing to check (--no-health, or the default files are missing)")
+        })?;
+    let none = std::collections::HashSet::new();
+    let health = match &args.against {
         Some(b) => {
             let mut m = args.model.clone();
             m.model = b.clone();
-            let (bm, bt) = m.load()?;
-            Some(score_all(&bm, &bt)?)
-        }
-        None => None,
-    };
-    let mean =
-        |s: &[general::TaskScore]| s.iter().map(|x| x.main).sum::<f64>() / s.len().max(1) as f64;
-    if args.json {
-        let mut out = serde_json::Map::new();
-        for (t, s) in loaded.iter().zip(&scores) {
-            out.insert(t.name.clone(), serde_json::to_value(s)?);
-        }
-        out.insert("mean".into(), mean(&scores).into());
-        if let Some(b) = &base {
-            let mut before = serde_json::Map::new();
-            for (t, s) in loaded.iter().zip(b) {
-                before.insert(t.name.clone(), serde_json::to_value(s)?);
+            let (base_model, base_tok) = m.load()?;
+            if base_tok.vocab_size() != tok.vocab_size() {
+                anyhow::bail!(
+                    "--against {b}: its tokenizer ({} tokens) is not the model's ({})",
+                    base_tok.vocab_size(),
+                    tok.vocab_size()
+                );
             }
-            before.insert("mean".into(), mean(b).into());
-            out.insert("before".into(), before.into());
-            out.insert("mean_drop".into(), (mean(b) - mean(&scores)).into());
+            let base = probe.baseline(&base_model, &none)?;
+            drop(base_model);
+            probe.measure(&model, &base)?
         }
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        None => probe.unedited(&probe.baseline(&model, &none)?),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&health)?);
         return Ok(());
     }
-    println!(
-        "| task | items | acc | acc_norm | main |{}",
-        if base.is_some() {
-            " before | drop |"
-        } else {
-            ""
-        }
-    );
-    println!(
-        "|---|---:|---:|---:|---:|{}",
-        if base.is_some() { "---:|---:|" } else { "" }
-    );
-    for (i, (t, s)) in loaded.iter().zip(&scores).enumerate() {
-        let norm = s.acc_norm.map_or("—".into(), |v| format!("{v:.1}"));
-        let extra = base.as_ref().map_or(String::new(), |b| {
-            format!(" {:.1} | {:+.1} |", b[i].main, b[i].main - s.main)
-        });
-        println!(
-            "| {} | {} | {:.1} | {norm} | {:.1} |{extra}",
-            t.name, s.n, s.acc, s.main
-        );
-    }
-    match &base {
-        Some(b) => println!(
-            "general mean {:.1} (before {:.1}, drop {:+.1})",
-            mean(&scores),
-            mean(b),
-            mean(b) - mean(&scores)
+    match &args.against {
+        Some(_) => println!("health: {}", health.line()),
+        None => println!(
+            "perplexity {:.2}; known facts {} (top-1 at the first answer token)",
+            health.ppl, health.known_facts
         ),
-        None => println!("general mean {:.1}", mean(&scores)),
+    }
+    if let Some(g) = &health.general {
+        let against = args.against.is_some();
+        println!(
+            "| task | items | acc | acc_norm | main |{}",
+            if against { " before | change |" } else { "" }
+        );
+        println!(
+            "|---|---:|---:|---:|---:|{}",
+            if against { "---:|---:|" } else { "" }
+        );
+        for (name, s) in &g.tasks {
+            let norm = s.acc_norm.map_or("—".into(), |v| format!("{v:.1}"));
+            let extra = match (against, g.before.get(name)) {
+                (true, Some(b)) => format!(" {:.1} | {:+.1} |", b.main, s.main - b.main),
+                _ => String::new(),
+            };
+            println!(
+                "| {name} | {} | {:.1} | {norm} | {:.1} |{extra}",
+                s.n, s.acc, s.main
+            );
+        }
+        if against {
+            println!(
+                "general mean {:.1} (before {:.1}, drop {:+.1}){}",
+                g.mean,
+                g.mean_before,
+                g.mean_drop,
+                if health.collapsed {
+                    "; flagged as collapsed"
+                } else {
+                    ""
+                }
+            );
+        } else {
+            println!("general mean {:.1}", g.mean);
+        }
     }
     Ok(())
 }
