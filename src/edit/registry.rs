@@ -484,9 +484,9 @@ mod tests {
         let listed: usize = METHODS.iter().map(|m| recipes_of(m.name).len()).sum();
         assert_eq!(listed, config::BUILTIN.len());
         assert!(recipes_of("ft").contains(&"paper-mass"));
-        let e = info("mend").unwrap_err().to_string();
+        let e = info("bogus").unwrap_err().to_string();
         assert!(
-            e.contains("unknown method 'mend'") && e.contains("alphaedit"),
+            e.contains("unknown method 'bogus'") && e.contains("alphaedit") && e.contains("mend"),
             "{e}"
         );
     }
