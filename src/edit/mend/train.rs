@@ -238,10 +238,14 @@ pub fn train_editor(
     let fingerprint = {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
+        // What shapes the training only: not the description, the editor file or what
+        // happens after an edit (`post`).
         let mut c = config.clone();
         c.editor.clear();
         c.description.clear();
-        toml::to_string(&c).expect("serialisable").hash(&mut h);
+        let mut table = toml::Table::try_from(&c).expect("serialisable");
+        table.remove("post");
+        toml::to_string(&table).expect("serialisable").hash(&mut h);
         id.hash(&mut h);
         for it in train_items.iter().chain(&val_items) {
             (&it.edit.prompt, &it.edit.target).hash(&mut h);
