@@ -512,3 +512,37 @@ fn train_editor_refuses_bad_input() {
     assert!(!ok && err.contains("notes.txt"), "{err}");
     assert_eq!(std::fs::read_dir(&full).unwrap().count(), 1);
 }
+
+/// A run that loses more than 1 % of its steps to non-finite values stops with an error
+/// at its next validation (a huge step size makes every edited loss infinite).
+#[test]
+fn a_run_that_skips_its_steps_fails() {
+    let dir = common::temp_dir("mend-skip");
+    let path = dir.join("tiny.gguf");
+    common::write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 64);
+    let (model, tok) = ftedit::load(&path, &Default::default()).unwrap();
+    let data = common::counterfact_jsonl(&dir, 6);
+    let records = ftedit::data::load(&data, None).unwrap();
+    let c = config(&[
+        "train.alpha_init=1e30",
+        "train.steps=20",
+        "train.val_every=5",
+        "train.val_records=2",
+    ]);
+    let opts = ftedit::edit::mend::train::TrainOptions {
+        out: dir.join("out"),
+        checkpoint_every: std::time::Duration::ZERO,
+        progress: false,
+    };
+    let err = ftedit::edit::mend::train::train_editor(
+        &model,
+        &tok,
+        &c,
+        (&records[..4], &data),
+        (&records[4..], &data),
+        &opts,
+    )
+    .expect_err("the run should fail")
+    .to_string();
+    assert!(err.contains("skipped 5 of 5 steps"), "{err}");
+}

@@ -556,6 +556,19 @@ pub fn train_editor(
         if stopped_early {
             break;
         }
+        // More than 1 % of the steps lost to non-finite values is a broken run (EasyEdit
+        // #525 trained on, every step skipped), not one to keep.
+        if validating && state.skipped * 100 > state.step {
+            pb.abandon();
+            return Err(Error::data(
+                &opts.out,
+                format!(
+                    "MEND's training skipped {} of {} steps for a loss or gradient that was not \
+                     finite (over 1 %); lower train.lr, train.lr_alpha or train.alpha_init",
+                    state.skipped, state.step
+                ),
+            ));
+        }
     }
     pb.finish_and_clear();
     state.seconds = seconds_before + start.elapsed().as_secs_f64();
