@@ -147,3 +147,36 @@ fn saul_joins_a_fact_to_each_edit_sentence() {
     let want = [ids(" the tea", false), ids(" the cat is on the mat", false)].concat();
     assert_eq!(target, want);
 }
+
+/// `ftedit edit` applies `[post]` too (it builds the fine-tuning editor itself): with
+/// α = 0 the written model's weights are the input's and the report says so.
+#[test]
+fn edit_applies_post_to_the_written_model() {
+    let dir = temp_dir("post-edit");
+    let model = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &model, 64);
+    let data = counterfact_jsonl(&dir, 2);
+    let out = dir.join("out.gguf");
+    let o = std::process::Command::new(common::ftedit_bin())
+        .args(["edit", "--method", "ft-m", "--model"])
+        .arg(&model)
+        .arg("--edits")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .args(["--set", "train.layers=1", "--set", "optim.epochs=2"])
+        .args(["--set", "post.interpolate=0", "--no-health", "--quiet"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("out.gguf.report.json")).unwrap())
+            .unwrap();
+    assert_eq!(report["training"]["post"]["interpolate"], 0.0, "{report}");
+    let (a, _) = ftedit::load(&model, &Default::default()).unwrap();
+    let (b, _) = ftedit::load(&out, &Default::default()).unwrap();
+    assert_eq!(
+        a.params.value_hashes().unwrap(),
+        b.params.value_hashes().unwrap()
+    );
+}

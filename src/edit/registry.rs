@@ -152,11 +152,17 @@ pub fn build(
     tok: &Tokenizer,
     opts: &BuildOptions,
 ) -> Result<Box<dyn Editor>> {
-    let editor = build_method(config, tok, opts)?;
-    Ok(match config.post() {
+    Ok(with_post(config, build_method(config, tok, opts)?))
+}
+
+/// `editor` with the config's [`PostConfig`] after each edit, when it has one that
+/// changes anything (for callers that build a method's editor themselves, as `ftedit
+/// edit` builds the fine-tuning editor to reach its options).
+pub fn with_post(config: &MethodConfig, editor: Box<dyn Editor>) -> Box<dyn Editor> {
+    match config.post() {
         Some(post) if post.is_active() => Box::new(PostEditor::new(editor, post.clone())),
         _ => editor,
-    })
+    }
 }
 
 /// The method's own editor, before [`PostConfig`].

@@ -128,7 +128,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let mut editor: Box<dyn Editor> = if config.recipe().is_some() {
         let mut ft = registry::build_ft(&config, &tok, &build)?;
         ft.dump_examples = args.dump_examples.clone();
-        Box::new(ft)
+        registry::with_post(&config, Box::new(ft))
     } else {
         edit::build(&config, &tok, &build)?
     };
