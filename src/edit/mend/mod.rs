@@ -371,26 +371,14 @@ impl Mend {
             .map(|j| (0, ex.prompt.len() - 1 + j))
             .collect();
         let at = crate::model::LogitsAt::Positions(at);
-        let resume = lower.map(|(l, h)| (*l, h.shallow_clone()));
-        let logits = match factors {
-            Some(f) => {
-                let mut hooks = self.apply(f);
-                let extras = ForwardExtras {
-                    hooks: Some(&mut hooks),
-                    grad_from: Some(self.layers.0 + 1),
-                    resume,
-                    ..Default::default()
-                };
-                model.forward_with(&input, &at, extras)?
-            }
-            None => {
-                let extras = ForwardExtras {
-                    resume,
-                    ..Default::default()
-                };
-                model.forward_with(&input, &at, extras)?
-            }
+        let mut hooks = factors.map(|f| self.apply(f));
+        let extras = ForwardExtras {
+            grad_from: hooks.is_some().then_some(self.layers.0 + 1),
+            hooks: hooks.as_mut().map(|h| h as &mut dyn LayerHooks),
+            resume: lower.map(|(l, h)| (*l, h.shallow_clone())),
+            ..Default::default()
         };
+        let logits = model.forward_with(&input, &at, extras)?;
         Ok(logits.to_kind(Kind::Float).log_softmax(-1, Kind::Float))
     }
 
