@@ -24,3 +24,9 @@ pub fn bar(show: bool, len: usize, prefix: &str) -> ProgressBar {
     pb.set_prefix(prefix.to_owned());
     pb
 }
+
+/// Sends every bar from now on to `target` instead of the terminal's stderr (the
+/// Python module draws them in a notebook this way).
+pub fn draw_to(target: indicatif::ProgressDrawTarget) {
+    multi().set_draw_target(target);
+}

@@ -224,6 +224,13 @@ pub fn load(path: impl AsRef<Path>, format: Option<Format>) -> Result<Vec<EditRe
         Some(f) => f,
         None => detect(path, items.first())?,
     };
+    parse(&items, format, path)
+}
+
+/// Reads records already parsed from JSON (one object per record, as a file of
+/// `format` holds them); `origin` names them in errors (a file, or `<python>`).
+pub fn parse(items: &[Json], format: Format, origin: &Path) -> Result<Vec<EditRecord>> {
+    let path = origin;
     let parse = match format {
         Format::CounterFact => counterfact::counterfact,
         Format::CounterFactMend => counterfact::counterfact_mend,

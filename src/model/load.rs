@@ -358,13 +358,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
     let j = read_json(&cfg_path)?;
     let config = ArchConfig::from_hf(&j)?;
     let files = safetensors_files(dir)?;
-    let specs: HashMap<String, Vec<i64>> = config
-        .param_specs()
-        .into_iter()
-        .map(|s| (s.name, s.shape))
-        .collect();
-    let gpt2 = matches!(config, ArchConfig::Gpt2(_));
-    let mut params = ParamStore::new();
+    let mut params = HfParams::new(&config);
     for file in &files {
         let mmap = map(file)?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| Error::Corrupt {
@@ -372,13 +366,7 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
             reason: e.to_string(),
         })?;
         for (name, view) in st.tensors() {
-            // The original GPT-2 checkpoints omit the `transformer.` prefix.
-            let name = if gpt2 && !name.starts_with("transformer.") && name != "lm_head.weight" {
-                format!("transformer.{name}")
-            } else {
-                name
-            };
-            let Some(shape) = specs.get(&name) else {
+            let Some(name) = params.wanted(name) else {
                 continue;
             };
             let Some(kind) = kind_of(view.dtype()) else {
@@ -387,25 +375,101 @@ fn load_hf(dir: &Path, opts: &LoadOptions) -> Result<(Model, Tokenizer)> {
                     dtype: format!("{:?}", view.dtype()),
                 });
             };
-            let found: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-            if &found != shape {
-                return Err(Error::ShapeMismatch {
-                    name,
-                    expected: shape.clone(),
-                    found,
-                });
-            }
-            let t = Tensor::f_from_data_size(view.data(), &found, kind)?;
-            params.insert(name, t.to_kind(opts.kind).to_device(opts.device));
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let t = Tensor::f_from_data_size(view.data(), &shape, kind)?;
+            params.insert(name, t, opts)?;
         }
     }
-    check_complete(&config, &params)?;
+    let params = params.finish(&config)?;
     let tokenizer = Tokenizer::from_file(
         &dir.join("tokenizer.json"),
         token_id(&j, "bos_token_id"),
         token_id(&j, "eos_token_id"),
     )?;
     Ok((Model::from_params(config, params, dir)?, tokenizer))
+}
+
+/// Builds a model over tensors already in memory, named and laid out as a Hugging Face
+/// checkpoint of the architecture `config_json` (a `config.json`) describes: a loaded
+/// `transformers` model's `state_dict()`. A tensor already of the asked dtype and device
+/// is used as it is (its storage shared, not copied); tensors the model does not use
+/// are ignored. `source` names the model in reports.
+pub fn from_hf_tensors(
+    config_json: &Json,
+    tensors: impl IntoIterator<Item = (String, Tensor)>,
+    opts: &LoadOptions,
+    source: &Path,
+) -> Result<Model> {
+    let config = ArchConfig::from_hf(config_json)?;
+    let mut params = HfParams::new(&config);
+    for (name, t) in tensors {
+        let Some(name) = params.wanted(name) else {
+            continue;
+        };
+        if !matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
+            return Err(Error::UnsupportedType {
+                name,
+                dtype: format!("{:?}", t.kind()),
+            });
+        }
+        params.insert(name, t, opts)?;
+    }
+    let params = params.finish(&config)?;
+    Model::from_params(config, params, source)
+}
+
+/// Hugging Face-named tensors gathered into a parameter store, each checked against the
+/// architecture's names and shapes.
+struct HfParams {
+    specs: HashMap<String, Vec<i64>>,
+    gpt2: bool,
+    params: ParamStore,
+}
+
+impl HfParams {
+    fn new(config: &ArchConfig) -> Self {
+        HfParams {
+            specs: config
+                .param_specs()
+                .into_iter()
+                .map(|s| (s.name, s.shape))
+                .collect(),
+            gpt2: matches!(config, ArchConfig::Gpt2(_)),
+            params: ParamStore::new(),
+        }
+    }
+
+    /// The parameter name a checkpoint tensor loads into, or `None` for one the model
+    /// does not use.
+    fn wanted(&self, name: String) -> Option<String> {
+        // The original GPT-2 checkpoints omit the `transformer.` prefix.
+        let name = if self.gpt2 && !name.starts_with("transformer.") && name != "lm_head.weight" {
+            format!("transformer.{name}")
+        } else {
+            name
+        };
+        self.specs.contains_key(&name).then_some(name)
+    }
+
+    fn insert(&mut self, name: String, t: Tensor, opts: &LoadOptions) -> Result<()> {
+        let found = t.size();
+        let expected = &self.specs[&name];
+        if &found != expected {
+            return Err(Error::ShapeMismatch {
+                name,
+                expected: expected.clone(),
+                found,
+            });
+        }
+        self.params
+            .insert(name, t.to_kind(opts.kind).to_device(opts.device));
+        Ok(())
+    }
+
+    fn finish(self, config: &ArchConfig) -> Result<ParamStore> {
+        check_complete(config, &self.params)?;
+        Ok(self.params)
+    }
 }
 
 /// The dtype a checkpoint stores its weights in: that of most tensors of a folder's

@@ -30,7 +30,7 @@ use tch::{Device, Kind, Tensor};
 
 pub use adapter::{Adapter, SavedAdapter, SharedAdapter};
 pub use generate::{GenerateOptions, Sampling, generate};
-pub use load::{LoadOptions, load, stored_dtype};
+pub use load::{LoadOptions, from_hf_tensors, load, stored_dtype};
 pub use nn::{CaptureKeys, KvCache, LayerHooks, Probe, Site};
 pub use params::{ParamStore, Snapshot, glob_match};
 

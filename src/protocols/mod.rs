@@ -7,9 +7,11 @@
 //!   evaluate at the end, and optionally after every K batches, writing the curve of
 //!   the metrics and the model's health to `curve.jsonl` ([`sequential`]).
 //!
+//! [`apply`] edits a model once with the before/after checks around it (`ftedit edit`).
 //! [`sweep`] runs a protocol once per combination of settings, to tune a method.
 //! What runs write is read back, drawn and merged by [`crate::report`].
 
+pub mod apply;
 pub mod checks;
 pub mod sequential;
 pub mod sweep;

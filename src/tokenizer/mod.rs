@@ -174,18 +174,42 @@ impl Tokenizer {
         }
         let tok = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))?;
+        let chat_template = path.parent().and_then(chat::template_from_folder);
+        Ok(Self::from_hf(tok, bos_id, eos_id, chat_template))
+    }
+
+    /// A Hugging Face tokenizer given as the text of its `tokenizer.json` (as a loaded
+    /// `transformers` tokenizer's `backend_tokenizer.to_str()` gives it).
+    pub fn from_hf_json(
+        json: &str,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        chat_template: Option<String>,
+    ) -> Result<Self> {
+        let tok: tokenizers::Tokenizer = json
+            .parse()
+            .map_err(|e| Error::Tokenizer(format!("tokenizer.json: {e}")))?;
+        Ok(Self::from_hf(tok, bos_id, eos_id, chat_template))
+    }
+
+    fn from_hf(
+        tok: tokenizers::Tokenizer,
+        bos_id: Option<u32>,
+        eos_id: Option<u32>,
+        chat_template: Option<String>,
+    ) -> Self {
         let specials = tok
             .get_added_tokens_decoder()
             .into_iter()
             .map(|(id, t)| (t.content, id));
-        Ok(Tokenizer {
+        Tokenizer {
             inner: Inner::Hf(Box::new(tok)),
             add_bos: false,
             bos_id,
             eos_id,
-            chat_template: path.parent().and_then(chat::template_from_folder),
+            chat_template,
             specials: longest_first(specials),
-        })
+        }
     }
 
     /// Encodes text. With `special`, the ids are a model input (BOS first where the model

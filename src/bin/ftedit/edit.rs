@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use clap::Args;
 use ftedit::edit::{self, Editor, registry};
-use ftedit::eval::check;
 use ftedit::model::save;
+use ftedit::protocols::apply::apply;
 
 use crate::health::HealthArgs;
 use crate::method::MethodArgs;
@@ -63,26 +63,8 @@ pub struct EditArgs {
     health: HealthArgs,
 }
 
-/// Seconds spent in each phase, in order.
-#[derive(Default)]
-struct Phases {
-    last: Option<Instant>,
-    seconds: serde_json::Map<String, serde_json::Value>,
-}
-
-impl Phases {
-    /// Ends the phase `name` (it began where the previous one ended).
-    fn lap(&mut self, name: &str, start: Instant) {
-        let now = Instant::now();
-        let s = (now - self.last.unwrap_or(start)).as_secs_f64();
-        self.seconds.insert(name.into(), s.into());
-        self.last = Some(now);
-    }
-}
-
 pub fn run(args: EditArgs) -> anyhow::Result<()> {
     let start = Instant::now();
-    let mut phases = Phases::default();
     let records = args.records.load(&args.edits, None)?;
     let problems = ftedit::data::edit_problems(&records);
     if !problems.is_empty() {
@@ -117,7 +99,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         None => ftedit::model::stored_dtype(&source)?,
     };
     let (mut model, tok) = args.model.load()?;
-    phases.lap("load", start);
+    let load_seconds = start.elapsed().as_secs_f64();
     let config = args.method.config("ft", &model)?;
     if config.method() == "none" {
         anyhow::bail!("--method none does not edit; pick a method (ftedit methods)");
@@ -140,27 +122,16 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         out_dtype,
         changed.as_deref(),
     ))?;
-    // The unedited model's health first, so that the edited one can be compared.
     let probe = args.health.probe(&tok, model.max_positions())?;
-    let baseline = match &probe {
-        Some(p) => {
-            let edited = records.iter().map(|r| r.subject.clone()).collect();
-            Some(p.baseline(&model, &edited)?)
-        }
-        None => None,
-    };
-    phases.lap("health_before", start);
-    let before = check::Before::take(&model, &tok, &records, args.neighbours)?;
-    phases.lap("check_before", start);
-    editor.edit(&mut model, &tok, &records)?;
-    phases.lap("edit", start);
-    let health = match (&probe, &baseline) {
-        (Some(p), Some(b)) => Some(p.measure_after(&model, b, records.len())?),
-        _ => None,
-    };
-    phases.lap("health_after", start);
-    let check = before.check(&model, &tok, &records)?;
-    phases.lap("check_after", start);
+    let applied = apply(
+        &mut model,
+        &tok,
+        &records,
+        editor.as_mut(),
+        probe.as_ref(),
+        args.neighbours,
+    )?;
+    let (check, health) = (&applied.check, &applied.health);
     if let Some(h) = health.as_ref().filter(|h| h.collapsed)
         && !args.allow_collapse
     {
@@ -177,6 +148,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         }
         .into());
     }
+    let saved_at = Instant::now();
     let saved = if gguf_out {
         serde_json::to_value(save::save_gguf(&model, &source, &dest.path, args.quantize)?)?
     } else {
@@ -206,19 +178,23 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
             }
         }
     }
-    phases.lap("save", start);
+    let save_seconds = saved_at.elapsed().as_secs_f64();
+    let mut timing = serde_json::Map::new();
+    timing.insert("load".into(), load_seconds.into());
+    timing.extend(applied.timing.clone());
+    timing.insert("save".into(), save_seconds.into());
     let report = serde_json::json!({
         "model": source.display().to_string(),
         "edits": args.edits.display().to_string(),
         "n_edits": records.len(),
         "method": config.method(),
         "config": serde_json::to_value(&config)?,
-        "training": editor.report(),
+        "training": applied.training,
         "health": health,
         "check": check,
         "saved": saved,
         "seconds": start.elapsed().as_secs_f64(),
-        "timing": phases.seconds,
+        "timing": timing,
         "peak_rss_mb": peak_rss_mb(),
     });
     let report_path = dest.report_path();
@@ -230,7 +206,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
     ftedit::output::write_atomic(&dest.recipe_path(), config.to_toml().as_bytes())?;
     if !args.quiet {
         print!("{}", check.table(args.rows));
-        if let Some(h) = &health {
+        if let Some(h) = health {
             println!("health: {}", h.line());
         }
     }

@@ -560,6 +560,11 @@ impl FtEditor {
                     );
                     return Err(e);
                 }
+            } else if let Err(e) = crate::output::interrupted() {
+                // Held signals without a resume point (the Python module): stop here,
+                // and the caller restores the weights.
+                pb.finish_and_clear();
+                return Err(e);
             }
         }
         pb.finish_and_clear();
