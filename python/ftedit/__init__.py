@@ -25,6 +25,7 @@ message; Ctrl-C stops an edit and leaves the model as it was.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
@@ -243,10 +244,11 @@ class Model:
 
     def edit(
         self,
-        edits: Optional[Union[Edit, Iterable[Edit]]] = None,
+        edits: Optional[Union[str, "os.PathLike[str]", Edit, Iterable[Edit]]] = None,
         method: Optional[str] = None,
         recipe: Optional[str] = None,
         *,
+        n: Optional[int] = None,
         settings: Optional[Mapping[str, Any]] = None,
         pool: Optional[str] = None,
         health: bool = True,
@@ -269,24 +271,35 @@ class Model:
 
         ``edits``: one record or a list, in ftedit's JSONL fields (``prompt`` with the
         subject or a ``{}`` for it, ``subject``, ``target_new``; optional
-        ``target_true``, ``paraphrases``, ``neighborhood``), or EasyEdit's arguments
-        (``prompts``, ``target_new``, ``subject``, ...). ``method``: a name from
+        ``target_true``, ``paraphrases``, ``neighborhood``), a data file's path
+        (CounterFact, zsRE, KnowEdit, JSONL; its first ``n`` records), or EasyEdit's
+        arguments (``prompts``, ``target_new``, ``subject``, ...). ``method``: a name from
         :func:`methods` (default: the recipe's, else ``ft``); ``recipe``: a built-in
         recipe or a TOML file; settings as ``settings={"optim.lr": 1e-4}`` or
         ``optim__lr=1e-4``. Ctrl-C stops the edit and leaves the model as it was.
         """
-        records = _records(
-            edits,
-            dict(
-                prompts=prompts,
-                target_new=target_new,
-                subject=subject,
-                ground_truth=ground_truth,
-                rephrase_prompts=rephrase_prompts,
-                locality_inputs=locality_inputs,
-                portability_inputs=portability_inputs,
-            ),
+        easyedit = dict(
+            prompts=prompts,
+            target_new=target_new,
+            subject=subject,
+            ground_truth=ground_truth,
+            rephrase_prompts=rephrase_prompts,
+            locality_inputs=locality_inputs,
+            portability_inputs=portability_inputs,
         )
+        is_file = isinstance(edits, (str, os.PathLike))
+        if is_file:
+            given = sorted(k for k, v in easyedit.items() if v is not None)
+            if given:
+                raise InputError(
+                    f"give the edits either as a file or as EasyEdit's arguments "
+                    f"({', '.join(given)}), not both"
+                )
+            records = os.fspath(edits)
+        else:
+            if n is not None:
+                raise InputError("n selects records of a data file; slice the list instead")
+            records = _records(edits, easyedit)
         report = self._inner.edit(
             records,
             method,
@@ -297,6 +310,8 @@ class Model:
             general,
             neighbours,
             _progress(progress),
+            is_file,
+            n,
         )
         return json.loads(report)
 

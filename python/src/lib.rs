@@ -201,18 +201,31 @@ fn probe(tok: &Tokenizer, max_positions: usize, general: usize) -> PyResult<Opti
     Ok(Some(Probe::new(tok, options, max_positions).py()?))
 }
 
-/// Edit records from JSON text (a list of objects in ftedit's JSONL fields).
-fn records(edits: &str) -> PyResult<Vec<EditRecord>> {
-    let items: Vec<Json> =
-        serde_json::from_str(edits).map_err(|e| input(format!("edits: invalid JSON: {e}")))?;
-    if items.is_empty() {
-        return Err(input("no edits given"));
+/// The edits: JSON text (a list of objects in ftedit's JSONL fields) or, with `file`,
+/// a data file of any format `ftedit edit --edits` reads, of which the first `n`.
+fn records(edits: &str, file: bool, n: Option<usize>) -> PyResult<Vec<EditRecord>> {
+    let (records, origin) = if file {
+        let all = ftedit::data::load(edits, None).py()?;
+        (all, edits.to_owned())
+    } else {
+        let items: Vec<Json> =
+            serde_json::from_str(edits).map_err(|e| input(format!("edits: invalid JSON: {e}")))?;
+        let records = ftedit::data::parse(&items, Format::Jsonl, Path::new("edits")).py()?;
+        (records, "edits".to_owned())
+    };
+    let records = ftedit::data::Selection {
+        first: n,
+        range: None,
+        shard: None,
     }
-    let records = ftedit::data::parse(&items, Format::Jsonl, Path::new("edits")).py()?;
+    .apply(records);
+    if records.is_empty() {
+        return Err(input(format!("{origin}: no edits given")));
+    }
     let problems = ftedit::data::edit_problems(&records);
     if !problems.is_empty() {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-        return Err(input(format!("edits: {}", text.join("; "))));
+        return Err(input(format!("{origin}: {}", text.join("; "))));
     }
     Ok(records)
 }
@@ -364,7 +377,7 @@ impl PyModel {
     }
 
     /// Edits the model in place; returns the report `ftedit edit` writes, as JSON.
-    #[pyo3(signature = (edits, method = None, recipe = None, settings = Vec::new(), pool = None, health = true, general = 0, neighbours = 5, progress = true))]
+    #[pyo3(signature = (edits, method = None, recipe = None, settings = Vec::new(), pool = None, health = true, general = 0, neighbours = 5, progress = true, file = false, n = None))]
     fn edit(
         &mut self,
         py: Python<'_>,
@@ -378,8 +391,10 @@ impl PyModel {
         general: usize,
         neighbours: usize,
         progress: bool,
+        file: bool,
+        n: Option<usize>,
     ) -> PyResult<String> {
-        let records = records(edits)?;
+        let records = records(edits, file, n)?;
         let config = MethodConfig::select(
             method,
             recipe,

@@ -197,6 +197,17 @@ def test_evaluate_returns_the_summary_and_leaves_the_model(tiny_folder, tmp_path
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_edits_from_a_data_file(tiny_folder, tmp_path):
+    data = tmp_path / "edits.jsonl"
+    data.write_text("\n".join(json.dumps(f) for f in FACTS))
+    model = ftedit.load(str(tiny_folder))
+    report = model.edit(str(data), n=2, settings=TINY, health=False, progress=False)
+    assert report["n_edits"] == 2
+    assert [e["target_new"] for e in report["check"]["edits"]] == [f["target_new"] for f in FACTS[:2]]
+    with pytest.raises(ftedit.InputError, match="not both"):
+        model.edit(str(data), prompts=["x"], target_new=["y"])
+
+
 def test_ctrl_c_stops_an_edit_and_leaves_the_model(tmp_path):
     script = textwrap.dedent(
         f"""
@@ -224,6 +235,26 @@ def test_ctrl_c_stops_an_edit_and_leaves_the_model(tmp_path):
     out, err = child.communicate(timeout=60)
     assert out.startswith("interrupted True"), (out, err)
     assert "interrupted by SIGINT" in out
+
+
+def test_progress_bars_can_be_drawn_by_python():
+    # What a notebook gets: the bars' text through a Python callable. In a child
+    # process, since the target stays set for the rest of the process.
+    script = textwrap.dedent(
+        f"""
+        import sys, ftedit
+        sys.path.insert(0, {str(ROOT / 'python' / 'tests')!r})
+        from conftest import tiny_llama, tiny_tokenizer
+        from test_ftedit import FACTS
+        seen = []
+        ftedit._ftedit.progress_to(seen.append)
+        ftedit.edit_transformers(tiny_llama(), tiny_tokenizer(), FACTS, progress=True,
+                                 settings={{"train.layers": "1..2"}})
+        print(any("train" in s and "[" in s for s in seen), len(seen))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split()[:1] == ["True"], (out.stdout, out.stderr)
 
 
 def test_methods_lists_the_registry():
