@@ -247,9 +247,9 @@ impl Saved {
         })
     }
 
-    fn restore(self, model: &mut ftedit::Model) -> PyResult<()> {
+    fn restore(&self, model: &mut ftedit::Model) -> PyResult<()> {
         model.params.restore(&self.snapshot).py()?;
-        model.set_adapter(self.adapter);
+        model.set_adapter(self.adapter.clone());
         Ok(())
     }
 }
@@ -279,7 +279,7 @@ fn without_gil<T>(py: Python<'_>, work: impl FnOnce() -> T) -> T {
 fn interruptible<T>(
     py: Python<'_>,
     model: &mut ftedit::Model,
-    saved: Saved,
+    saved: &Saved,
     work: impl FnOnce(&mut ftedit::Model) -> ftedit::Result<T>,
 ) -> PyResult<T> {
     let held = ftedit::output::HoldSignals::new();
@@ -420,6 +420,7 @@ impl PyModel {
             false => None,
         };
         let saved = Saved::take(&self.model, editor.writes(&self.model).py()?)?;
+        let saved = &saved;
         let start = std::time::Instant::now();
         let tok = &self.tok;
         let applied = interruptible(py, &mut self.model, saved, |model| {
@@ -626,13 +627,13 @@ impl PyModel {
         };
         let dir = OutputDir::open(&out, Some(&run)).py()?;
         dir.write_file("recipe.toml", &config.to_toml()).py()?;
+        // One copy of the weights: restored on an error and after the run alike.
         let saved = Saved::take(&self.model, None)?;
-        let keep = Saved::take(&self.model, None)?;
         let tok = &self.tok;
-        let outcome = interruptible(py, &mut self.model, saved, |model| {
+        let outcome = interruptible(py, &mut self.model, &saved, |model| {
             ftedit::protocols::run(model, tok, &records, editor.as_mut(), protocol, &opts, &dir)
         })?;
-        keep.restore(&mut self.model)?;
+        saved.restore(&mut self.model)?;
         dir.write_summary(Some(run), Some(outcome.timing), outcome.health)
             .py()?;
         let path = out.join("summary.json");
