@@ -374,9 +374,7 @@ def evaluate(
     ``generation=False`` skips fluency (GE), the slow part."""
     if not isinstance(model, Model):
         model = load(model)
-    args = (
-        str(data),
-        None,
+    rest = (
         n,
         method,
         recipe,
@@ -392,9 +390,9 @@ def evaluate(
         format,
     )
     if out is not None:
-        return json.loads(model._inner.evaluate(args[0], str(out), *args[2:]))
+        return json.loads(model._inner.evaluate(str(data), str(out), *rest))
     with tempfile.TemporaryDirectory(prefix="ftedit-eval-") as tmp:
-        return json.loads(model._inner.evaluate(args[0], tmp + "/run", *args[2:]))
+        return json.loads(model._inner.evaluate(str(data), tmp + "/run", *rest))
 
 
 def edit_transformers(

@@ -184,23 +184,6 @@ fn methods() -> PyResult<String> {
     json_text(&Json::Array(list))
 }
 
-/// The health probe with the default files; `None` when they are missing.
-fn probe(tok: &Tokenizer, max_positions: usize, general: usize) -> PyResult<Option<Probe>> {
-    let d = HealthOptions::default();
-    if !d.text.exists() {
-        return Ok(None);
-    }
-    let options = HealthOptions {
-        known: d.known.clone().filter(|p| p.exists()),
-        general: (general > 0).then(|| GeneralOptions {
-            items: general,
-            ..GeneralOptions::default()
-        }),
-        ..d
-    };
-    Ok(Some(Probe::new(tok, options, max_positions).py()?))
-}
-
 /// The edits: JSON text (a list of objects in ftedit's JSONL fields) or, with `file`,
 /// a data file of any format `ftedit edit --edits` reads, of which the first `n`.
 fn records(edits: &str, file: bool, n: Option<usize>) -> PyResult<Vec<EditRecord>> {
@@ -395,14 +378,7 @@ impl PyModel {
         n: Option<usize>,
     ) -> PyResult<String> {
         let records = records(edits, file, n)?;
-        let config = MethodConfig::select(
-            method,
-            recipe,
-            "ft",
-            Some(self.model.arch_name()),
-            &settings,
-        )
-        .py()?;
+        let config = self.method_config(method, recipe, "ft", &settings)?;
         if config.method() == "none" {
             return Err(SettingError::new_err(
                 "method none does not edit; pick a method (ftedit.methods())",
@@ -415,15 +391,11 @@ impl PyModel {
             resume: None,
         };
         let mut editor = edit::build(&config, &self.tok, &build).py()?;
-        let probe = match health {
-            true => probe(&self.tok, self.model.max_positions(), general)?,
-            false => None,
-        };
+        let probe = if health { self.probe(general)? } else { None };
         let saved = Saved::take(&self.model, editor.writes(&self.model).py()?)?;
-        let saved = &saved;
         let start = std::time::Instant::now();
         let tok = &self.tok;
-        let applied = interruptible(py, &mut self.model, saved, |model| {
+        let applied = interruptible(py, &mut self.model, &saved, |model| {
             ftedit::protocols::apply::apply(
                 model,
                 tok,
@@ -468,25 +440,12 @@ impl PyModel {
         }
         let _held = ftedit::output::HoldSignals::new();
         let write = || -> ftedit::Result<()> {
-            if gguf {
-                save::save_gguf(&self.model, &source, &dest.path, false)?;
-            } else {
-                let kind = match kind {
-                    Some(k) => k,
-                    None if source.exists() => ftedit::model::stored_dtype(&source)?,
-                    None => self.model.kind(),
-                };
-                let opts = save::HfSaveOptions {
-                    dtype: Some(kind),
-                    source: source.exists().then(|| source.clone()),
-                    replace: dest.replaces,
-                };
-                save::save_hf(&self.model, &self.tok, &dest.path, &opts)?;
-            }
-            let base = ftedit::model::adapter::adapter_base(&dest.path);
-            if let Some(a) = self.model.adapter() {
-                ftedit::model::adapter::write_adapter(&a.saved(), &base)?;
-            }
+            let kind = match kind {
+                Some(k) => k,
+                None if source.exists() => ftedit::model::stored_dtype(&source)?,
+                None => self.model.kind(),
+            };
+            save::save_to(&self.model, &self.tok, &dest, &source, kind, false)?;
             Ok(())
         };
         without_gil(py, write).py()
@@ -501,7 +460,7 @@ impl PyModel {
         general: usize,
         against: Option<PyRef<'_, PyModel>>,
     ) -> PyResult<String> {
-        let probe = probe(&self.tok, self.model.max_positions(), general)?.ok_or_else(|| {
+        let probe = self.probe(general)?.ok_or_else(|| {
             input(format!(
                 "no health check: {} is missing (set FTEDIT_DATA to the data folder)",
                 HealthOptions::default().text.display()
@@ -574,14 +533,7 @@ impl PyModel {
                 data.display()
             )));
         }
-        let config = MethodConfig::select(
-            method,
-            recipe,
-            "none",
-            Some(self.model.arch_name()),
-            &settings,
-        )
-        .py()?;
+        let config = self.method_config(method, recipe, "none", &settings)?;
         let has_template = self.tok.chat_template.is_some();
         if chat == Some(true) && !has_template {
             return Err(SettingError::new_err(
@@ -596,10 +548,7 @@ impl PyModel {
             attributes: None,
             chunk: 16,
             progress,
-            health: match health {
-                true => probe(&self.tok, self.model.max_positions(), general)?,
-                false => None,
-            },
+            health: if health { self.probe(general)? } else { None },
             curve_sample: 200,
             chat: chat.unwrap_or(has_template && generation),
             locality: true,
@@ -642,6 +591,45 @@ impl PyModel {
 }
 
 impl PyModel {
+    /// The health probe with the default files (`general` items per downstream task);
+    /// `None` when they are missing.
+    fn probe(&self, general: usize) -> PyResult<Option<Probe>> {
+        let d = HealthOptions::default();
+        if !d.text.exists() {
+            return Ok(None);
+        }
+        let options = HealthOptions {
+            known: d.known.clone().filter(|p| p.exists()),
+            general: (general > 0).then(|| GeneralOptions {
+                items: general,
+                ..GeneralOptions::default()
+            }),
+            ..d
+        };
+        Ok(Some(
+            Probe::new(&self.tok, options, self.model.max_positions()).py()?,
+        ))
+    }
+
+    /// The method `--method`/`--recipe`/`--set` would pick for this model;
+    /// `fallback` when neither method nor recipe is given.
+    fn method_config(
+        &self,
+        method: Option<&str>,
+        recipe: Option<&str>,
+        fallback: &str,
+        settings: &[String],
+    ) -> PyResult<MethodConfig> {
+        MethodConfig::select(
+            method,
+            recipe,
+            fallback,
+            Some(self.model.arch_name()),
+            settings,
+        )
+        .py()
+    }
+
     fn prompt_ids(&self, prompt: &str, chat: bool) -> PyResult<Vec<u32>> {
         let ids = if chat {
             self.tok.chat_prompt(prompt)

@@ -3,6 +3,7 @@
 //! - [`save_gguf`]: GGUF in, GGUF out. Every tensor the edit did not change keeps its
 //!   original bytes (and quantization); changed tensors are written in F32 (or Q8_0 if
 //!   asked) in llama.cpp's layout, so llama.cpp runs the result.
+//! - [`save_to`]: either, as a [`Destination`] says, with an adapter beside it.
 //! - [`save_hf`]: a Hugging Face folder (`config.json`, `generation_config.json`,
 //!   `model.safetensors` in the dtype asked for, `tokenizer.json`, `tokenizer_config.json`
 //!   and `chat_template.jinja` with the model's chat template) that transformers loads.
@@ -26,6 +27,55 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWriter};
 use crate::formats::quant::{GgmlType, quantize_q8_0};
 use crate::tokenizer::Tokenizer;
+
+/// What [`save_to`] wrote.
+#[derive(Debug)]
+pub struct Written {
+    /// The GGUF save's report, or the folder's format and dtype.
+    pub report: serde_json::Value,
+    /// The base path of the adapter files written beside the model (an editor that
+    /// lives beside the weights, GRACE), if the model carries one.
+    pub adapter: Option<PathBuf>,
+}
+
+/// Writes `model`, loaded from `source`, where `dest` says: a GGUF (changed tensors as
+/// Q8_0 with `quantize`) or a folder with tensors of `dtype`. The adapter the model
+/// carries is written beside it; one an earlier output left there is removed.
+pub fn save_to(
+    model: &Model,
+    tok: &Tokenizer,
+    dest: &Destination,
+    source: &Path,
+    dtype: Kind,
+    quantize: bool,
+) -> Result<Written> {
+    let report = if dest.format == OutputFormat::Gguf {
+        serde_json::to_value(save_gguf(model, source, &dest.path, quantize)?)
+            .map_err(|e| Error::output(&dest.path, e.to_string()))?
+    } else {
+        let opts = HfSaveOptions {
+            dtype: Some(dtype),
+            source: source.exists().then(|| source.to_path_buf()),
+            replace: dest.replaces,
+        };
+        save_hf(model, tok, &dest.path, &opts)?;
+        json!({"format": "safetensors", "dtype": format!("{dtype:?}")})
+    };
+    let base = super::adapter::adapter_base(&dest.path);
+    let adapter = match model.adapter() {
+        Some(a) => {
+            super::adapter::write_adapter(&a.saved(), &base)?;
+            Some(base)
+        }
+        None => {
+            for ext in ["json", "safetensors"] {
+                let _ = std::fs::remove_file(format!("{}.{ext}", base.display()));
+            }
+            None
+        }
+    };
+    Ok(Written { report, adapter })
+}
 
 /// What a GGUF save did.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -149,34 +149,13 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         .into());
     }
     let saved_at = Instant::now();
-    let saved = if gguf_out {
-        serde_json::to_value(save::save_gguf(&model, &source, &dest.path, args.quantize)?)?
-    } else {
-        let opts = save::HfSaveOptions {
-            dtype: Some(out_dtype),
-            source: Some(source.clone()),
-            replace: dest.replaces,
-        };
-        save::save_hf(&model, &tok, &dest.path, &opts)?;
-        serde_json::json!({"format": "safetensors", "dtype": format!("{out_dtype:?}")})
-    };
-    // An editor beside the weights (GRACE) writes its adapter beside the model; one an
-    // earlier output left there goes.
-    let adapter_base = ftedit::model::adapter::adapter_base(&dest.path);
-    match model.adapter() {
-        Some(a) => {
-            ftedit::model::adapter::write_adapter(&a.saved(), &adapter_base)?;
-            eprintln!(
-                "note: the edit lives in an adapter beside the model ({}.json, .safetensors): \
-                 ftedit applies it; llama.cpp and transformers run the model without it",
-                adapter_base.display()
-            );
-        }
-        None => {
-            for ext in ["json", "safetensors"] {
-                let _ = std::fs::remove_file(format!("{}.{ext}", adapter_base.display()));
-            }
-        }
+    let written = save::save_to(&model, &tok, &dest, &source, out_dtype, args.quantize)?;
+    if let Some(base) = &written.adapter {
+        eprintln!(
+            "note: the edit lives in an adapter beside the model ({}.json, .safetensors): \
+             ftedit applies it; llama.cpp and transformers run the model without it",
+            base.display()
+        );
     }
     let save_seconds = saved_at.elapsed().as_secs_f64();
     let mut timing = serde_json::Map::new();
@@ -192,7 +171,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "training": applied.training,
         "health": health,
         "check": check,
-        "saved": saved,
+        "saved": written.report,
         "seconds": start.elapsed().as_secs_f64(),
         "timing": timing,
         "peak_rss_mb": peak_rss_mb(),
