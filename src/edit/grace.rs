@@ -195,7 +195,7 @@ impl Adapter for Codebook {
         self.layer
     }
 
-    fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor) -> Tensor {
+    fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor, _groups: &Tensor) -> Tensor {
         if self.len() == 0 {
             return out;
         }
@@ -543,7 +543,8 @@ mod tests {
             Tensor::from_slice(&[1.0f32, 0.0, 1.000001, 0.0, 8.0, 0.0, 0.0, 0.0]).view([1, 4, 2]);
         let out = Tensor::full([1, 4, 3], -1.0, (Kind::Float, tch::Device::Cpu));
         let all = Tensor::ones([1, 4], (Kind::Bool, tch::Device::Cpu));
-        let got = b.apply(&key, out.copy(), &all);
+        let groups = Tensor::zeros([1, 4], (Kind::Int64, tch::Device::Cpu));
+        let got = b.apply(&key, out.copy(), &all, &groups);
         let row = |i: i64| Vec::<f32>::try_from(got.get(0).get(i)).unwrap();
         assert_eq!(row(0), [0.0, 1.0, 2.0], "d = ε replaces with key 0's value");
         assert_eq!(row(1), [-1.0; 3], "d = ε + 1e-6 does not");
@@ -551,7 +552,7 @@ mod tests {
         assert_eq!(row(3), [0.0, 1.0, 2.0]);
         // Only probed positions.
         let first = probe_mask(1, 4, Some(&[(0, 2)]), tch::Device::Cpu);
-        let got = b.apply(&key, out.copy(), &first);
+        let got = b.apply(&key, out.copy(), &first, &groups);
         assert_eq!(Vec::<f32>::try_from(got.get(0).get(0)).unwrap(), [-1.0; 3]);
         assert_eq!(
             Vec::<f32>::try_from(got.get(0).get(2)).unwrap(),
@@ -559,7 +560,7 @@ mod tests {
         );
         // No keys: the output as it came.
         let empty = Codebook::empty(0, 2, 3, tch::Device::Cpu);
-        assert!(empty.apply(&key, out.copy(), &all).equal(&out));
+        assert!(empty.apply(&key, out.copy(), &all, &groups).equal(&out));
         // Saved and read back: the same codebook.
         let again = Codebook::from_saved(&b.saved(), tch::Device::Cpu).unwrap();
         assert!(again.keys.equal(&b.keys) && again.values.equal(&b.values));

@@ -34,6 +34,7 @@ use super::mend::{MendConfig, MendEditor};
 use super::none::{NoEdit, NoneConfig};
 use super::post::{PostConfig, PostEditor};
 use super::rome::{RomeConfig, RomeEditor};
+use super::wise::{SideMemory, WiseConfig, WiseEditor};
 use crate::data::{self, EditRecord};
 use crate::error::{Error, Result};
 use crate::model::{SavedAdapter, SharedAdapter};
@@ -101,6 +102,11 @@ pub const METHODS: &[MethodInfo] = &[
         name: "grace",
         about: "GRACE: a key-value codebook at one layer, beside the weights (an adapter)",
         default_recipe: "grace",
+    },
+    MethodInfo {
+        name: "wise",
+        about: "WISE: a routed side copy of one MLP output projection, beside the weights (an adapter)",
+        default_recipe: "wise",
     },
 ];
 
@@ -198,6 +204,11 @@ fn build_method(
             e.progress = opts.progress;
             Box::new(e)
         }
+        MethodConfig::Wise(c) => {
+            let mut e = WiseEditor::new(c.clone(), fact_pool(None, opts)?)?;
+            e.progress = opts.progress;
+            Box::new(e)
+        }
         _ => Box::new(build_ft(config, tok, opts)?),
     })
 }
@@ -211,16 +222,7 @@ pub fn build_ft(config: &MethodConfig, tok: &Tokenizer, opts: &BuildOptions) -> 
     let pool = if aug.facts == FactMode::None || aug.facts_per_edit == 0 {
         Vec::new()
     } else {
-        let path = match (&opts.pool, aug.fact_pool.as_str()) {
-            (Some(p), _) => p.clone(),
-            (None, p) if !p.is_empty() => PathBuf::from(p),
-            (None, _) => data::default_fact_pool(
-                opts.exclude
-                    .first()
-                    .map_or(data::Suite::CounterFact, |r| r.suite),
-            ),
-        };
-        augment::fact_pool(&path, None, opts.exclude)?
+        fact_pool(Some(aug.fact_pool.as_str()), opts)?
     };
     let lm_text = if aug.lm_gamma > 0.0 {
         let path = if aug.lm_text.is_empty() {
@@ -244,6 +246,22 @@ pub fn build_ft(config: &MethodConfig, tok: &Tokenizer, opts: &BuildOptions) -> 
     Ok(ft)
 }
 
+/// The unedited facts an editor draws from: `--pool`, else the recipe's `setting` (when
+/// not empty), else the default pool of the evaluated records' suite, without anything
+/// evaluated.
+fn fact_pool(setting: Option<&str>, opts: &BuildOptions) -> Result<Vec<augment::Fact>> {
+    let path = match (&opts.pool, setting) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) if !p.is_empty() => PathBuf::from(p),
+        _ => data::default_fact_pool(
+            opts.exclude
+                .first()
+                .map_or(data::Suite::CounterFact, |r| r.suite),
+        ),
+    };
+    augment::fact_pool(&path, None, opts.exclude)
+}
+
 /// A method and its settings: what a recipe file holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "method", rename_all = "kebab-case")]
@@ -264,6 +282,7 @@ pub enum MethodConfig {
     AlphaEdit(AlphaEditConfig),
     Mend(MendConfig),
     Grace(GraceConfig),
+    Wise(WiseConfig),
 }
 
 impl MethodConfig {
@@ -340,6 +359,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(_) => "alphaedit",
             MethodConfig::Mend(_) => "mend",
             MethodConfig::Grace(_) => "grace",
+            MethodConfig::Wise(_) => "wise",
         }
     }
 
@@ -356,6 +376,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(c) => &c.description,
             MethodConfig::Mend(c) => &c.description,
             MethodConfig::Grace(c) => &c.description,
+            MethodConfig::Wise(c) => &c.description,
         }
     }
 
@@ -363,7 +384,7 @@ impl MethodConfig {
     /// weights.
     pub fn post(&self) -> Option<&PostConfig> {
         match self {
-            MethodConfig::None(_) | MethodConfig::Grace(_) => None,
+            MethodConfig::None(_) | MethodConfig::Grace(_) | MethodConfig::Wise(_) => None,
             MethodConfig::Rome(c) => Some(&c.post),
             MethodConfig::Memit(c) => Some(&c.post),
             MethodConfig::AlphaEdit(c) => Some(&c.post),
@@ -394,6 +415,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(c) => c.check(),
             MethodConfig::Mend(c) => c.check(),
             MethodConfig::Grace(c) => c.check(),
+            MethodConfig::Wise(c) => c.check(),
             _ => self.recipe().expect("fine-tuning").check(),
         }
     }
@@ -421,8 +443,9 @@ impl MethodConfig {
 pub fn adapter_from_saved(saved: &SavedAdapter, device: tch::Device) -> Result<SharedAdapter> {
     match saved.method.as_str() {
         "grace" => Ok(std::rc::Rc::new(Codebook::from_saved(saved, device)?)),
+        "wise" => Ok(std::rc::Rc::new(SideMemory::from_saved(saved, device)?)),
         other => Err(Error::Input(format!(
-            "an adapter of method '{other}', which keeps none (adapters: grace)"
+            "an adapter of method '{other}', which keeps none (adapters: grace, wise)"
         ))),
     }
 }

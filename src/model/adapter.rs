@@ -15,8 +15,10 @@ pub trait Adapter {
     /// The layer whose MLP output projection it wraps.
     fn layer(&self) -> usize;
     /// The projection's output after the adapter: `key` is its input `[B, T, inner]`,
-    /// `out` its output `[B, T, hidden]`, `probe` `[B, T]` (bool) the positions probed.
-    fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor) -> Tensor;
+    /// `out` its output `[B, T, hidden]`, `probe` `[B, T]` (bool) the positions probed,
+    /// `groups` `[B, T]` (int64) the sequence each position belongs to (packed rows hold
+    /// several; −1 at padding).
+    fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor, groups: &Tensor) -> Tensor;
     /// What to save of it: its method, settings and tensors.
     fn saved(&self) -> SavedAdapter;
     /// For the editor that made it to find its own type again.

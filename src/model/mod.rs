@@ -130,6 +130,18 @@ impl ArchConfig {
         }
     }
 
+    /// The MLP's hidden activation (WISE measures its activation gaps through it).
+    pub fn mlp_activation(&self) -> nn::Activation {
+        match self {
+            ArchConfig::Llama(_) => nn::Activation::Silu,
+            ArchConfig::Gemma3(_) | ArchConfig::Gpt2(_) | ArchConfig::Gptj(_) => {
+                nn::Activation::GeluTanh
+            }
+            ArchConfig::GptNeox(c) if c.gelu_tanh => nn::Activation::GeluTanh,
+            ArchConfig::GptNeox(_) => nn::Activation::Gelu,
+        }
+    }
+
     pub fn max_positions(&self) -> usize {
         match self {
             ArchConfig::Llama(c) => c.max_position_embeddings as usize,

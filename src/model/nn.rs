@@ -74,8 +74,20 @@ impl Linear {
 pub enum Activation {
     /// SwiGLU (Llama, Qwen2).
     Silu,
-    /// GeGLU with the tanh approximation (Gemma).
+    /// GeGLU with the tanh approximation (Gemma); also GPT-2's and GPT-J's `gelu_new`.
     GeluTanh,
+    /// Exact GELU (GPT-NeoX's `gelu`).
+    Gelu,
+}
+
+impl Activation {
+    pub fn apply(self, x: &Tensor) -> Tensor {
+        match self {
+            Activation::Silu => x.silu(),
+            Activation::GeluTanh => x.gelu("tanh"),
+            Activation::Gelu => x.gelu("none"),
+        }
+    }
 }
 
 /// The gate and up projections of a gated MLP: separate, or Phi-3's `gate_up_proj`
@@ -133,11 +145,7 @@ impl GatedMlp {
                 (parts[0].shallow_clone(), parts[1].shallow_clone())
             }
         };
-        let gate = match self.act {
-            Activation::Silu => gate.silu(),
-            Activation::GeluTanh => gate.gelu("tanh"),
-        };
-        let key = gate * up;
+        let key = self.act.apply(&gate) * up;
         ctx.hook_key(layer, &key);
         let out = ctx.linear(layer, &self.down_proj, &key);
         ctx.hook_output(layer, out)
@@ -776,8 +784,28 @@ impl<'a> Ctx<'a> {
             _ => out,
         };
         match (&self.adapter, self.adapter_key.take()) {
-            (Some((a, probe)), Some(key)) if a.layer() == layer => a.apply(&key, out, probe),
+            (Some((a, probe)), Some(key)) if a.layer() == layer => {
+                let groups = self.sequence_groups(&out);
+                a.apply(&key, out, probe, &groups)
+            }
             _ => out,
+        }
+    }
+
+    /// Which sequence each position of a `[B, T, ·]` tensor belongs to, `[B, T]` int64:
+    /// its segment in a packed row, else 0; −1 at padding.
+    fn sequence_groups(&self, like: &Tensor) -> Tensor {
+        let (b, t) = (like.size()[0], like.size()[1]);
+        if let Some(s) = &self.masks_in.segments {
+            return s.shallow_clone();
+        }
+        let zeros = Tensor::zeros([b, t], (Kind::Int64, like.device()));
+        match &self.masks_in.key_mask {
+            Some(m) => {
+                let real = m.narrow(1, m.size()[1] - t, t);
+                zeros.masked_fill(&real.logical_not(), -1)
+            }
+            None => zeros,
         }
     }
 
