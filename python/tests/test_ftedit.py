@@ -259,5 +259,5 @@ def test_progress_bars_can_be_drawn_by_python():
 
 def test_methods_lists_the_registry():
     names = [m["name"] for m in ftedit.methods()]
-    for name in ("ft", "ft-l", "rome", "memit", "alphaedit", "mend", "grace", "wise"):
+    for name in ("ft", "ft-l", "rome", "memit", "alphaedit", "mend", "grace", "serac", "wise"):
         assert name in names

@@ -45,6 +45,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("alphaedit", include_str!("../../recipes/alphaedit.toml")),
     ("mend", include_str!("../../recipes/mend.toml")),
     ("grace", include_str!("../../recipes/grace.toml")),
+    ("serac", include_str!("../../recipes/serac.toml")),
     ("wise", include_str!("../../recipes/wise.toml")),
 ];
 

@@ -29,6 +29,7 @@ pub mod none;
 pub mod post;
 pub mod registry;
 pub mod rome;
+pub mod serac;
 pub mod wise;
 
 pub use editor::{Editor, EditorState};

@@ -34,6 +34,7 @@ use super::mend::{MendConfig, MendEditor};
 use super::none::{NoEdit, NoneConfig};
 use super::post::{PostConfig, PostEditor};
 use super::rome::{RomeConfig, RomeEditor};
+use super::serac::{SeracConfig, SeracEditor, SeracMemory};
 use super::wise::{SideMemory, WiseConfig, WiseEditor};
 use crate::data::{self, EditRecord};
 use crate::error::{Error, Result};
@@ -102,6 +103,11 @@ pub const METHODS: &[MethodInfo] = &[
         name: "grace",
         about: "GRACE: a key-value codebook at one layer, beside the weights (an adapter)",
         default_recipe: "grace",
+    },
+    MethodInfo {
+        name: "serac",
+        about: "SERAC: edits kept as text beside the model; a trained scope classifier puts the nearest edit in context for queries it covers (an adapter; train it first: ftedit train-editor)",
+        default_recipe: "serac",
     },
     MethodInfo {
         name: "wise",
@@ -204,6 +210,11 @@ fn build_method(
             e.progress = opts.progress;
             Box::new(e)
         }
+        MethodConfig::Serac(c) => {
+            let mut e = SeracEditor::new(c.clone());
+            e.progress = opts.progress;
+            Box::new(e)
+        }
         MethodConfig::Wise(c) => {
             let mut e = WiseEditor::new(c.clone(), fact_pool(None, opts)?)?;
             e.progress = opts.progress;
@@ -282,6 +293,7 @@ pub enum MethodConfig {
     AlphaEdit(AlphaEditConfig),
     Mend(MendConfig),
     Grace(GraceConfig),
+    Serac(SeracConfig),
     Wise(WiseConfig),
 }
 
@@ -359,6 +371,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(_) => "alphaedit",
             MethodConfig::Mend(_) => "mend",
             MethodConfig::Grace(_) => "grace",
+            MethodConfig::Serac(_) => "serac",
             MethodConfig::Wise(_) => "wise",
         }
     }
@@ -376,6 +389,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(c) => &c.description,
             MethodConfig::Mend(c) => &c.description,
             MethodConfig::Grace(c) => &c.description,
+            MethodConfig::Serac(c) => &c.description,
             MethodConfig::Wise(c) => &c.description,
         }
     }
@@ -384,7 +398,10 @@ impl MethodConfig {
     /// weights.
     pub fn post(&self) -> Option<&PostConfig> {
         match self {
-            MethodConfig::None(_) | MethodConfig::Grace(_) | MethodConfig::Wise(_) => None,
+            MethodConfig::None(_)
+            | MethodConfig::Grace(_)
+            | MethodConfig::Serac(_)
+            | MethodConfig::Wise(_) => None,
             MethodConfig::Rome(c) => Some(&c.post),
             MethodConfig::Memit(c) => Some(&c.post),
             MethodConfig::AlphaEdit(c) => Some(&c.post),
@@ -415,6 +432,7 @@ impl MethodConfig {
             MethodConfig::AlphaEdit(c) => c.check(),
             MethodConfig::Mend(c) => c.check(),
             MethodConfig::Grace(c) => c.check(),
+            MethodConfig::Serac(c) => c.check(),
             MethodConfig::Wise(c) => c.check(),
             _ => self.recipe().expect("fine-tuning").check(),
         }
@@ -444,8 +462,9 @@ pub fn adapter_from_saved(saved: &SavedAdapter, device: tch::Device) -> Result<S
     match saved.method.as_str() {
         "grace" => Ok(std::rc::Rc::new(Codebook::from_saved(saved, device)?)),
         "wise" => Ok(std::rc::Rc::new(SideMemory::from_saved(saved, device)?)),
+        "serac" => Ok(std::rc::Rc::new(SeracMemory::from_saved(saved, device)?)),
         other => Err(Error::Input(format!(
-            "an adapter of method '{other}', which keeps none (adapters: grace, wise)"
+            "an adapter of method '{other}', which keeps none (adapters: grace, serac, wise)"
         ))),
     }
 }

@@ -21,8 +21,33 @@ pub trait Adapter {
     fn apply(&self, key: &Tensor, out: Tensor, probe: &Tensor, groups: &Tensor) -> Tensor;
     /// What to save of it: its method, settings and tensors.
     fn saved(&self) -> SavedAdapter;
+    /// Its router, when it acts before the model on whole sequences (SERAC) rather than
+    /// (or besides) at its layer.
+    fn router(&self) -> Option<&dyn SequenceRouter> {
+        None
+    }
     /// For the editor that made it to find its own type again.
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// Routes whole sequences before the model: each sequence, up to the first position
+/// whose logits are read, either runs as it is or with tokens put before it (SERAC's
+/// edit in context); [`crate::model::Model::forward_with`] asks it for every pass.
+pub trait SequenceRouter {
+    /// For each query (token ids), `None` to run it as it is, or its [`Route`].
+    fn contexts(
+        &self,
+        model: &crate::model::Model,
+        queries: &[Vec<u32>],
+    ) -> crate::Result<Vec<Option<Route>>>;
+}
+
+/// Where a [`SequenceRouter`] sends a sequence: after `context`, which takes the place of
+/// the sequence's first `replaces` tokens (a BOS the context brings itself).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    pub context: Vec<u32>,
+    pub replaces: usize,
 }
 
 /// An adapter as files hold it: `method` names the editor that reads it back.

@@ -108,28 +108,9 @@ pub fn generate(
     }
     let max_new = opts.max_new_tokens.min(model.max_positions() - len);
     let device = model.device();
-    let padded = prompts.iter().any(|p| p.len() != len);
-    let mut ids = vec![0i64; b * len];
-    let mut mask = vec![false; b * len];
-    let mut pos = vec![0i64; b * len];
-    for (r, p) in prompts.iter().enumerate() {
-        let pad = len - p.len();
-        for (j, &id) in p.iter().enumerate() {
-            ids[r * len + pad + j] = id as i64;
-            mask[r * len + pad + j] = true;
-            pos[r * len + pad + j] = j as i64;
-        }
-    }
-    let shape = [b as i64, len as i64];
-    let mut key_mask = padded.then(|| Tensor::from_slice(&mask).view(shape).to_device(device));
-    let mut positions = padded.then(|| Tensor::from_slice(&pos).view(shape).to_device(device));
-    let mut input = Input {
-        ids: Tensor::from_slice(&ids).view(shape).to_device(device),
-        lengths: vec![len; b],
-        key_mask: key_mask.as_ref().map(Tensor::shallow_clone),
-        positions: positions.as_ref().map(Tensor::shallow_clone),
-        segments: None,
-    };
+    let mut input = left_padded(prompts, device);
+    let mut key_mask = input.key_mask.as_ref().map(Tensor::shallow_clone);
+    let mut positions = input.positions.as_ref().map(Tensor::shallow_clone);
     let mut cache = KvCache::new();
     let mut rngs: Vec<SplitMix64> = match &opts.row_seeds {
         Some(seeds) if seeds.len() == b => seeds.iter().map(|&s| SplitMix64(s)).collect(),
@@ -145,14 +126,21 @@ pub fn generate(
     };
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
+    // An adapter that routes whole sequences sees them whole at every step (no cache).
+    let whole = model.routes_sequences();
+    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
     for _ in 0..max_new {
-        let extras = ForwardExtras {
-            hooks: None,
-            cache: Some(&mut cache),
-            grad_from: None,
-            ..Default::default()
+        let logits = if whole {
+            model.forward(&left_padded(&seqs, device), &LogitsAt::Last)?
+        } else {
+            let extras = ForwardExtras {
+                hooks: None,
+                cache: Some(&mut cache),
+                grad_from: None,
+                ..Default::default()
+            };
+            model.forward_with(&input, &LogitsAt::Last, extras)?
         };
-        let logits = model.forward_with(&input, &LogitsAt::Last, extras)?;
         let next = choose(&logits, opts.sampling, &mut rngs)?;
         for (r, &tok) in next.iter().enumerate() {
             if done[r] {
@@ -166,6 +154,9 @@ pub fn generate(
         }
         if done.iter().all(|&d| d) {
             break;
+        }
+        for (s, &tok) in seqs.iter_mut().zip(&next) {
+            s.push(tok);
         }
         let step: Vec<i64> = next.iter().map(|&t| t as i64).collect();
         key_mask = key_mask
@@ -182,4 +173,30 @@ pub fn generate(
         };
     }
     Ok(out)
+}
+
+/// `seqs` left-padded into one batch, with the key mask and positions padding needs.
+fn left_padded(seqs: &[Vec<u32>], device: tch::Device) -> Input {
+    let b = seqs.len();
+    let len = seqs.iter().map(Vec::len).max().unwrap_or(0);
+    let padded = seqs.iter().any(|p| p.len() != len);
+    let mut ids = vec![0i64; b * len];
+    let mut mask = vec![false; b * len];
+    let mut pos = vec![0i64; b * len];
+    for (r, p) in seqs.iter().enumerate() {
+        let pad = len - p.len();
+        for (j, &id) in p.iter().enumerate() {
+            ids[r * len + pad + j] = id as i64;
+            mask[r * len + pad + j] = true;
+            pos[r * len + pad + j] = j as i64;
+        }
+    }
+    let shape = [b as i64, len as i64];
+    Input {
+        ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+        lengths: vec![len; b],
+        key_mask: padded.then(|| Tensor::from_slice(&mask).view(shape).to_device(device)),
+        positions: padded.then(|| Tensor::from_slice(&pos).view(shape).to_device(device)),
+        segments: None,
+    }
 }

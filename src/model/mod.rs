@@ -725,13 +725,167 @@ impl Model {
         self.forward_with(input, at, ForwardExtras::default())
     }
 
-    /// Logits at the chosen positions, with hooks and/or a KV cache.
+    /// Logits at the chosen positions, with hooks and/or a KV cache. An adapter that
+    /// routes whole sequences ([`adapter::SequenceRouter`]) is asked first.
     pub fn forward_with(
         &self,
         input: &Input,
         at: &LogitsAt,
         extras: ForwardExtras,
     ) -> Result<Tensor> {
+        if let Some(adapter) = self.adapter.clone()
+            && let Some(router) = adapter.router()
+        {
+            if extras.cache.is_some() || extras.resume.is_some() {
+                return Err(Error::Input(
+                    "an adapter that routes whole sequences (SERAC) needs them whole: no KV cache, no resumed pass".into(),
+                ));
+            }
+            return self.forward_routed(router, input, at, extras);
+        }
+        self.forward_plain(input, at, extras)
+    }
+
+    /// What identifies this model for an editor trained on it: every parameter's name
+    /// and shape and the values of the first layer's parameters, but for `skip` (the
+    /// matrices an editor changes, so that an edited model still matches).
+    pub fn fingerprint(&self, skip: &[&str]) -> Result<String> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for (name, t) in self.params.iter() {
+            name.hash(&mut h);
+            t.size().hash(&mut h);
+            if self.layer_of(name) == Some(0) && !skip.contains(&name) {
+                self.params.value_hash(name)?.hash(&mut h);
+            }
+        }
+        Ok(format!("{:016x}", h.finish()))
+    }
+
+    /// Whether the installed adapter routes whole sequences, so that callers feed
+    /// them whole (generation without a KV cache).
+    pub fn routes_sequences(&self) -> bool {
+        self.adapter.as_ref().is_some_and(|a| a.router().is_some())
+    }
+
+    /// [`Model::forward_with`] through `router`: each sequence (a row, or a segment of a
+    /// packed row) up to its first read is a query; the reads of a sequence the router
+    /// puts a context before are computed on context + sequence instead.
+    fn forward_routed(
+        &self,
+        router: &dyn adapter::SequenceRouter,
+        input: &Input,
+        at: &LogitsAt,
+        extras: ForwardExtras,
+    ) -> Result<Tensor> {
+        let (b, t) = (input.batch_size(), input.seq_len());
+        let reads: Vec<(usize, usize)> = match at {
+            LogitsAt::All => (0..b).flat_map(|r| (0..t).map(move |p| (r, p))).collect(),
+            LogitsAt::Last => input
+                .lengths
+                .iter()
+                .enumerate()
+                .map(|(r, &l)| (r, l - 1))
+                .collect(),
+            LogitsAt::Positions(p) => p.clone(),
+        };
+        let cpu = |x: &Tensor| x.flatten(0, -1).to_device(Device::Cpu);
+        let ids = Vec::<i64>::try_from(cpu(&input.ids))?;
+        let seg = match &input.segments {
+            Some(s) => Some(Vec::<i64>::try_from(cpu(s))?),
+            None => None,
+        };
+        let real = match &input.key_mask {
+            Some(m) => Some(Vec::<bool>::try_from(cpu(&m
+                .narrow(1, m.size()[1] - t as i64, t as i64)
+                .to_kind(Kind::Bool)))?),
+            None => None,
+        };
+        let group_of = |r: usize, p: usize| -> Option<i64> {
+            let real = match &real {
+                Some(m) => m[r * t + p],
+                None => p < input.lengths[r],
+            };
+            let g = seg.as_ref().map_or(0, |s| s[r * t + p]);
+            (real && g >= 0).then_some(g)
+        };
+        // Each sequence's positions and its first read.
+        let mut groups: Vec<((usize, i64), usize)> = Vec::new();
+        for &(r, p) in &reads {
+            if r >= b || p >= t {
+                return Err(Error::Input(format!(
+                    "logit position ({r}, {p}) outside a {b}×{t} batch"
+                )));
+            }
+            if let Some(g) = group_of(r, p) {
+                match groups.iter_mut().find(|(k, _)| *k == (r, g)) {
+                    Some((_, first)) => *first = (*first).min(p),
+                    None => groups.push(((r, g), p)),
+                }
+            }
+        }
+        let positions = |(r, g): (usize, i64)| -> Vec<usize> {
+            (0..t).filter(|&p| group_of(r, p) == Some(g)).collect()
+        };
+        let queries: Vec<Vec<u32>> = groups
+            .iter()
+            .map(|&(k, first)| {
+                positions(k)
+                    .into_iter()
+                    .filter(|&p| p <= first)
+                    .map(|p| ids[k.0 * t + p] as u32)
+                    .collect()
+            })
+            .collect();
+        let contexts = router.contexts(self, &queries)?;
+        let grad_from = extras.grad_from;
+        let base = self.forward_plain(input, at, extras)?;
+        if contexts.iter().all(Option::is_none) {
+            return Ok(base);
+        }
+        // The routed sequences with their contexts, and where each of their reads lands.
+        let mut seqs: Vec<Vec<u32>> = Vec::new();
+        let mut slot = std::collections::HashMap::new();
+        for (&(k, _), ctx) in groups.iter().zip(&contexts) {
+            if let Some(route) = ctx {
+                let ctx = &route.context;
+                let pos: Vec<usize> = positions(k).into_iter().skip(route.replaces).collect();
+                let mut s = ctx.clone();
+                s.extend(pos.iter().map(|&p| ids[k.0 * t + p] as u32));
+                slot.insert(k, (seqs.len(), ctx.len(), pos));
+                seqs.push(s);
+            }
+        }
+        let (mut rows, mut new_reads) = (Vec::new(), Vec::new());
+        for (i, &(r, p)) in reads.iter().enumerate() {
+            let Some(g) = group_of(r, p) else { continue };
+            if let Some((row, offset, pos)) = slot.get(&(r, g))
+                && let Some(j) = pos.iter().position(|&q| q == p)
+            {
+                rows.push(i as i64);
+                new_reads.push((*row, offset + j));
+            }
+        }
+        if seqs.is_empty() || rows.is_empty() {
+            return Ok(base);
+        }
+        let routed = Input::right_padded(&seqs, self.device())?;
+        let extras = ForwardExtras {
+            grad_from,
+            ..Default::default()
+        };
+        let logits = self.forward_plain(&routed, &LogitsAt::Positions(new_reads), extras)?;
+        let shape = base.size();
+        let v = shape[shape.len() - 1];
+        let rows = Tensor::from_slice(&rows).to_device(base.device());
+        Ok(base
+            .reshape([-1, v])
+            .index_copy(0, &rows, &logits.to_kind(base.kind()))
+            .reshape(shape))
+    }
+
+    /// [`Model::forward_with`] without routing.
+    fn forward_plain(&self, input: &Input, at: &LogitsAt, extras: ForwardExtras) -> Result<Tensor> {
         let (b, t) = (input.batch_size(), input.seq_len());
         if extras.stop_after.is_some() {
             return Err(Error::Input(

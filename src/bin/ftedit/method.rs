@@ -12,7 +12,7 @@ use ftedit::edit::{BuildOptions, MethodConfig};
 #[derive(Args, Clone)]
 pub struct MethodArgs {
     /// Editing method (`ftedit methods` lists them): none, ft, ft-naive, ft-l, ft-m,
-    /// rome, memit, alphaedit, mend, grace, wise [default: the recipe's, else none for eval and ft for edit].
+    /// rome, memit, alphaedit, mend, grace, serac, wise [default: the recipe's, else none for eval and ft for edit].
     #[arg(long)]
     pub method: Option<String>,
     /// A built-in recipe (`ftedit methods`) or a TOML file, such as a run's recipe.toml

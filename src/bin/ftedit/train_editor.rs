@@ -1,5 +1,6 @@
-//! `ftedit train-editor`: meta-train an editor that learns to edit (MEND) on edit
-//! records, validating as it goes; the same command again resumes an interrupted run.
+//! `ftedit train-editor`: train an editor that learns from edit records before it
+//! edits (MEND's network, SERAC's scope classifier), validating as it goes; the same
+//! command again resumes an interrupted run.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,6 +14,9 @@ use crate::{ModelArgs, RecordArgs};
 /// Files the output folder may hold: the run's own.
 const OWN: &[&str] = &[
     "editor.safetensors",
+    "classifier.safetensors",
+    "classifier.safetensors.json",
+    "embeddings.safetensors",
     "recipe.toml",
     "train_curve.jsonl",
     "train-resume",
@@ -23,7 +27,7 @@ const OWN: &[&str] = &[
 pub struct TrainEditorArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The editor to train: mend.
+    /// The editor to train: mend or serac.
     #[arg(long, default_value = "mend")]
     method: String,
     /// A recipe of that method (built-in or TOML file) [default: the method's own].
@@ -60,9 +64,9 @@ pub struct TrainEditorArgs {
 }
 
 pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
-    if args.method != "mend" {
+    if args.method != "mend" && args.method != "serac" {
         anyhow::bail!(
-            "--method {}: only mend is trained this way (the other methods edit without training)",
+            "--method {}: only mend and serac are trained this way (the other methods edit without training)",
             args.method
         );
     }
@@ -115,8 +119,10 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
         Some(model.arch_name()),
         &args.set,
     )?;
-    let MethodConfig::Mend(config) = config else {
-        unreachable!("select checked the method");
+    let val_records = match &config {
+        MethodConfig::Mend(c) => c.train.val_records,
+        MethodConfig::Serac(c) => c.train.val_records,
+        _ => unreachable!("select checked the method"),
     };
     let (val, val_path) = match &args.val {
         Some(p) => {
@@ -127,7 +133,7 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
             (v, p.clone())
         }
         None => {
-            let k = config.train.val_records;
+            let k = val_records;
             if k == 0 {
                 anyhow::bail!("train.val_records = 0: validation needs at least one edit");
             }
@@ -141,6 +147,11 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
             let v = train.split_off(train.len() - k);
             (v, args.data.clone())
         }
+    };
+    let config = match config {
+        MethodConfig::Mend(c) => c,
+        MethodConfig::Serac(c) => return serac(&args, &model, &tok, &c, &train, &val, &val_path),
+        _ => unreachable!("select checked the method"),
     };
     eprintln!(
         "training MEND on {} records of {} (validating on {} of {}), up to {} steps",
@@ -181,6 +192,53 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
     println!(
         "wrote {}, {} and {}",
         report.editor.display(),
+        report.recipe.display(),
+        args.out.join("train_curve.jsonl").display()
+    );
+    println!(
+        "edit with: ftedit edit --recipe {} --model {} ...",
+        report.recipe.display(),
+        args.model.model
+    );
+    Ok(())
+}
+
+/// SERAC's classifier: embeddings of the records' prompts once, then the projection.
+fn serac(
+    args: &TrainEditorArgs,
+    model: &ftedit::Model,
+    tok: &ftedit::Tokenizer,
+    config: &ftedit::edit::serac::SeracConfig,
+    train: &[ftedit::data::EditRecord],
+    val: &[ftedit::data::EditRecord],
+    val_path: &std::path::Path,
+) -> anyhow::Result<()> {
+    let val = &val[..val.len().min(config.train.val_records.max(2))];
+    eprintln!(
+        "training SERAC's scope classifier on {} records of {} (validating on {} of {}), up to {} steps",
+        train.len(),
+        args.data.display(),
+        val.len(),
+        val_path.display(),
+        config.train.steps
+    );
+    let report = ftedit::edit::serac::train_classifier(
+        model,
+        tok,
+        config,
+        train,
+        val,
+        &args.out,
+        !args.quiet,
+    )?;
+    let b = &report.best;
+    println!(
+        "{} steps in {:.0} s; best validation at step {}: loss {:.4}, balanced accuracy {:.1} % (in scope {:.1}, out of scope {:.1})",
+        report.steps, report.seconds, b.step, b.loss, b.accuracy, b.in_scope, b.out_of_scope
+    );
+    println!(
+        "wrote {}, {} and {}",
+        report.classifier.display(),
         report.recipe.display(),
         args.out.join("train_curve.jsonl").display()
     );

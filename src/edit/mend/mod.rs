@@ -129,20 +129,11 @@ pub fn matrices(model: &Model, config: &MendConfig) -> Result<Vec<Matrix>> {
     Ok(out)
 }
 
-/// What identifies the model an editor belongs to: every parameter's name and shape
-/// and the values of the first layer's parameters that MEND does not edit (so that the
-/// model MEND has edited still matches).
+/// What identifies the model an editor belongs to ([`Model::fingerprint`], leaving out
+/// the matrices MEND edits, so that the model MEND has edited still matches).
 pub fn model_id(model: &Model, edited: &[Matrix]) -> Result<String> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for (name, t) in model.params.iter() {
-        name.hash(&mut h);
-        t.size().hash(&mut h);
-        if model.layer_of(name) == Some(0) && !edited.iter().any(|m| m.name == name) {
-            model.params.value_hash(name)?.hash(&mut h);
-        }
-    }
-    Ok(format!("{:016x}", h.finish()))
+    let names: Vec<&str> = edited.iter().map(|m| m.name.as_str()).collect();
+    model.fingerprint(&names)
 }
 
 /// Reads the input `x` of every edited linear map and adds a zero tensor `e` to its
