@@ -28,7 +28,9 @@ pub enum Error {
     #[error("interrupted by {}; nothing was left half-written", signal_name(*.signal))]
     Interrupted { signal: i32 },
 
-    #[error("training diverged: {0}; the model is left unchanged (try a lower optim.lr)")]
+    /// Training stopped on a non-finite or runaway loss; the message names the setting
+    /// to lower.
+    #[error("training diverged: {0}; the model is left unchanged")]
     Diverged(String),
 
     #[error("{path}: file is truncated or corrupt: {reason}")]

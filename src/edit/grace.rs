@@ -424,7 +424,9 @@ impl GraceEditor {
                 .cross_entropy_for_logits(&labels);
             last = loss.double_value(&[]);
             if !last.is_finite() {
-                return Err(Error::Diverged(format!("GRACE's value loss became {last}")));
+                return Err(Error::Diverged(format!(
+                    "GRACE's value loss became {last} (try a lower lr)"
+                )));
             }
             adam.zero_grad()?;
             loss.backward();

@@ -146,6 +146,11 @@ impl Classifier {
         ((e - &self.mean) / &self.std).matmul(&self.proj.tr())
     }
 
+    /// The projection of the difference of two embeddings (the projection is affine).
+    fn project_difference(&self, d: &Tensor) -> Tensor {
+        (d / &self.std).matmul(&self.proj.tr())
+    }
+
     /// `exp(−‖a − b‖²)` between every row of `a` and of `b` (projected), `[A, B]`.
     fn similarity(a: &Tensor, b: &Tensor) -> Tensor {
         let d = Tensor::cdist(a, b, 2.0, None::<i64>);
@@ -579,7 +584,9 @@ fn pairs(tok: &Tokenizer, records: &[EditRecord]) -> Result<Pairs> {
 /// Balanced BCE of similarities: `mean(−log s)` in scope, `mean(−log(1 − s))` out of
 /// scope, from squared distances (`−log s = d²`; `−log(1 − e^{−d²})` computed stably).
 fn balanced_bce(d2_in: &Tensor, d2_out: &Tensor) -> Tensor {
-    let out = -(-(d2_out.clamp_min(1e-12))).exp().neg().log1p();
+    // 1 − e^{−x} as −expm1(−x), exact for small x; x ≥ 1e-6 keeps it from 0 when an
+    // out-of-scope text equals its edit's.
+    let out = -(-(d2_out.clamp_min(1e-6))).expm1().neg().log();
     d2_in.mean(Kind::Float) + out.mean(Kind::Float)
 }
 
@@ -708,16 +715,18 @@ pub fn train_classifier(
             };
             b_out.push(other as i64);
         }
-        let z = classifier.project(&e_train);
+        // Only the batch's rows are projected.
         let d2 = |a: &[i64], b: &[i64]| {
-            let diff = z.index_select(0, &index(a)) - z.index_select(0, &index(b));
+            let diff = classifier.project_difference(
+                &(e_train.index_select(0, &index(a)) - e_train.index_select(0, &index(b))),
+            );
             (&diff * &diff).sum_dim_intlist(&[1i64][..], false, Kind::Float)
         };
         let loss = balanced_bce(&d2(&a_in, &b_in), &d2(&a_out, &b_out));
         let value = loss.double_value(&[]);
         if !value.is_finite() {
             return Err(Error::Diverged(format!(
-                "SERAC's classifier loss became {value}"
+                "SERAC's classifier loss became {value} (try a lower train.lr)"
             )));
         }
         adam.zero_grad()?;
@@ -841,6 +850,9 @@ mod tests {
         let want = (0.5 + 2.0) / 2.0
             + (-(1.0 - (-0.3f64).exp()).ln() - (1.0 - (-3.0f64).exp()).ln()) / 2.0;
         assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // An out-of-scope text equal to its edit's (d² = 0) stays finite.
+        let zero = Tensor::zeros([1], (Kind::Float, tch::Device::Cpu));
+        assert!(balanced_bce(&d_in, &zero).double_value(&[]).is_finite());
     }
 
     /// sim(x, x) = 1; sim ∈ (0, 1].

@@ -670,7 +670,9 @@ impl WiseEditor {
                 let loss = &l_ft + &l_a;
                 let value = loss.double_value(&[]);
                 if !value.is_finite() {
-                    return Err(Error::Diverged(format!("WISE's loss became {value}")));
+                    return Err(Error::Diverged(format!(
+                        "WISE's loss became {value} (try a lower lr)"
+                    )));
                 }
                 losses = (l_ft.double_value(&[]), l_a.double_value(&[]));
                 steps += 1;

@@ -99,12 +99,16 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
         for p in &args.exclude {
             for r in ftedit::data::load(p, None)? {
                 pairs.insert((r.subject.clone(), r.target_new.clone()));
-                ids.insert(r.id);
+                // Only CounterFact's case ids name a fact; zsRE's are positions in a file.
+                if r.suite == ftedit::data::Suite::CounterFact {
+                    ids.insert(r.id);
+                }
             }
         }
         let before = train.len();
         train.retain(|r| {
-            !ids.contains(&r.id) && !pairs.contains(&(r.subject.clone(), r.target_new.clone()))
+            let same_id = r.suite == ftedit::data::Suite::CounterFact && ids.contains(&r.id);
+            !same_id && !pairs.contains(&(r.subject.clone(), r.target_new.clone()))
         });
         eprintln!(
             "excluded {} of {before} training records (in --exclude)",

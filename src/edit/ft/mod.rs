@@ -676,7 +676,7 @@ impl DivergenceGuard {
             return Ok(());
         }
         Err(Error::Diverged(format!(
-            "the loss became {loss} at step {step}"
+            "the loss became {loss} at step {step} (try a lower optim.lr)"
         )))
     }
 
@@ -700,7 +700,7 @@ impl DivergenceGuard {
             };
             return Err(Error::Diverged(format!(
                 "the loss rose from {start:.3} at the start to {mean:.3} ({steps}), over \
-                 ×{} (optim.diverge_factor; 0 turns the check off)",
+                 ×{} (try a lower optim.lr; optim.diverge_factor 0 turns the check off)",
                 self.factor
             )));
         }
