@@ -100,11 +100,12 @@ fn the_router_answers_in_scope_queries_with_their_edit_in_context() {
     m.set_adapter(Some(Rc::new(memory(&m, key, context.clone(), s * 0.999))));
     assert!(!m.forward(&input, &at).unwrap().equal(&before));
 
-    // Generation sees the whole sequence at every step: the same tokens as greedy
-    // decoding of the edit in context.
+    // Generation sees the whole sequence at every step, routed on its prompt: the same
+    // tokens as greedy decoding of the edit in context, though the generated tokens move
+    // the sequence's embedding away from the key.
     m.set_adapter(Some(Rc::new(memory(&m, e.copy(), context.clone(), 0.5))));
     let opts = ftedit::model::GenerateOptions {
-        max_new_tokens: 1,
+        max_new_tokens: 4,
         sampling: ftedit::model::Sampling::Greedy,
         ..Default::default()
     };

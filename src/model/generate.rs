@@ -126,12 +126,20 @@ pub fn generate(
     };
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    // An adapter that routes whole sequences sees them whole at every step (no cache).
+    // An adapter that routes whole sequences sees them whole at every step (no cache),
+    // and routes each on its prompt: the prompt's last position is read first (and its
+    // logits dropped), so the generated tokens cannot change the route.
     let whole = model.routes_sequences();
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
-    for _ in 0..max_new {
+    for step in 0..max_new {
         let logits = if whole {
-            model.forward(&left_padded(&seqs, device), &LogitsAt::Last)?
+            let width = len + step;
+            // Left padding ends every prompt at `len − 1`.
+            let at: Vec<(usize, usize)> = (0..b)
+                .flat_map(|r| [(r, len - 1), (r, width - 1)])
+                .collect();
+            let both = model.forward(&left_padded(&seqs, device), &LogitsAt::Positions(at))?;
+            both.view([b as i64, 2, -1]).select(1, 1)
         } else {
             let extras = ForwardExtras {
                 hooks: None,
