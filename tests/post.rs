@@ -47,9 +47,14 @@ fn edit(sets: &[&str]) -> (Tensor, Tensor, serde_json::Value) {
 fn interpolation_and_rect_shape_the_edit() {
     let (w0, plain, _) = edit(&[]);
     assert!(!plain.equal(&w0), "the edit changed nothing");
-    // α = 1 (and RECT at 1) is the edit as made, bit for bit.
+    // α = 1 (and RECT at 1) is the edit as made: post-processing does not run at all
+    // (src/edit/post.rs tests the arithmetic bit for bit). The two edits are separate
+    // training runs, which can differ in the last bit when the machine is loaded (a GEMM
+    // kernel's choice, failed twice beside other test binaries), so they compare within
+    // f32 rounding.
     let (_, same, report) = edit(&["post.interpolate=1", "post.rect=1"]);
-    assert!(same.equal(&plain));
+    let err = (&same - &plain).abs().max().double_value(&[]);
+    assert!(err < 1e-6, "{err}");
     assert!(report.get("post").is_none(), "inactive post-processing ran");
     // α = 0 restores the original, bit for bit.
     let (_, back, report) = edit(&["post.interpolate=0"]);
