@@ -325,10 +325,7 @@ impl GraceEditor {
 
     /// A copy of `model`'s codebook (none yet: an empty one at the recipe's layer).
     fn codebook_of(&self, model: &Model) -> Result<Codebook> {
-        if let Some(book) = model
-            .adapter()
-            .and_then(|a| a.as_any().downcast_ref::<Codebook>())
-        {
+        if let Some(book) = model.own_adapter::<Codebook>("GRACE")? {
             return Ok(Codebook {
                 layer: book.layer,
                 keys: book.keys.copy(),
@@ -336,11 +333,6 @@ impl GraceEditor {
                 eps: book.eps.clone(),
                 labels: book.labels.clone(),
             });
-        }
-        if model.adapter().is_some() {
-            return Err(Error::Input(
-                "the model carries another method's adapter; GRACE adds to its own only".into(),
-            ));
         }
         let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
         let w = crate::edit::locate::out_proj(model, layer)?;

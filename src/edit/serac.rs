@@ -439,16 +439,8 @@ impl SeracEditor {
     /// The model's memory to add to (a copy), or an empty one with the recipe's
     /// classifier.
     fn memory_of(&mut self, model: &Model, tok: &Tokenizer) -> Result<SeracMemory> {
-        if let Some(m) = model
-            .adapter()
-            .and_then(|a| a.as_any().downcast_ref::<SeracMemory>())
-        {
+        if let Some(m) = model.own_adapter::<SeracMemory>("SERAC")? {
             return Ok(m.copy());
-        }
-        if model.adapter().is_some() {
-            return Err(Error::Input(
-                "the model carries another method's adapter; SERAC adds to its own only".into(),
-            ));
         }
         let classifier = match &self.classifier {
             Some(c) => c.clone(),

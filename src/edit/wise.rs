@@ -560,16 +560,8 @@ impl WiseEditor {
 
     /// The model's side memory to add to (a copy), or an empty one at the recipe's layer.
     fn memory_of(&self, model: &Model) -> Result<SideMemory> {
-        if let Some(m) = model
-            .adapter()
-            .and_then(|a| a.as_any().downcast_ref::<SideMemory>())
-        {
+        if let Some(m) = model.own_adapter::<SideMemory>("WISE")? {
             return Ok(m.copy());
-        }
-        if model.adapter().is_some() {
-            return Err(Error::Input(
-                "the model carries another method's adapter; WISE adds to its own only".into(),
-            ));
         }
         let (layer, _) = layer_range(&self.config.layer, model.num_layers())?;
         let w = crate::edit::locate::out_proj(model, layer)?;

@@ -715,6 +715,20 @@ impl Model {
         std::mem::replace(&mut self.adapter, adapter)
     }
 
+    /// The model's adapter when it is a `T` (an editor adding to its own), `None` when
+    /// it carries none; an error when it carries another method's (`method` names the
+    /// one asking).
+    pub fn own_adapter<T: 'static>(&self, method: &str) -> Result<Option<&T>> {
+        match &self.adapter {
+            None => Ok(None),
+            Some(a) => a.as_any().downcast_ref::<T>().map(Some).ok_or_else(|| {
+                Error::Input(format!(
+                    "the model carries another method's adapter; {method} adds to its own only"
+                ))
+            }),
+        }
+    }
+
     /// The adapter every forward pass applies, if any.
     pub fn adapter(&self) -> Option<&SharedAdapter> {
         self.adapter.as_ref()

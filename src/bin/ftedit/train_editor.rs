@@ -193,17 +193,7 @@ pub fn run(args: TrainEditorArgs) -> anyhow::Result<()> {
             String::new()
         }
     );
-    println!(
-        "wrote {}, {} and {}",
-        report.editor.display(),
-        report.recipe.display(),
-        args.out.join("train_curve.jsonl").display()
-    );
-    println!(
-        "edit with: ftedit edit --recipe {} --model {} ...",
-        report.recipe.display(),
-        args.model.model
-    );
+    written(&args, &report.editor, &report.recipe);
     Ok(())
 }
 
@@ -240,16 +230,21 @@ fn serac(
         "{} steps in {:.0} s; best validation at step {}: loss {:.4}, balanced accuracy {:.1} % (in scope {:.1}, out of scope {:.1})",
         report.steps, report.seconds, b.step, b.loss, b.accuracy, b.in_scope, b.out_of_scope
     );
+    written(args, &report.classifier, &report.recipe);
+    Ok(())
+}
+
+/// Where the trained editor went and how to edit with it.
+fn written(args: &TrainEditorArgs, editor: &std::path::Path, recipe: &std::path::Path) {
     println!(
         "wrote {}, {} and {}",
-        report.classifier.display(),
-        report.recipe.display(),
+        editor.display(),
+        recipe.display(),
         args.out.join("train_curve.jsonl").display()
     );
     println!(
         "edit with: ftedit edit --recipe {} --model {} ...",
-        report.recipe.display(),
+        recipe.display(),
         args.model.model
     );
-    Ok(())
 }
