@@ -4,9 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{counterfact_jsonl, random_model, temp_dir, tiny_configs, tiny_llama, write_gguf};
+use common::{
+    counterfact_jsonl, random_model, run_ftedit, temp_dir, tiny_configs, tiny_llama, write_gguf,
+};
 use ftedit::formats::gguf::{GgufFile, GgufWriter, Value};
 use ftedit::formats::quant::GgmlType;
 use ftedit::{Input, LoadOptions, LogitsAt};
@@ -94,23 +95,6 @@ fn the_reader_keeps_metadata_and_tensor_tables() {
     assert_eq!(g.tensor_info("b").unwrap().offset % 32, 0);
 }
 
-fn ftedit<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !stderr.contains("panicked"),
-        "ftedit {args:?} panicked:\n{stderr}"
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr,
-    )
-}
-
 fn tiny_model_file(dir: &Path, context: u64) -> String {
     let path = dir.join("tiny.gguf");
     write_gguf(
@@ -125,7 +109,7 @@ fn tiny_model_file(dir: &Path, context: u64) -> String {
 fn predict_and_generate_print_json() {
     let dir = temp_dir("cli-ok");
     let model = tiny_model_file(&dir, 64);
-    let (code, out, err) = ftedit(&[
+    let (code, out, err) = run_ftedit(&[
         "predict", "--model", &model, "--prompt", "the tea", "--top-k", "5", "--json",
     ]);
     assert_eq!(code, 0, "{err}");
@@ -139,7 +123,7 @@ fn predict_and_generate_print_json() {
         assert!((c["prob"].as_f64().unwrap().ln() - c["logprob"].as_f64().unwrap()).abs() < 1e-9);
     }
 
-    let (code, out, err) = ftedit(&[
+    let (code, out, err) = run_ftedit(&[
         "generate",
         "--model",
         &model,
@@ -154,7 +138,7 @@ fn predict_and_generate_print_json() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["output_ids"].as_array().unwrap().len(), 6);
     let sampled = |seed: &str| {
-        ftedit(&[
+        run_ftedit(&[
             "generate",
             "--model",
             &model,
@@ -175,7 +159,7 @@ fn predict_and_generate_print_json() {
 }
 
 fn expect_failure<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S], needle: &str) {
-    let (code, _, err) = ftedit(args);
+    let (code, _, err) = run_ftedit(args);
     assert_ne!(code, 0, "ftedit {args:?} should fail");
     assert!(
         err.contains(needle),
@@ -484,7 +468,7 @@ fn eval_writes_reports_and_shards_merge() {
     let data = counterfact_jsonl(&dir, 4);
     let (d, m) = (data.to_str().unwrap(), model.as_str());
     let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
-    let (code, stdout, err) = ftedit(&[
+    let (code, stdout, err) = run_ftedit(&[
         "eval",
         "--model",
         m,
@@ -520,7 +504,7 @@ fn eval_writes_reports_and_shards_merge() {
 
     for i in 0..2 {
         let shard = format!("{i}/2");
-        let (code, _, err) = ftedit(&[
+        let (code, _, err) = run_ftedit(&[
             "eval",
             "--model",
             m,
@@ -534,7 +518,7 @@ fn eval_writes_reports_and_shards_merge() {
         ]);
         assert_eq!(code, 0, "{err}");
     }
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "report",
         "merge",
         &out("s0"),
@@ -622,7 +606,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
         .collect()
     };
     let args = edit_args(&out, &[]);
-    let (code, _, err) = ftedit(&args);
+    let (code, _, err) = run_ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let (src, dst) = (
         GgufFile::open(&model).unwrap(),
@@ -684,7 +668,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     // are several tokens long).
     let spelled = dir.join("spelled.gguf");
     let args = edit_args(&spelled, &["--set", "augment.subject=true"]);
-    let (code, _, err) = ftedit(&args);
+    let (code, _, err) = run_ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let spelled: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("spelled.gguf.report.json")).unwrap(),
@@ -696,7 +680,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     // so in its one line, and with --require-success exits 3.
     let weak = dir.join("weak.gguf");
     let args = edit_args(&weak, &["--set", "optim.lr=1e-12", "--require-success"]);
-    let (code, out_text, err) = ftedit(&args);
+    let (code, out_text, err) = run_ftedit(&args);
     assert_eq!(code, 3, "{out_text}{err}");
     assert!(out_text.contains("did not take"), "{out_text}");
     assert!(weak.exists());
@@ -704,7 +688,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     // The same edit written as a folder loads back with the same weights as the GGUF.
     let folder = dir.join("edited-hf");
     let args = edit_args(&folder, &[]);
-    let (code, _, err) = ftedit(&args);
+    let (code, _, err) = run_ftedit(&args);
     assert_eq!(code, 0, "{err}");
     let (a, _) = ftedit::load(&out, &LoadOptions::default()).unwrap();
     let (b, tok) = ftedit::load(&folder, &LoadOptions::default()).unwrap();
@@ -765,7 +749,7 @@ fn edit_writes_gguf_with_untouched_tensors_byte_identical_and_folders_that_reloa
     // A diverging run stops with a clear message and writes nothing.
     let nan = dir.join("nan.gguf");
     let args = edit_args(&nan, &["--set", "optim.lr=1e30", "--set", "optim.clip=0"]);
-    let (code, _, err) = ftedit(&args);
+    let (code, _, err) = run_ftedit(&args);
     assert_ne!(code, 0);
     assert!(err.contains("training diverged"), "{err}");
     assert!(!nan.exists());
@@ -812,7 +796,7 @@ fn rome_memit_and_alphaedit_edit_exactly_their_mlp_output_projections() {
         {
             args.extend(["--set", kv]);
         }
-        let (code, _, err) = ftedit(&args);
+        let (code, _, err) = run_ftedit(&args);
         assert_eq!(code, 0, "{method} {sets:?}: {err}");
         serde_json::from_str(
             &std::fs::read_to_string(format!("{}.report.json", out.display())).unwrap(),
@@ -945,7 +929,7 @@ fn sweep_runs_every_combination_once_and_resumes() {
         out.to_str().unwrap(),
         "--quiet",
     ];
-    let (code, stdout, err) = ftedit(&args);
+    let (code, stdout, err) = run_ftedit(&args);
     assert_eq!(code, 0, "{err}");
     assert!(
         stdout.contains("4 combinations (4 run now, 0 already done)"),
@@ -982,7 +966,7 @@ fn sweep_runs_every_combination_once_and_resumes() {
     assert!(md.contains("| optim.clamp | optim.epochs | S |"), "{md}");
 
     // Rerun: nothing runs again, nothing is rewritten.
-    let (code, stdout, err) = ftedit(&args);
+    let (code, stdout, err) = run_ftedit(&args);
     assert_eq!(code, 0, "{err}");
     assert!(
         stdout.contains("4 combinations (0 run now, 4 already done)"),
@@ -995,7 +979,7 @@ fn sweep_runs_every_combination_once_and_resumes() {
 
     // The recipe a run wrote reproduces its config exactly.
     let again = dir.join("again");
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "eval",
         "--model",
         model.as_str(),
@@ -1029,7 +1013,7 @@ fn sweep_runs_every_combination_once_and_resumes() {
     );
     assert!(!bad.exists());
 
-    let (code, stdout, _) = ftedit(&["methods"]);
+    let (code, stdout, _) = run_ftedit(&["methods"]);
     assert_eq!(code, 0);
     for m in ["none", "ft", "ft-naive", "ft-l", "ft-m", "rome", "memit"] {
         assert!(
@@ -1058,7 +1042,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     );
     let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let eval = |protocol: &str, folder: &str| {
-        ftedit(&[
+        run_ftedit(&[
             "eval",
             "--model",
             m,
@@ -1112,7 +1096,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     let (code, _, err) = eval("batch", "batch");
     assert_eq!(code, 0, "{err}");
     let svg = dir.join("plot/curves.svg");
-    let (code, stdout, err) = ftedit(&[
+    let (code, stdout, err) = run_ftedit(&[
         "report",
         "plot",
         &out("seq"),
@@ -1130,7 +1114,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     let kept = dir.join("kept-curve.jsonl");
     std::fs::copy(dir.join("seq/curve.jsonl"), &kept).unwrap();
     let from_file = dir.join("plot/from-file.svg");
-    let (code, stdout, err) = ftedit(&[
+    let (code, stdout, err) = run_ftedit(&[
         "report",
         "plot",
         kept.to_str().unwrap(),
@@ -1143,7 +1127,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     assert_eq!(code, 0, "{err}");
     assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
     assert_eq!(std::fs::read_to_string(&from_file).unwrap(), svg);
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "report",
         "plot",
         kept.to_str().unwrap(),
@@ -1187,7 +1171,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
     // The report page puts both runs side by side, with the loss curves and the
     // sequential run's curve.
     let page = dir.join("page/report.html");
-    let (code, stdout, err) = ftedit(&[
+    let (code, stdout, err) = run_ftedit(&[
         "report",
         "html",
         &out("seq"),
@@ -1312,7 +1296,7 @@ fn written_folders_keep_the_chat_template_generation_config_and_dtype() {
     };
     // GGUF in, bf16 asked for.
     let a = dir.join("a");
-    let (code, _, err) = ftedit(&edit(&model, &a, &["--out-dtype", "bf16"]));
+    let (code, _, err) = run_ftedit(&edit(&model, &a, &["--out-dtype", "bf16"]));
     assert_eq!(code, 0, "{err}");
     let st = a.join("model.safetensors");
     assert_eq!(safetensors_dtypes(&st), ["BF16".to_string()].into());
@@ -1346,7 +1330,7 @@ fn written_folders_keep_the_chat_template_generation_config_and_dtype() {
     )
     .unwrap();
     let b = dir.join("b");
-    let (code, _, err) = ftedit(&edit(a.to_str().unwrap(), &b, &[]));
+    let (code, _, err) = run_ftedit(&edit(a.to_str().unwrap(), &b, &[]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         safetensors_dtypes(&b.join("model.safetensors")),
@@ -1374,7 +1358,7 @@ fn written_folders_keep_the_chat_template_generation_config_and_dtype() {
 
     // f16 on request; a .gguf output has no dtype to choose.
     let c = dir.join("c");
-    let (code, _, err) = ftedit(&edit(&model, &c, &["--out-dtype", "f16"]));
+    let (code, _, err) = run_ftedit(&edit(&model, &c, &["--out-dtype", "f16"]));
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         safetensors_dtypes(&c.join("model.safetensors")),

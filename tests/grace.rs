@@ -6,22 +6,14 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::{cf_edit, load};
+use common::{cf_edit, load, run_ftedit, top_token};
 use ftedit::edit::{Editor, MethodConfig};
 
 fn grace(sets: &[&str], tok: &ftedit::Tokenizer) -> Box<dyn Editor> {
     let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
     let config = MethodConfig::load("grace", None, &sets).unwrap();
     ftedit::edit::build(&config, tok, &Default::default()).unwrap()
-}
-
-fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
-    m.next_token_logprobs(&tok.encode(prompt, true).unwrap())
-        .unwrap()
-        .argmax(-1, false)
-        .int64_value(&[]) as u32
 }
 
 #[test]
@@ -34,7 +26,7 @@ fn a_grace_edit_takes_beside_the_weights_and_leaves_other_inputs_alone() {
         "Paris",
     );
     let rome = tok.encode(" Rome", false).unwrap()[0];
-    assert_ne!(top(&m, &tok, &rec.rewrite_prompt()), rome);
+    assert_ne!(top_token(&m, &tok, &rec.rewrite_prompt()), rome);
     let other = "Michael Jordan plays the sport of";
     let other_before = m
         .next_token_logprobs(&tok.encode(other, true).unwrap())
@@ -46,7 +38,7 @@ fn a_grace_edit_takes_beside_the_weights_and_leaves_other_inputs_alone() {
         .edit(&mut m, &tok, std::slice::from_ref(&rec))
         .unwrap();
     assert_eq!(
-        top(&m, &tok, &rec.rewrite_prompt()),
+        top_token(&m, &tok, &rec.rewrite_prompt()),
         rome,
         "the edit did not take"
     );
@@ -78,18 +70,6 @@ fn a_grace_edit_takes_beside_the_weights_and_leaves_other_inputs_alone() {
     assert_eq!(report["edits"][1]["keys"], 1);
 }
 
-fn ftedit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn edit_writes_the_adapter_and_loading_the_model_applies_it() {
     let dir = common::temp_dir("grace-cli");
@@ -101,7 +81,7 @@ fn edit_writes_the_adapter_and_loading_the_model_applies_it() {
     .unwrap();
     let out = dir.join("edited.gguf");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "edit",
         "--model",
         "smollm2",
@@ -124,7 +104,7 @@ fn edit_writes_the_adapter_and_loading_the_model_applies_it() {
             && base.with_extension("adapter.safetensors").is_file()
     );
     let predict = |model: &Path| {
-        let (code, stdout, err) = ftedit(&[
+        let (code, stdout, err) = run_ftedit(&[
             "predict",
             "--model",
             &s(model),
@@ -222,6 +202,6 @@ fn protocols_undo_and_keep_the_codebook_like_weights() {
         ftedit::edit::registry::adapter_from_saved(&loaded, fresh.device()).unwrap(),
     ));
     let rome = tok.encode(" Rome", false).unwrap()[0];
-    assert_eq!(top(&fresh, &tok, &recs[0].rewrite_prompt()), rome);
+    assert_eq!(top_token(&fresh, &tok, &recs[0].rewrite_prompt()), rome);
     std::fs::remove_dir_all(&dir).unwrap();
 }

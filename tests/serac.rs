@@ -7,10 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::rc::Rc;
 
-use common::{random_model, tiny_llama};
+use common::{random_model, run_ftedit, tiny_llama};
 use ftedit::edit::serac::{Classifier, SeracMemory};
 use ftedit::model::{Input, LogitsAt};
 use tch::{Kind, Tensor};
@@ -100,33 +99,29 @@ fn the_router_answers_in_scope_queries_with_their_edit_in_context() {
     m.set_adapter(Some(Rc::new(memory(&m, key, context.clone(), s * 0.999))));
     assert!(!m.forward(&input, &at).unwrap().equal(&before));
 
-    // Generation sees the whole sequence at every step, routed on its prompt: the same
-    // tokens as greedy decoding of the edit in context, though the generated tokens move
-    // the sequence's embedding away from the key.
+    // Generation routes each prompt once, on the prompt: the same tokens as greedy
+    // decoding of the edit in context, though the generated tokens would move the
+    // sequence's embedding away from the key; an unrouted prompt batched beside it
+    // continues as the model alone continues it.
     m.set_adapter(Some(Rc::new(memory(&m, e.copy(), context.clone(), 0.5))));
     let opts = ftedit::model::GenerateOptions {
         max_new_tokens: 4,
         sampling: ftedit::model::Sampling::Greedy,
         ..Default::default()
     };
-    let got = ftedit::model::generate(&m, &[query[..4].to_vec()], &opts).unwrap();
+    let got =
+        ftedit::model::generate(&m, &[query[..4].to_vec(), other[..3].to_vec()], &opts).unwrap();
     m.set_adapter(None);
     let mut in_context = context.clone();
     in_context.extend(&query[..4]);
     let want = ftedit::model::generate(&m, &[in_context], &opts).unwrap();
-    assert_eq!(got, want);
-}
-
-fn ftedit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    assert_eq!(got[0], want[0]);
+    let plain = ftedit::model::generate(&m, &[other[..3].to_vec()], &opts).unwrap();
+    assert_eq!(got[1], plain[0]);
+    assert_ne!(
+        got[0],
+        ftedit::model::generate(&m, &[query[..4].to_vec()], &opts).unwrap()[0]
+    );
 }
 
 #[test]
@@ -135,7 +130,7 @@ fn a_trained_classifier_edits_three_facts_beside_smollm2() {
     let s = |p: &Path| p.to_string_lossy().into_owned();
     let data = common::shared_dir().join("data/counterfact/easyedit_mend_format");
     // Without a classifier: the error names the command that trains one.
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "edit",
         "--model",
         "smollm2",
@@ -151,7 +146,7 @@ fn a_trained_classifier_edits_three_facts_beside_smollm2() {
     assert_ne!(code, 0);
     assert!(err.contains("ftedit train-editor --method serac"), "{err}");
     let editor = dir.join("editor");
-    let (code, out, err) = ftedit(&[
+    let (code, out, err) = run_ftedit(&[
         "train-editor",
         "--method",
         "serac",
@@ -179,7 +174,7 @@ fn a_trained_classifier_edits_three_facts_beside_smollm2() {
     assert_eq!(curve.lines().count(), 2, "{curve}");
     let recipe = editor.join("recipe.toml");
     let edited = dir.join("edited");
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "edit",
         "--model",
         "smollm2",
@@ -203,7 +198,7 @@ fn a_trained_classifier_edits_three_facts_beside_smollm2() {
     // context (whether that flips the fact is the small model's in-context ability, which
     // the results measure), and an unrelated prompt as before.
     let top = |model: &Path, prompt: &str| {
-        let (code, stdout, err) = ftedit(&[
+        let (code, stdout, err) = run_ftedit(&[
             "predict",
             "--model",
             &s(model),

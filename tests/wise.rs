@@ -6,9 +6,8 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
-use common::load;
+use common::{load, run_ftedit, top_token};
 use ftedit::edit::{BuildOptions, Editor, MethodConfig};
 
 /// WISE with fewer steps than the recipe's 70, to keep the tests short.
@@ -19,13 +18,6 @@ fn wise(tok: &ftedit::Tokenizer, records: &[ftedit::data::EditRecord]) -> Box<dy
         ..Default::default()
     };
     ftedit::edit::build(&config, tok, &opts).unwrap()
-}
-
-fn top(m: &ftedit::Model, tok: &ftedit::Tokenizer, prompt: &str) -> u32 {
-    m.next_token_logprobs(&tok.encode(prompt, true).unwrap())
-        .unwrap()
-        .argmax(-1, false)
-        .int64_value(&[]) as u32
 }
 
 #[test]
@@ -50,7 +42,7 @@ fn three_wise_edits_take_beside_the_weights_and_unrelated_inputs_run_unchanged()
     for r in &records {
         let want = tok.encode(&format!(" {}", r.target_new), false).unwrap()[0];
         assert_eq!(
-            top(&m, &tok, &r.rewrite_prompt()),
+            top_token(&m, &tok, &r.rewrite_prompt()),
             want,
             "{} did not take",
             r.target_new
@@ -109,18 +101,6 @@ fn three_wise_edits_take_beside_the_weights_and_unrelated_inputs_run_unchanged()
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn ftedit<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ftedit"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn edit_writes_the_side_memory_and_loading_the_model_applies_it() {
     let dir = common::temp_dir("wise-cli");
@@ -132,7 +112,7 @@ fn edit_writes_the_side_memory_and_loading_the_model_applies_it() {
     .unwrap();
     let out = dir.join("edited");
     let s = |p: &Path| p.to_string_lossy().into_owned();
-    let (code, _, err) = ftedit(&[
+    let (code, _, err) = run_ftedit(&[
         "edit",
         "--model",
         "smollm2",
@@ -155,7 +135,7 @@ fn edit_writes_the_side_memory_and_loading_the_model_applies_it() {
     assert_eq!(saved["method"], "wise");
     assert_eq!(saved["config"]["edits"], 1);
     let predict = |model: &Path| {
-        let (code, stdout, err) = ftedit(&[
+        let (code, stdout, err) = run_ftedit(&[
             "predict",
             "--model",
             &s(model),

@@ -63,3 +63,21 @@ pub struct EditorState {
     /// MEMIT); `null` when there is nothing.
     pub values: serde_json::Value,
 }
+
+/// Runs `edit_one` on each record after the other behind a progress bar named `label`:
+/// the shape of every editor that adds one edit at a time (GRACE, WISE). An error names
+/// the record it came from.
+pub fn in_turn(
+    progress: bool,
+    label: &str,
+    records: &[EditRecord],
+    mut edit_one: impl FnMut(&EditRecord) -> Result<()>,
+) -> Result<()> {
+    let pb = crate::progress::bar(progress, records.len(), label);
+    for rec in records {
+        edit_one(rec).map_err(|e| e.at_record(&rec.id))?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    Ok(())
+}

@@ -269,16 +269,8 @@ impl Codebook {
             .ok_or_else(|| bad("no layer"))? as usize;
         let eps: Vec<f64> =
             serde_json::from_value(saved.config["eps"].clone()).map_err(|_| bad("no radii"))?;
-        let get = |name: &str| {
-            saved
-                .tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.shallow_clone())
-                .ok_or_else(|| bad(&format!("no tensor {name}")))
-        };
-        let (keys, values) = (get("keys")?, get("values")?);
-        let flat = Vec::<i64>::try_from(get("labels")?)?;
+        let (keys, values) = (saved.tensor("keys")?, saved.tensor("values")?);
+        let flat = Vec::<i64>::try_from(saved.tensor("labels")?)?;
         let mut labels = Vec::new();
         let mut i = 0;
         while i < flat.len() {
@@ -448,13 +440,10 @@ impl Editor for GraceEditor {
         let start = std::time::Instant::now();
         // Cold values are drawn from libtorch's generator: seeded per call.
         tch::manual_seed(self.config.seed);
-        let pb = crate::progress::bar(self.progress, records.len(), "grace");
-        for rec in records {
+        let progress = self.progress;
+        crate::edit::editor::in_turn(progress, "grace", records, |rec| {
             self.edit_one(model, tok, rec)
-                .map_err(|e| e.at_record(&rec.id))?;
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
+        })?;
         self.seconds += start.elapsed().as_secs_f64();
         Ok(())
     }

@@ -26,6 +26,7 @@ use super::editor::Editor;
 use super::layers::layer_range;
 use crate::data::EditRecord;
 use crate::error::{Error, Result};
+use crate::model::adapter::named_tensor;
 use crate::model::adapter::{Route, SequenceRouter};
 use crate::model::{Adapter, ForwardExtras, Input, Model, SavedAdapter};
 use crate::tokenizer::Tokenizer;
@@ -178,11 +179,7 @@ impl Classifier {
     ) -> Result<Self> {
         let bad = |m: String| Error::Input(format!("{what}: {m}"));
         let get = |name: &str| {
-            tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.to_kind(Kind::Float).to_device(device))
-                .ok_or_else(|| bad(format!("no tensor {name}")))
+            named_tensor(tensors, name, what).map(|t| t.to_kind(Kind::Float).to_device(device))
         };
         let (mean, std, proj) = (
             get("classifier.mean")?,
@@ -396,12 +393,7 @@ impl SeracMemory {
             serde_json::from_value(c["contexts"].clone()).map_err(|_| bad("no contexts"))?;
         let texts: Vec<String> =
             serde_json::from_value(c["texts"].clone()).map_err(|_| bad("no texts"))?;
-        let keys = saved
-            .tensors
-            .iter()
-            .find(|(n, _)| n == "keys")
-            .map(|(_, t)| t.to_kind(Kind::Float).to_device(device))
-            .ok_or_else(|| bad("no keys"))?;
+        let keys = saved.tensor("keys")?.to_kind(Kind::Float).to_device(device);
         if keys.size()[0] as usize != contexts.len() || texts.len() != contexts.len() {
             return Err(bad("keys, contexts and texts differ in number"));
         }

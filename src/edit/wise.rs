@@ -392,14 +392,7 @@ impl SideMemory {
         let num = |k: &str| c[k].as_f64().ok_or_else(|| bad(&format!("no {k}")));
         let shard_min: Vec<f64> = serde_json::from_value(c["shard_min_act"].clone())
             .map_err(|_| bad("no shard_min_act"))?;
-        let get = |name: &str| {
-            saved
-                .tensors
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, t)| t.to_device(device))
-                .ok_or_else(|| bad(&format!("no tensor {name}")))
-        };
+        let get = |name: &str| saved.tensor(name).map(|t| t.to_device(device));
         let side = get("side")?.to_kind(Kind::Float);
         let shards = shard_min
             .iter()
@@ -724,13 +717,10 @@ impl Editor for WiseEditor {
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         let start = std::time::Instant::now();
-        let pb = crate::progress::bar(self.progress, records.len(), "wise");
-        for rec in records {
+        let progress = self.progress;
+        crate::edit::editor::in_turn(progress, "wise", records, |rec| {
             self.edit_one(model, tok, rec)
-                .map_err(|e| e.at_record(&rec.id))?;
-            pb.inc(1);
-        }
-        pb.finish_and_clear();
+        })?;
         self.seconds += start.elapsed().as_secs_f64();
         Ok(())
     }

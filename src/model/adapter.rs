@@ -59,6 +59,30 @@ pub struct SavedAdapter {
     pub tensors: Vec<(String, Tensor)>,
 }
 
+impl SavedAdapter {
+    /// The tensor called `name`; a missing one is an input error naming the adapter.
+    pub fn tensor(&self, name: &str) -> crate::Result<&Tensor> {
+        named_tensor(
+            &self.tensors,
+            name,
+            &format!("{} adapter", self.method.to_uppercase()),
+        )
+    }
+}
+
+/// The tensor called `name` among `tensors`; `what` names their source in the error.
+pub fn named_tensor<'a>(
+    tensors: &'a [(String, Tensor)],
+    name: &str,
+    what: &str,
+) -> crate::Result<&'a Tensor> {
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t)
+        .ok_or_else(|| crate::Error::Input(format!("{what}: no tensor {name}")))
+}
+
 /// The adapter a model carries (shared, so editors can keep a handle).
 pub type SharedAdapter = Rc<dyn Adapter>;
 
@@ -139,4 +163,27 @@ pub fn read_adapter(base: &std::path::Path) -> crate::Result<Option<SavedAdapter
         config: v["config"].clone(),
         tensors,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_adapter_finds_its_tensors_by_name_and_names_a_missing_one() {
+        let saved = SavedAdapter {
+            method: "grace".into(),
+            config: serde_json::json!({}),
+            tensors: vec![
+                ("keys".into(), Tensor::from_slice(&[1.0f32, 2.0])),
+                ("values".into(), Tensor::from_slice(&[3.0f32])),
+            ],
+        };
+        assert_eq!(
+            Vec::<f32>::try_from(saved.tensor("values").unwrap()).unwrap(),
+            [3.0]
+        );
+        let err = saved.tensor("labels").unwrap_err().to_string();
+        assert!(err.contains("GRACE adapter: no tensor labels"), "{err}");
+    }
 }

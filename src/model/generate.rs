@@ -96,10 +96,35 @@ pub fn generate(
 ) -> Result<Vec<Vec<u32>>> {
     let _g = tch::no_grad_guard();
     let b = prompts.len();
-    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if b == 0 || prompts.iter().any(Vec::is_empty) {
         return Err(Error::Input("generate needs non-empty prompts".into()));
     }
+    // An adapter that routes whole sequences (SERAC) routes each on its prompt, so the
+    // generated tokens cannot change the route: a routed prompt continues as context +
+    // prompt, decoded with the cache like any other and not routed again.
+    let adapter = model.adapter.clone();
+    let router = adapter.as_ref().and_then(|a| a.router());
+    let routed: Vec<Vec<u32>>;
+    let prompts = match router {
+        Some(router) => {
+            let routes = router.contexts(model, prompts)?;
+            routed = prompts
+                .iter()
+                .zip(routes)
+                .map(|(p, route)| match route {
+                    Some(r) => r
+                        .context
+                        .into_iter()
+                        .chain(p[r.replaces..].iter().copied())
+                        .collect(),
+                    None => p.clone(),
+                })
+                .collect();
+            &routed[..]
+        }
+        None => prompts,
+    };
+    let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if len > model.max_positions() {
         return Err(Error::ContextOverflow {
             len,
@@ -126,29 +151,14 @@ pub fn generate(
     };
     let mut out = vec![Vec::new(); b];
     let mut done = vec![false; b];
-    // An adapter that routes whole sequences sees them whole at every step (no cache),
-    // and routes each on its prompt: the prompt's last position is read first (and its
-    // logits dropped), so the generated tokens cannot change the route.
-    let whole = model.routes_sequences();
-    let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
-    for step in 0..max_new {
-        let logits = if whole {
-            let width = len + step;
-            // Left padding ends every prompt at `len − 1`.
-            let at: Vec<(usize, usize)> = (0..b)
-                .flat_map(|r| [(r, len - 1), (r, width - 1)])
-                .collect();
-            let both = model.forward(&left_padded(&seqs, device), &LogitsAt::Positions(at))?;
-            both.view([b as i64, 2, -1]).select(1, 1)
-        } else {
-            let extras = ForwardExtras {
-                hooks: None,
-                cache: Some(&mut cache),
-                grad_from: None,
-                ..Default::default()
-            };
-            model.forward_with(&input, &LogitsAt::Last, extras)?
+    for _ in 0..max_new {
+        let extras = ForwardExtras {
+            hooks: None,
+            cache: Some(&mut cache),
+            grad_from: None,
+            ..Default::default()
         };
+        let logits = model.forward_plain(&input, &LogitsAt::Last, extras)?;
         let next = choose(&logits, opts.sampling, &mut rngs)?;
         for (r, &tok) in next.iter().enumerate() {
             if done[r] {
@@ -162,9 +172,6 @@ pub fn generate(
         }
         if done.iter().all(|&d| d) {
             break;
-        }
-        for (s, &tok) in seqs.iter_mut().zip(&next) {
-            s.push(tok);
         }
         let step: Vec<i64> = next.iter().map(|&t| t as i64).collect();
         key_mask = key_mask

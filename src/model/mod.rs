@@ -776,12 +776,6 @@ impl Model {
         Ok(format!("{:016x}", h.finish()))
     }
 
-    /// Whether the installed adapter routes whole sequences, so that callers feed
-    /// them whole (generation without a KV cache).
-    pub fn routes_sequences(&self) -> bool {
-        self.adapter.as_ref().is_some_and(|a| a.router().is_some())
-    }
-
     /// [`Model::forward_with`] through `router`: each sequence (a row, or a segment of a
     /// packed row) up to its first read is a query; the reads of a sequence the router
     /// puts a context before are computed on context + sequence instead.

@@ -481,6 +481,35 @@ pub fn ftedit_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ftedit"))
 }
 
+/// Runs `ftedit args` to the end: (exit code, stdout, stderr). A panic fails the test
+/// whatever the exit code, since every error is meant to reach the user as a message.
+pub fn run_ftedit<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(
+    args: &[S],
+) -> (i32, String, String) {
+    let out = std::process::Command::new(ftedit_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !stderr.contains("panicked"),
+        "ftedit {args:?} panicked:\n{stderr}"
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr,
+    )
+}
+
+/// The model's most likely next token after `prompt` (with the start token).
+pub fn top_token(m: &Model, tok: &Tokenizer, prompt: &str) -> u32 {
+    m.next_token_logprobs(&tok.encode(prompt, true).unwrap())
+        .unwrap()
+        .argmax(-1, false)
+        .int64_value(&[]) as u32
+}
+
 /// Starts `ftedit args`, waits until `ready` (polled every few milliseconds; the run
 /// must not end first), then sends it `signal`; returns the exit code (minus the signal
 /// when it killed the process) and stderr.
