@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Lifelong editing (issue 14): the same edits applied in sequential batches by the
-# paper's recipe, LocFT-BF, AlphaEdit, MEMIT and ROME, each run's curve (metrics, the
+# paper's recipe, LocFT-BF, AlphaEdit, MEMIT, ROME, GRACE, WISE, SERAC and MEND, each run's curve (metrics, the
 # first batch's, perplexity and known facts at every checkpoint) in curve.jsonl, the same
 # edits as one mass edit by the paper's recipe and by MEMIT beside them, and one plot per
 # data set.
@@ -14,7 +14,9 @@
 # (default cpu), OUT_DIR (default runs/lifelong-MODEL), FTEDIT_DATA (default
 # ../shared/data), ONLY (a regular expression over the run names, e.g. 'ft|locft'),
 # PRECISION (f32 or bf16-mixed: how the fine-tuning runs train, the recipe's, LocFT-BF's
-# and the recipe's mass edit; default the recipes' f32).
+# and the recipe's mass edit; default the recipes' f32), SERAC_RECIPE and MEND_RECIPE
+# (the recipe.toml that `ftedit train-editor` wrote; default runs/serac-cf-smollm2 and
+# runs/mend-cf-smollm2: those runs are skipped when the file is missing).
 # Finished runs are skipped; a sequential run that was cut short resumes from its last
 # checkpoint (its folder's checkpoint/: the changed weights and the editor's state).
 set -euo pipefail
@@ -39,12 +41,21 @@ declare -A RUN=(
   [3-alphaedit]="--method alphaedit"
   [4-memit]="--method memit"
   [5-rome]="--method rome"
+  [6-grace]="--method grace"
+  [7-wise]="--method wise"
+  [8-serac]="--recipe ${SERAC_RECIPE:-runs/serac-cf-smollm2/recipe.toml}"
+  [9-mend]="--recipe ${MEND_RECIPE:-runs/mend-cf-smollm2/recipe.toml}"
 )
 mkdir -p "$OUT"
 for run in $(printf '%s\n' "${!RUN[@]}" | sort); do
   [[ "$run" =~ ${ONLY:-.} ]] || continue
   dir="$OUT/$DATASET-$run"
   [ -f "$dir/summary.json" ] && continue
+  # The trained editors need their training first (ftedit train-editor).
+  if [[ "${RUN[$run]}" == --recipe\ *.toml ]] && [ ! -f "${RUN[$run]#--recipe }" ]; then
+    echo "== $DATASET $run: skipped, no ${RUN[$run]#--recipe } (train it with ftedit train-editor)"
+    continue
+  fi
   echo "== $DATASET $run: $N edits in batches of $B"
   # shellcheck disable=SC2086
   "$FTEDIT" eval --model "$MODEL" --data "$file" "${sel[@]}" ${RUN[$run]} \

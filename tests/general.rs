@@ -308,3 +308,122 @@ fn the_health_command_checks_a_model_against_another() {
     assert_eq!(against["collapsed"], false);
     assert_eq!(against["PPL"], against["PPL_before"]);
 }
+
+/// AlphaEdit's GLUE-style prompts (LM_EVAL.md §3, from `glue_eval/<task>_eval.py`) on
+/// the first scored record (index 10) of each file.
+#[test]
+fn glue_prompts_are_alphaedits() {
+    use general::glue;
+    let dir = general_dir().join("alphaedit_glue_eval");
+    let record = |file: &str| -> serde_json::Value {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        serde_json::from_str(text.lines().nth(10).unwrap()).unwrap()
+    };
+    let r = record("sst2.jsonl");
+    let s = r["sentence"].as_str().unwrap();
+    assert_eq!(
+        glue::prompt("glue_sst2", &r).unwrap(),
+        (format!("Review :{s}\nSentiment :"), 1)
+    );
+    let r = record("cola.jsonl");
+    assert_eq!(
+        glue::prompt("glue_cola", &r).unwrap().0,
+        "Is this sentence linguistically acceptable?\nSentence: That is the reason why he resigned.\nAnswer: "
+    );
+    let r = record("rte.jsonl");
+    let (p, label) = glue::prompt("glue_rte", &r).unwrap();
+    assert!(p.starts_with("The latest attacks targeted the U-S embassy"));
+    assert!(
+        p.ends_with("Uzbekistan's capital. True or False?\nanswer:"),
+        "{p}"
+    );
+    // GLUE's 1 (not entailed) is kept: AlphaEdit scores it as "True".
+    assert_eq!(label, 1);
+    let r = record("nli.jsonl");
+    let (p, label) = glue::prompt("glue_nli", &r).unwrap();
+    assert!(p.contains(" entails the ") && p.ends_with(" True or False? Answer:"));
+    assert_eq!(label, i64::from(r["label"] == "entailment"));
+    let r = record("mmlu.jsonl");
+    let (p, label) = glue::prompt("glue_mmlu", &r).unwrap();
+    assert!(p.ends_with("\n(A) orthographic\n(B) phonemic\n(C) semantic\n(D) perceptual\nAnswer:"));
+    assert_eq!(label, 2);
+    let r = record("mrpc.jsonl");
+    assert!(glue::prompt("glue_mrpc", &r).unwrap().0.starts_with(
+        "Are the sentences paraphrases of each other.\nSentence 1: \" The idea that Tony Abbott"
+    ));
+}
+
+/// The probability answers of a GLUE-style task against the definition: `exp(−mean
+/// NLL)` of `" " + word`'s own tokens read after the prompt's, from one plain forward
+/// pass over prompt + " " + word; F1 weighted by gold class as sklearn's.
+#[test]
+fn glue_scores_follow_alphaedits_definitions() {
+    use general::{GeneralTask, glue};
+    let (model, tok) = tiny();
+    let dir = general_dir();
+    for (name, file, words) in [
+        ("glue_sst2", "sst2.jsonl", vec!["positive", "negative"]),
+        ("glue_mmlu", "mmlu.jsonl", vec!["A", "B", "C", "D"]),
+    ] {
+        let n = 6;
+        let task = GeneralTask::load(name, &dir, n, &tok, 2048).unwrap();
+        let s = task.score(&model).unwrap();
+        assert_eq!(s.n, n);
+        let text = std::fs::read_to_string(dir.join("alphaedit_glue_eval").join(file)).unwrap();
+        let (mut labels, mut preds) = (Vec::new(), Vec::new());
+        for line in text.lines().skip(10).take(n) {
+            let (prompt, label) = glue::prompt(name, &serde_json::from_str(line).unwrap()).unwrap();
+            let ctx = tok.encode(&prompt, true).unwrap();
+            let p: Vec<f64> = words
+                .iter()
+                .map(|w| {
+                    let own = tok.encode(&format!(" {w}"), false).unwrap();
+                    let joint = tok.encode(&format!("{prompt} {w}"), true).unwrap();
+                    // One forward pass over the joint encoding; own[j] read at
+                    // ctx.len() + j − 1, whatever token the joint encoding has there.
+                    let input =
+                        ftedit::model::Input::right_padded(&[joint], model.device()).unwrap();
+                    let logp = model
+                        .forward(&input, &ftedit::model::LogitsAt::All)
+                        .unwrap()
+                        .get(0)
+                        .to_kind(Kind::Double)
+                        .log_softmax(-1, Kind::Double);
+                    let ll: f64 = own
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &t)| {
+                            logp.get((ctx.len() + j - 1) as i64)
+                                .double_value(&[t as i64])
+                        })
+                        .sum();
+                    (ll / own.len() as f64).exp()
+                })
+                .collect();
+            let pred = if words.len() == 2 {
+                i64::from(p[0] > p[1])
+            } else {
+                (0..4)
+                    .find(|&i| (0..4).all(|j| j == i || p[i] > p[j]))
+                    .map_or(-1, |i| i as i64)
+            };
+            labels.push(label);
+            preds.push(pred);
+        }
+        let GeneralTask::Glue(glue_task) = &task else {
+            panic!("{name} is not a GLUE task")
+        };
+        let answers = glue_task.answers(&model).unwrap();
+        assert_eq!(answers.labels, labels);
+        assert_eq!(answers.probable, preds, "{name}");
+        let want = 100.0 * glue::weighted_f1(&labels, &preds);
+        assert!(
+            (s.f1_new.unwrap() - want).abs() < 1e-9,
+            "{name}: {:?} vs {want}",
+            s.f1_new
+        );
+        let invalid = s.invalid.unwrap();
+        assert!(invalid <= n && s.acc <= 100.0 * (n - invalid) as f64 / n as f64 + 1e-9);
+        assert_eq!(s.main, s.f1.unwrap());
+    }
+}

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::general::{PreparedTask, TaskScore, score_prepared, tasks};
+use super::general::{GeneralTask, TaskScore, expand_task_names, tasks};
 use super::scorer::predictions;
 use crate::error::{Error, Result};
 use crate::model::{Input, LogitsAt, Model};
@@ -110,7 +110,7 @@ pub struct Probe {
     /// but the first.
     lead: bool,
     facts: Vec<Fact>,
-    general: Vec<PreparedTask>,
+    general: Vec<GeneralTask>,
     pub options: HealthOptions,
 }
 
@@ -179,6 +179,16 @@ impl Health {
                 let before = g.before.get(task);
                 out.push((format!("general.{task}.acc"), Some(after.acc)));
                 out.push((format!("general.{task}.acc_before"), before.map(|b| b.acc)));
+                for (metric, a, b) in [
+                    ("f1", after.f1, before.and_then(|b| b.f1)),
+                    ("f1_new", after.f1_new, before.and_then(|b| b.f1_new)),
+                    ("mcc", after.mcc, before.and_then(|b| b.mcc)),
+                ] {
+                    if a.is_some() {
+                        out.push((format!("general.{task}.{metric}"), a));
+                        out.push((format!("general.{task}.{metric}_before"), b));
+                    }
+                }
                 if after.acc_norm.is_some() {
                     out.push((format!("general.{task}.acc_norm"), after.acc_norm));
                     out.push((
@@ -351,13 +361,9 @@ impl Probe {
             None => Vec::new(),
         };
         let general = match &options.general {
-            Some(g) => g
-                .tasks
+            Some(g) => expand_task_names(&g.tasks)
                 .iter()
-                .map(|name| {
-                    let task = tasks::load(name, &g.dir, Some(g.items))?;
-                    PreparedTask::new(tok, &task, max_positions)
-                })
+                .map(|name| GeneralTask::load(name, &g.dir, g.items, tok, max_positions))
                 .collect::<Result<Vec<_>>>()?,
             None => Vec::new(),
         };
@@ -472,10 +478,7 @@ impl Probe {
 
     /// Each task's scores on `model`.
     fn general_scores(&self, model: &Model) -> Result<Vec<TaskScore>> {
-        self.general
-            .iter()
-            .map(|t| score_prepared(model, t))
-            .collect()
+        self.general.iter().map(|t| t.score(model)).collect()
     }
 
     /// The general-ability part of a health report: `after` against the baseline's.
@@ -492,7 +495,7 @@ impl Probe {
             self.general
                 .iter()
                 .zip(s)
-                .map(|(t, x)| (t.name.clone(), x.clone()))
+                .map(|(t, x)| (t.name().to_owned(), x.clone()))
                 .collect()
         };
         let (m, mb) = (mean(&after), mean(&base.general));
@@ -524,10 +527,7 @@ impl Probe {
             (&f.prompt_ids, f.answer).hash(&mut h);
         }
         for t in &self.general {
-            t.name.hash(&mut h);
-            for d in &t.docs {
-                (&d.requests, d.gold).hash(&mut h);
-            }
+            t.hash_into(&mut h);
         }
         format!("{:016x}", h.finish())
     }

@@ -23,12 +23,14 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, Value};
 use spm::{Spm, TokenType};
 
+#[derive(Clone)]
 enum Inner {
     Hf(Box<tokenizers::Tokenizer>),
     Spm(Box<Spm>),
 }
 
 /// A model's tokenizer, with its special tokens.
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: Inner,
     /// Whether model inputs start with BOS (added by [`Tokenizer::encode`] when asked).
@@ -296,6 +298,21 @@ impl Tokenizer {
             Inner::Hf(t) => t.decode(ids, false).unwrap_or_default(),
             Inner::Spm(s) => s.decode(ids),
         }
+    }
+
+    /// Decodes ids to text without the special tokens (BOS, EOS, control tokens), as
+    /// transformers' `decode(ids, skip_special_tokens=True)` does.
+    pub fn decode_text(&self, ids: &[u32]) -> String {
+        let kept: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&id| {
+                Some(id) != self.bos_id
+                    && Some(id) != self.eos_id
+                    && !self.specials.iter().any(|(_, s)| *s == id)
+            })
+            .collect();
+        self.decode(&kept)
     }
 
     /// The vocabulary string of a token (`Ġ`/`▁` left as stored).

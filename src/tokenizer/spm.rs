@@ -36,6 +36,7 @@ impl TokenType {
 }
 
 /// A SentencePiece vocabulary with scores.
+#[derive(Clone)]
 pub struct Spm {
     pieces: Vec<String>,
     scores: Vec<f32>,

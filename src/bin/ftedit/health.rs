@@ -33,7 +33,8 @@ pub struct HealthArgs {
     /// and after editing (0: none) [default: 0; `ftedit health`: 100].
     #[arg(long, value_name = "N")]
     general: Option<usize>,
-    /// The downstream tasks, comma-separated [default: all eight].
+    /// The downstream tasks, comma-separated; `glue` adds AlphaEdit's six GLUE-style
+    /// checks [default: the eight lm-eval tasks].
     #[arg(long, value_delimiter = ',', value_name = "TASKS")]
     general_tasks: Vec<String>,
     /// The tasks' data folder [default: general/ in the data folder].

@@ -5,6 +5,7 @@
 //! same divided by the choice's length in characters), LAMBADA's `acc` (every target
 //! token greedy) and perplexity. Ties go to the lowest index, as `np.argmax` has it.
 
+pub mod glue;
 pub mod tasks;
 
 use serde::{Deserialize, Serialize};
@@ -56,6 +57,17 @@ pub struct TaskScore {
     pub perplexity: Option<f64>,
     /// The metric `general.mean` uses, its value.
     pub main: f64,
+    /// AlphaEdit's GLUE-style tasks ([`glue`]): weighted F1 of the generated answers
+    /// (the task's `main`), of the probability answers, and their MCC, in percent; the
+    /// items whose generation named no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_new: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<usize>,
 }
 
 /// lm-eval's pair encoding: trailing whitespace of the context moves to the
@@ -209,7 +221,94 @@ pub fn score_prepared(model: &Model, task: &PreparedTask) -> Result<TaskScore> {
             Metric::AccNorm => acc_norm.unwrap_or(acc),
             Metric::Acc => acc,
         },
+        f1: None,
+        f1_new: None,
+        mcc: None,
+        invalid: None,
     })
+}
+
+/// A downstream task prepared for one model: lm-evaluation-harness's log-likelihood
+/// tasks, or AlphaEdit's GLUE-style ones.
+#[derive(Clone)]
+pub enum GeneralTask {
+    Harness(PreparedTask),
+    Glue(glue::GlueTask),
+}
+
+impl GeneralTask {
+    /// Task `name` ([`tasks::TASKS`] or [`glue::GLUE_TASKS`]) from the `general/` folder
+    /// `dir`, its first `items` items, tokenised for `tok`.
+    pub fn load(
+        name: &str,
+        dir: &std::path::Path,
+        items: usize,
+        tok: &Tokenizer,
+        max_positions: usize,
+    ) -> Result<Self> {
+        if glue::GLUE_TASKS.contains(&name) {
+            return Ok(GeneralTask::Glue(glue::GlueTask::load(
+                name,
+                dir,
+                Some(items),
+                tok,
+                max_positions,
+            )?));
+        }
+        let task = tasks::load(name, dir, Some(items))?;
+        Ok(GeneralTask::Harness(PreparedTask::new(
+            tok,
+            &task,
+            max_positions,
+        )?))
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            GeneralTask::Harness(t) => &t.name,
+            GeneralTask::Glue(t) => &t.name,
+        }
+    }
+
+    /// The task's scores on `model`.
+    pub fn score(&self, model: &Model) -> Result<TaskScore> {
+        match self {
+            GeneralTask::Harness(t) => score_prepared(model, t),
+            GeneralTask::Glue(t) => t.score(model),
+        }
+    }
+
+    /// What identifies the task's items, for caches of the scores.
+    pub fn hash_into(&self, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        match self {
+            GeneralTask::Harness(t) => {
+                t.name.hash(h);
+                for d in &t.docs {
+                    (&d.requests, d.gold).hash(h);
+                }
+            }
+            GeneralTask::Glue(t) => t.hash_into(h),
+        }
+    }
+}
+
+/// Task names as a user lists them, with `glue` standing for every GLUE-style task.
+pub fn expand_task_names(names: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        let group: Vec<String> = if n == "glue" {
+            glue::GLUE_TASKS.iter().map(|s| s.to_string()).collect()
+        } else {
+            vec![n.clone()]
+        };
+        for t in group {
+            if !out.contains(&t) {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -58,8 +58,9 @@ pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
         ),
         other => {
             return Err(Error::Input(format!(
-                "unknown task '{other}' (tasks: {})",
-                TASKS.join(", ")
+                "unknown task '{other}' (tasks: {}, and glue: {})",
+                TASKS.join(", "),
+                super::glue::GLUE_TASKS.join(", ")
             )));
         }
     };
@@ -81,7 +82,7 @@ fn lines(path: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(str::to_owned).collect())
 }
 
-fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
+pub(super) fn jsonl(path: &Path) -> Result<Vec<serde_json::Value>> {
     lines(path)?
         .iter()
         .enumerate()
