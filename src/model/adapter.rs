@@ -50,6 +50,15 @@ pub struct Route {
     pub replaces: usize,
 }
 
+impl Route {
+    /// The sequence `seq` as it runs on this route: the context, then `seq` from its
+    /// `replaces`-th token on.
+    pub fn continued(&self, seq: &[u32]) -> Vec<u32> {
+        let rest = seq.get(self.replaces..).unwrap_or_default();
+        [self.context.as_slice(), rest].concat()
+    }
+}
+
 /// An adapter as files hold it: `method` names the editor that reads it back.
 #[derive(Debug)]
 pub struct SavedAdapter {

@@ -111,14 +111,7 @@ pub fn generate(
             routed = prompts
                 .iter()
                 .zip(routes)
-                .map(|(p, route)| match route {
-                    Some(r) => r
-                        .context
-                        .into_iter()
-                        .chain(p[r.replaces..].iter().copied())
-                        .collect(),
-                    None => p.clone(),
-                })
+                .map(|(p, route)| route.map_or_else(|| p.clone(), |r| r.continued(p)))
                 .collect();
             &routed[..]
         }

@@ -856,12 +856,11 @@ impl Model {
         let mut slot = std::collections::HashMap::new();
         for (&(k, _), ctx) in groups.iter().zip(&contexts) {
             if let Some(route) = ctx {
-                let ctx = &route.context;
-                let pos: Vec<usize> = positions(k).into_iter().skip(route.replaces).collect();
-                let mut s = ctx.clone();
-                s.extend(pos.iter().map(|&p| ids[k.0 * t + p] as u32));
-                slot.insert(k, (seqs.len(), ctx.len(), pos));
-                seqs.push(s);
+                let all = positions(k);
+                let seq: Vec<u32> = all.iter().map(|&p| ids[k.0 * t + p] as u32).collect();
+                let pos = all.get(route.replaces..).unwrap_or_default().to_vec();
+                slot.insert(k, (seqs.len(), route.context.len(), pos));
+                seqs.push(route.continued(&seq));
             }
         }
         let (mut rows, mut new_reads) = (Vec::new(), Vec::new());

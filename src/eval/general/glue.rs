@@ -61,6 +61,16 @@ impl Kind {
         })
     }
 
+    /// The task called `name`, or an error listing the tasks.
+    fn named(name: &str) -> Result<Kind> {
+        Kind::of(name).ok_or_else(|| {
+            Error::Input(format!(
+                "unknown GLUE task '{name}' (tasks: {})",
+                GLUE_TASKS.join(", ")
+            ))
+        })
+    }
+
     fn file(self) -> &'static str {
         match self {
             Kind::Sst2 => "sst2.jsonl",
@@ -190,7 +200,7 @@ impl Kind {
 
 /// The prompt and gold label AlphaEdit builds from `record` of task `name` (zero-shot).
 pub fn prompt(name: &str, record: &serde_json::Value) -> Result<(String, i64)> {
-    let kind = Kind::of(name).ok_or_else(|| Error::Input(format!("unknown GLUE task '{name}'")))?;
+    let kind = Kind::named(name)?;
     kind.prompt(record, Path::new(kind.file()), 0)
 }
 
@@ -222,12 +232,7 @@ impl GlueTask {
         tok: &Tokenizer,
         max_positions: usize,
     ) -> Result<Self> {
-        let kind = Kind::of(name).ok_or_else(|| {
-            Error::Input(format!(
-                "unknown GLUE task '{name}' (tasks: {})",
-                GLUE_TASKS.join(", ")
-            ))
-        })?;
+        let kind = Kind::named(name)?;
         let path = dir.join("alphaedit_glue_eval").join(kind.file());
         let records = super::tasks::jsonl(&path)?;
         let limit = limit.unwrap_or(usize::MAX);
@@ -240,13 +245,12 @@ impl GlueTask {
                 .iter()
                 .map(|(w, _)| {
                     let tokens = tok.encode(&format!(" {w}"), false)?;
-                    let joint = tok.encode(&format!("{prompt} {w}"), true)?;
+                    let mut joint = tok.encode(&format!("{prompt} {w}"), true)?;
                     // The word's tokens are read after the prompt's, wherever the joint
                     // encoding put its boundary (AlphaEdit's reading, not lm-eval's).
                     // Where the joint encoding is too short for that (AlphaEdit's code
                     // would fail), the word's own last tokens fill it in.
                     let need = ids.len() + tokens.len() - 1;
-                    let mut joint = joint;
                     if joint.len() < need {
                         joint.extend(&tokens[tokens.len() - (need - joint.len())..]);
                     }
