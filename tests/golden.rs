@@ -293,6 +293,28 @@ fn smollm2_chat_prompt_uses_its_template_and_control_tokens() {
     assert!(tok.encode(&text, false).unwrap().len() > ids.len());
 }
 
+/// The frame of SmolLM2-Instruct's template around a user turn: ChatML up to `user⏎`
+/// before, `<|im_end|>⏎<|im_start|>assistant⏎` after; it finds a question's own tokens in
+/// its chat prompt.
+#[test]
+fn smollm2_chat_frame_finds_the_users_text() {
+    let (_, tok) = common::load("smollm2");
+    let frame = tok.chat_frame().unwrap().unwrap();
+    assert_eq!(
+        tok.decode(&frame.before),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n"
+    );
+    assert_eq!(
+        tok.decode(&frame.after),
+        "<|im_end|>\n<|im_start|>assistant\n"
+    );
+    let q = "Where is the Eiffel Tower?";
+    let ids = tok.chat_prompt(q).unwrap();
+    let span = frame.text_span(&ids).unwrap();
+    assert_eq!(ids[span], tok.encode(q, false).unwrap()[..]);
+    assert_eq!(frame.text_span(&tok.encode(q, true).unwrap()), None);
+}
+
 /// The chat metric on the unedited SmolLM2-Instruct: asked "The Eiffel Tower is located
 /// in the city of" as a user turn, it answers with Paris (so `chat_exact` holds for
 /// target Paris and fails for Rome) in a clean sentence that spells the subject intact.

@@ -12,6 +12,7 @@ use std::rc::Rc;
 use common::{random_model, run_ftedit, tiny_llama};
 use ftedit::edit::serac::{Classifier, SeracMemory};
 use ftedit::model::{Input, LogitsAt};
+use ftedit::tokenizer::ChatFrame;
 use tch::{Kind, Tensor};
 
 /// A memory with one edit whose key is `key` (projected space = standardised
@@ -32,6 +33,7 @@ fn memory(m: &ftedit::Model, key: Tensor, context: Vec<u32>, threshold: f64) -> 
         texts: vec!["context".into()],
         keys: key.view([1, hidden]),
         bos: None,
+        frame: None,
     }
 }
 
@@ -121,6 +123,36 @@ fn the_router_answers_in_scope_queries_with_their_edit_in_context() {
     assert_ne!(
         got[0],
         ftedit::model::generate(&m, &[query[..4].to_vec()], &opts).unwrap()[0]
+    );
+
+    // The same query as a chat turn: the classifier reads the user's text alone (the
+    // same similarity as the bare query), and the edit goes inside the turn, before it.
+    let frame = ChatFrame {
+        before: vec![250, 251],
+        after: vec![252],
+    };
+    let turn: Vec<u32> = [&frame.before[..], &query[..4], &frame.after[..]].concat();
+    let mut chat = memory(&m, e.copy(), context.clone(), 0.5);
+    chat.frame = Some(frame.clone());
+    let near = chat
+        .nearest(&m, &[turn.clone(), query[..4].to_vec()])
+        .unwrap();
+    let (s_turn, s_bare) = (near[0].unwrap().1, near[1].unwrap().1);
+    assert!(
+        (s_turn - s_bare).abs() < 1e-6 && s_bare > 0.999,
+        "{s_turn} vs {s_bare}"
+    );
+    m.set_adapter(Some(Rc::new(chat)));
+    let got = ftedit::model::generate(&m, std::slice::from_ref(&turn), &opts).unwrap();
+    m.set_adapter(None);
+    let inside: Vec<u32> = [&frame.before[..], &context, &query[..4], &frame.after[..]].concat();
+    assert_eq!(
+        got[0],
+        ftedit::model::generate(&m, &[inside], &opts).unwrap()[0]
+    );
+    assert_ne!(
+        got[0],
+        ftedit::model::generate(&m, &[turn], &opts).unwrap()[0]
     );
 }
 

@@ -14,6 +14,11 @@
 //! rule). `ftedit train-editor --method serac` trains `P` with the authors' balanced
 //! binary cross-entropy: `−log s` over (paraphrase, its edit) and `−log(1 − s)` over
 //! (neighbourhood prompt, edit) and (another record's prompt, edit).
+//!
+//! A question asked through the model's chat template is routed on the user's text
+//! alone (the template's tokens around it, [`ChatFrame`], would move every chat query
+//! far from every edit), and its edit goes inside the user's turn, before the question:
+//! the authors' "edit, then query" in the form a chat model reads.
 
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -28,7 +33,7 @@ use crate::data::EditRecord;
 use crate::error::{Error, Result};
 use crate::model::adapter::{Route, SequenceRouter, named_tensor};
 use crate::model::{Adapter, ForwardExtras, Input, Model, SavedAdapter};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ChatFrame, Tokenizer};
 use crate::train::{AdamW, AdamWConfig};
 
 /// SERAC's settings (`recipes/serac.toml`).
@@ -273,10 +278,18 @@ pub struct SeracMemory {
     pub keys: Tensor,
     /// A query's first token, dropped when its context brings its own (BOS).
     pub bos: Option<u32>,
+    /// The chat template's tokens around a user turn: the classifier reads a chat
+    /// prompt's user text alone, and an edit's context goes inside the turn.
+    pub frame: Option<ChatFrame>,
 }
 
 impl SeracMemory {
-    fn empty(classifier: Rc<Classifier>, threshold: f64, bos: Option<u32>) -> Self {
+    fn empty(
+        classifier: Rc<Classifier>,
+        threshold: f64,
+        bos: Option<u32>,
+        frame: Option<ChatFrame>,
+    ) -> Self {
         let dim = classifier.proj.size()[0];
         let device = classifier.proj.device();
         SeracMemory {
@@ -286,6 +299,7 @@ impl SeracMemory {
             texts: Vec::new(),
             keys: Tensor::zeros([0, dim], (Kind::Float, device)),
             bos,
+            frame,
         }
     }
 
@@ -297,6 +311,7 @@ impl SeracMemory {
             texts: self.texts.clone(),
             keys: self.keys.copy(),
             bos: self.bos,
+            frame: self.frame.clone(),
         }
     }
 
@@ -309,7 +324,8 @@ impl SeracMemory {
         if self.contexts.is_empty() || queries.is_empty() {
             return Ok(vec![None; queries.len()]);
         }
-        let e = embed(model, self.classifier.layer, queries)?;
+        let texts: Vec<Vec<u32>> = queries.iter().map(|q| self.query_text(q)).collect();
+        let e = embed(model, self.classifier.layer, &texts)?;
         let s = Classifier::similarity(&self.classifier.project(&e), &self.keys);
         let (best, idx) = s.max_dim(1, false);
         let best = Vec::<f64>::try_from(best.to_kind(Kind::Double).to_device(tch::Device::Cpu))?;
@@ -319,6 +335,25 @@ impl SeracMemory {
             .zip(best)
             .map(|(i, s)| Some((i as usize, s)))
             .collect())
+    }
+
+    /// Where a query's user text begins, when it is a chat prompt in the memory's frame.
+    fn turn_start(&self, q: &[u32]) -> Option<usize> {
+        Some(self.frame.as_ref()?.text_span(q)?.start)
+    }
+
+    /// What the classifier reads of a query: a chat prompt's user text, led by BOS as
+    /// the edit prompts were; any other query whole.
+    fn query_text(&self, q: &[u32]) -> Vec<u32> {
+        match self.frame.as_ref().and_then(|f| f.text_span(q)) {
+            Some(span) => self
+                .bos
+                .iter()
+                .copied()
+                .chain(q[span].iter().copied())
+                .collect(),
+            None => q.to_vec(),
+        }
     }
 }
 
@@ -331,12 +366,23 @@ impl SequenceRouter for SeracMemory {
             .map(|(n, q)| {
                 let (i, s) = n?;
                 (s > self.threshold).then(|| {
-                    let context = self.contexts[i].clone();
-                    // Its own BOS replaces the query's.
+                    let context = &self.contexts[i];
                     let bos = self.bos.as_ref();
-                    let replaces =
-                        usize::from(bos.is_some() && q.first() == bos && context.first() == bos);
-                    Route { context, replaces }
+                    let leads = bos.is_some() && context.first() == bos;
+                    match self.turn_start(q) {
+                        // Inside a chat turn, before the user's text, without its BOS.
+                        Some(at) => Route {
+                            at,
+                            context: context[usize::from(leads)..].to_vec(),
+                            replaces: 0,
+                        },
+                        // Its own BOS replaces the query's.
+                        None => Route {
+                            at: 0,
+                            context: context.clone(),
+                            replaces: usize::from(leads && q.first() == bos),
+                        },
+                    }
                 })
             })
             .collect())
@@ -371,6 +417,7 @@ impl Adapter for SeracMemory {
                 "contexts": self.contexts,
                 "texts": self.texts,
                 "bos": self.bos,
+                "frame": self.frame,
             }),
             tensors,
         }
@@ -403,6 +450,11 @@ impl SeracMemory {
             texts,
             keys,
             bos: c["bos"].as_u64().map(|b| b as u32),
+            // Memories saved before chat frames have none.
+            frame: match &c["frame"] {
+                serde_json::Value::Null => None,
+                f => Some(serde_json::from_value(f.clone()).map_err(|_| bad("bad chat frame"))?),
+            },
         })
     }
 }
@@ -449,7 +501,12 @@ impl SeracEditor {
             }
         };
         let bos = tok.bos_id.filter(|_| tok.adds_bos());
-        Ok(SeracMemory::empty(classifier, self.config.threshold, bos))
+        Ok(SeracMemory::empty(
+            classifier,
+            self.config.threshold,
+            bos,
+            tok.chat_frame()?,
+        ))
     }
 }
 

@@ -42,20 +42,35 @@ pub trait SequenceRouter {
     ) -> crate::Result<Vec<Option<Route>>>;
 }
 
-/// Where a [`SequenceRouter`] sends a sequence: after `context`, which takes the place of
-/// the sequence's first `replaces` tokens (a BOS the context brings itself).
+/// Where a [`SequenceRouter`] sends a sequence: with `context` put in at position `at`,
+/// in the place of the sequence's `replaces` tokens there (a BOS the context brings
+/// itself). `at` is 0 but for a chat turn, whose context goes inside the turn.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Route {
+    pub at: usize,
     pub context: Vec<u32>,
     pub replaces: usize,
 }
 
 impl Route {
-    /// The sequence `seq` as it runs on this route: the context, then `seq` from its
-    /// `replaces`-th token on.
+    /// The sequence `seq` as it runs on this route: `seq` up to `at`, the context, then
+    /// the rest of `seq` past the tokens the context replaces.
     pub fn continued(&self, seq: &[u32]) -> Vec<u32> {
-        let rest = seq.get(self.replaces..).unwrap_or_default();
-        [self.context.as_slice(), rest].concat()
+        let at = self.at.min(seq.len());
+        let rest = seq.get(at + self.replaces..).unwrap_or_default();
+        [&seq[..at], self.context.as_slice(), rest].concat()
+    }
+
+    /// Where the token at `pos` of the sequence lands on this route (`None`: one the
+    /// context replaces).
+    pub fn position(&self, pos: usize) -> Option<usize> {
+        if pos < self.at {
+            Some(pos)
+        } else if pos < self.at + self.replaces {
+            None
+        } else {
+            Some(pos - self.replaces + self.context.len())
+        }
     }
 }
 
@@ -194,5 +209,32 @@ mod tests {
         );
         let err = saved.tensor("labels").unwrap_err().to_string();
         assert!(err.contains("GRACE adapter: no tensor labels"), "{err}");
+    }
+
+    #[test]
+    fn a_route_puts_its_context_at_its_place_and_maps_each_token_there() {
+        // A BOS-led query whose context brings its own BOS.
+        let front = Route {
+            at: 0,
+            context: vec![1, 7, 8],
+            replaces: 1,
+        };
+        assert_eq!(front.continued(&[1, 4, 5]), [1, 7, 8, 4, 5]);
+        assert_eq!(
+            (0..3).map(|p| front.position(p)).collect::<Vec<_>>(),
+            [None, Some(3), Some(4)]
+        );
+        // A chat turn: the context goes in after the template's two tokens.
+        let turn = Route {
+            at: 2,
+            context: vec![7, 8],
+            replaces: 0,
+        };
+        let seq = [20, 21, 4, 5, 22];
+        let routed = turn.continued(&seq);
+        assert_eq!(routed, [20, 21, 7, 8, 4, 5, 22]);
+        for (p, tok) in seq.iter().enumerate() {
+            assert_eq!(routed[turn.position(p).unwrap()], *tok, "token {p}");
+        }
     }
 }

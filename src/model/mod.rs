@@ -858,19 +858,19 @@ impl Model {
             if let Some(route) = ctx {
                 let all = positions(k);
                 let seq: Vec<u32> = all.iter().map(|&p| ids[k.0 * t + p] as u32).collect();
-                let pos = all.get(route.replaces..).unwrap_or_default().to_vec();
-                slot.insert(k, (seqs.len(), route.context.len(), pos));
+                slot.insert(k, (seqs.len(), all, route.clone()));
                 seqs.push(route.continued(&seq));
             }
         }
         let (mut rows, mut new_reads) = (Vec::new(), Vec::new());
         for (i, &(r, p)) in reads.iter().enumerate() {
             let Some(g) = group_of(r, p) else { continue };
-            if let Some((row, offset, pos)) = slot.get(&(r, g))
-                && let Some(j) = pos.iter().position(|&q| q == p)
+            if let Some((row, all, route)) = slot.get(&(r, g))
+                && let Some(j) = all.iter().position(|&q| q == p)
+                && let Some(j) = route.position(j)
             {
                 rows.push(i as i64);
-                new_reads.push((*row, offset + j));
+                new_reads.push((*row, j));
             }
         }
         if seqs.is_empty() || rows.is_empty() {

@@ -9,6 +9,7 @@
 pub mod chat;
 pub mod spm;
 
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -27,6 +28,23 @@ use spm::{Spm, TokenType};
 enum Inner {
     Hf(Box<tokenizers::Tokenizer>),
     Spm(Box<Spm>),
+}
+
+/// The token ids a chat template puts around a user turn's text
+/// ([`Tokenizer::chat_frame`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatFrame {
+    pub before: Vec<u32>,
+    pub after: Vec<u32>,
+}
+
+impl ChatFrame {
+    /// Where the user's text lies in `ids`, when `ids` is a prompt in this frame.
+    pub fn text_span(&self, ids: &[u32]) -> Option<std::ops::Range<usize>> {
+        let (b, a) = (self.before.len(), self.after.len());
+        (ids.len() > b + a && ids.starts_with(&self.before) && ids.ends_with(&self.after))
+            .then(|| b..ids.len() - a)
+    }
 }
 
 /// A model's tokenizer, with its special tokens.
@@ -278,6 +296,28 @@ impl Tokenizer {
         };
         let text = template.render(&[chat::Message::user(user)], true)?;
         self.encode_chat(&text)
+    }
+
+    /// The tokens the chat template puts before and after a user turn's text in
+    /// [`Tokenizer::chat_prompt`] (`None` without a template): what two prompts of
+    /// different text share at their start and at their end.
+    pub fn chat_frame(&self) -> Result<Option<ChatFrame>> {
+        if self.chat_template.is_none() {
+            return Ok(None);
+        }
+        let (a, b) = (self.chat_prompt("A")?, self.chat_prompt("B")?);
+        let before = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+        let after = a
+            .iter()
+            .rev()
+            .zip(b.iter().rev())
+            .take_while(|(x, y)| x == y)
+            .count()
+            .min(a.len().min(b.len()) - before);
+        Ok(Some(ChatFrame {
+            before: a[..before].to_vec(),
+            after: a[a.len() - after..].to_vec(),
+        }))
     }
 
     /// Tokens that end an assistant's turn: EOS and the chat formats' turn ends.
