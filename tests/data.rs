@@ -1286,3 +1286,141 @@ fn easyedit_portability_and_wikibigedit_fields_load() {
         "{err}"
     );
 }
+
+/// Any editor, failing at one record id as a run killed mid-way would stop.
+struct FailAt {
+    inner: Box<dyn Editor>,
+    fail_at: Option<&'static str>,
+    edited: Vec<String>,
+}
+
+impl Editor for FailAt {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn writes(&self, model: &Model) -> ftedit::Result<Option<Vec<String>>> {
+        self.inner.writes(model)
+    }
+    fn begin(&mut self, model: &Model, tok: &Tokenizer) -> ftedit::Result<()> {
+        self.inner.begin(model, tok)
+    }
+    fn edit(
+        &mut self,
+        model: &mut Model,
+        tok: &Tokenizer,
+        records: &[EditRecord],
+    ) -> ftedit::Result<()> {
+        if records.iter().any(|r| Some(r.id.as_str()) == self.fail_at) {
+            return Err(ftedit::Error::Input("stopped".into()));
+        }
+        self.edited.extend(records.iter().map(|r| r.id.clone()));
+        self.inner.edit(model, tok, records)
+    }
+    fn report(&self) -> Option<serde_json::Value> {
+        self.inner.report()
+    }
+    fn state(&self) -> ftedit::edit::EditorState {
+        self.inner.state()
+    }
+    fn set_state(&mut self, state: ftedit::edit::EditorState) -> ftedit::Result<()> {
+        self.inner.set_state(state)
+    }
+}
+
+/// GRACE, WISE and SERAC keep their edits in an adapter beside the weights: a sequential
+/// run killed in its third step and resumed by a fresh process (model and editor loaded
+/// anew) ends with the uninterrupted run's adapter, tensor for tensor, and its records.
+#[test]
+fn editors_beside_the_weights_resume_a_killed_sequential_run_exactly() {
+    use ftedit::edit::MethodConfig;
+    let (_, _, dir) = tiny();
+    let load = || ftedit::load(dir.join("tiny.gguf"), &ftedit::LoadOptions::default()).unwrap();
+    let names = ["Ann", "Bob", "Cat", "Dan", "Eve", "Fay"];
+    let recs: Vec<EditRecord> = names
+        .iter()
+        .enumerate()
+        .map(|(i, s)| EditRecord {
+            subject: (*s).into(),
+            target_new: ["the city", "a tea", "the hat"][i % 3].into(),
+            ..record(&i.to_string())
+        })
+        .collect();
+    // SERAC's classifier: layer 1's embedding, standardised by nothing, projected by
+    // the identity.
+    let (m, _) = load();
+    let classifier = ftedit::edit::serac::Classifier {
+        layer: 1,
+        mean: tch::Tensor::zeros([32], (Kind::Float, m.device())),
+        std: tch::Tensor::ones([32], (Kind::Float, m.device())),
+        proj: tch::Tensor::eye(32, (Kind::Float, m.device())),
+        model_id: m.fingerprint(&[]).unwrap(),
+    };
+    let cpath = dir.join("classifier.safetensors");
+    classifier.save(&cpath).unwrap();
+    let pool = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/facts.jsonl");
+    let cases: [(&str, Vec<String>); 3] = [
+        ("grace", vec!["layer=1".into(), "iterations=20".into()]),
+        ("wise", vec!["layer=1".into(), "iterations=10".into()]),
+        (
+            "serac",
+            vec![
+                format!("classifier={}", cpath.display()),
+                "layer=1".into(),
+                "threshold=0.1".into(),
+            ],
+        ),
+    ];
+    let seq = Protocol::parse("sequential", 2, Some(1)).unwrap();
+    let opts = scores_only();
+    for (method, sets) in cases {
+        let config = MethodConfig::load(method, None, &sets).unwrap();
+        let build = |fail_at| FailAt {
+            inner: ftedit::edit::build(
+                &config,
+                &load().1,
+                &ftedit::edit::registry::BuildOptions {
+                    pool: Some(pool.clone()),
+                    ..Default::default()
+                },
+            )
+            .unwrap(),
+            fail_at,
+            edited: Vec::new(),
+        };
+        let adapter = |m: &Model| {
+            let saved = m.adapter().expect("an adapter").saved();
+            (saved.config.to_string(), saved.tensors)
+        };
+        let (mut m, tok) = load();
+        let whole = OutputDir::open(temp_dir(&format!("seq-whole-{method}")), None).unwrap();
+        protocols::run(&mut m, &tok, &recs, &mut build(None), seq, &opts, &whole).unwrap();
+        let (want_config, want) = adapter(&m);
+        let (mut m, tok) = load();
+        let out = OutputDir::open(temp_dir(&format!("seq-resume-{method}")), None).unwrap();
+        assert!(
+            protocols::run(&mut m, &tok, &recs, &mut build(Some("4")), seq, &opts, &out).is_err()
+        );
+        let (mut m, tok) = load();
+        let mut resumed = build(None);
+        protocols::run(&mut m, &tok, &recs, &mut resumed, seq, &opts, &out).unwrap();
+        assert_eq!(
+            resumed.edited,
+            ["4", "5"],
+            "{method}: only the last step again"
+        );
+        let (got_config, got) = adapter(&m);
+        assert_eq!(got_config, want_config, "{method}");
+        assert_eq!(got.len(), want.len());
+        for ((n, t), (_, w)) in got.iter().zip(&want) {
+            assert!(
+                t.equal(w),
+                "{method}: {n} differs from the uninterrupted run"
+            );
+        }
+        assert_eq!(out.records().unwrap(), whole.records().unwrap(), "{method}");
+        assert_eq!(
+            curve(&out).iter().map(|p| p.edits).collect::<Vec<_>>(),
+            [0, 2, 4, 6]
+        );
+    }
+}
