@@ -17,7 +17,7 @@ TORCH_VERSION="2.11.0"
 # libtorch_cpu.so links the CUDA runtime and CUPTI even on CPU; the full CUDA stack
 # (4-5 GB) is only needed to run on a GPU, where the machine's own torch is used.
 CUDA_WHEELS="nvidia-cuda-runtime==13.0.96 nvidia-cuda-cupti==13.0.85"
-BENCH_PACKAGES="torch==$TORCH_VERSION transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy"
+BENCH_PACKAGES="torch==$TORCH_VERSION transformers==5.24.0 gguf==0.19.0 accelerate==1.15.0 numpy lm_eval==0.4.9.2"
 MODELS="${FTEDIT_MODELS:-smollm2 gemma3}"
 PYTHON="${PYTHON:-python3}"
 

@@ -4,7 +4,7 @@
 Runs lm-eval (its Python API, `lm_eval.simple_evaluate`, model "hf", float32 on the CPU)
 on the local task files of `../shared/data/general` and sets its numbers beside those of
 `ftedit health --json` on the same items. A benchmark, not a test: it needs lm-eval
-(`WITH_BENCH=1 ./setup.sh`, or any Python that can `import lm_eval`) and is never run in
+(`./setup.sh --bench`, or any Python that can `import lm_eval`) and is never run in
 CI. bench/lm_eval_parity.sh runs both sides and calls this script.
 
 The tasks are lm-eval's own YAML files (prompts, choices, metrics), `include:`d by task
@@ -13,13 +13,11 @@ name, the dataset (`json`/`csv`/`text` on the local file, its split names) and, 
 local layout differs from the HF dataset lm-eval reads, `process_docs`, which rebuilds
 the HF layout (lm-eval's own `process_docs` runs after it where the task has one).
 
-Items: `--limit N` is lm-eval's limit (the first N docs) for every task but MMLU. For
-MMLU ftedit concatenates the 12 subject files in name order and keeps the first N items
-of the concatenation (src/eval/general/tasks.rs, `mmlu` then `docs.truncate(n)`), while
-lm-eval's limit applies per subject; so each subject gets its own limit here: the
-subjects, in name order, take items until N are used up (N = 10: abstract_algebra #0-9
-only), and the subject tasks' mean weighted by size (lm-eval's `mmlu` group rule) is
-compared with ftedit's `mmlu`.
+Items: `--limit N` is lm-eval's limit (the first N docs) for every task. For MMLU
+ftedit takes the first ceil(N / 12) items of each of the 12 subjects (lm-eval's limit on
+each subject task; src/eval/general/tasks.rs), so each lm-eval subject task gets the
+limit ceil(N / 12) here, and the subject tasks' mean weighted by size (lm-eval's `mmlu`
+group rule) is compared with ftedit's `mmlu`.
 
   python bench/lm_eval_parity.py --model-dir DIR --data ../shared/data/general \
       --ftedit-json health.json --limit 10 --out parity.json
@@ -30,7 +28,6 @@ import json
 import os
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -60,10 +57,9 @@ NOTES = {
         "unconfirmed for the rest; only the first 2,000 items exist."
     ),
     "mmlu": (
-        "12-subject subset (2,013 items), not full MMLU. ftedit takes the first N items of "
-        "the subjects concatenated in name order; lm-eval's limit is per subject, so each "
-        "lm-eval subject task gets its own limit (the subjects in name order take items until "
-        "N are used) and the size-weighted mean over the subject tasks is compared."
+        "12-subject subset (2,013 items), not full MMLU. Both sides take the first "
+        "ceil(N / 12) items of every subject (lm-eval's limit on each subject task), and "
+        "the size-weighted mean over the subject tasks is compared."
     ),
     "winogrande": (
         "The local file is MosaicML's derived {context_options, continuation, gold}; "
@@ -122,7 +118,8 @@ def boolq(ds):
         if isinstance(v, str):
             v = {{"true": 1, "false": 0}}[v]
         return {{"label": int(v)}}
-    return ds.map(f)
+    # map keeps a column's old type where the new values cast to it: say int64.
+    return ds.map(f).cast_column("label", datasets.Value("int64"))
 
 
 def _capitalize_fix(line, i):
@@ -167,7 +164,7 @@ def _mmlu(ds, subject):
                 "subject": subject,
                 "choices": [d["choice0"], d["choice1"], d["choice2"], d["choice3"]],
                 "answer": int(d["answer"])}}
-    return ds.map(f, remove_columns=ds.column_names)
+    return ds.map(f, remove_columns=ds.column_names).cast_column("answer", datasets.Value("int64"))
 
 
 def raw(s):
@@ -185,22 +182,16 @@ def mmlu_subjects(data):
 
 
 def mmlu_limits(data, limit):
-    """Per subject, how many of its first items ftedit's first `limit` of the
-    concatenation (subjects in name order) hold; subjects with none left out."""
+    """Per subject, how many of its first items ftedit's sample of `limit` holds:
+    ceil(limit / subjects) of each (all of them without a limit)."""
     import csv
 
+    subjects = mmlu_subjects(data)
     out = {}
-    left = limit
-    for s in mmlu_subjects(data):
+    for s in subjects:
         with open(data / "mmlu" / "test" / f"{s}_test.csv", newline="", encoding="utf-8") as fh:
             n = sum(1 for _ in csv.reader(fh)) - 1
-        k = n if left is None else min(n, left)
-        if k > 0:
-            out[s] = k
-        if left is not None:
-            left -= k
-            if left <= 0:
-                break
+        out[s] = n if limit is None else min(n, -(-limit // len(subjects)))
     return out
 
 
@@ -268,6 +259,12 @@ def write_tasks(tmp, data, lm_tasks_dir, tasks, limit):
             names.append(f"{PREFIX}mmlu_{s}")
         with open(tmp / "parity_utils.py", "a") as fh:
             fh.writelines(utils_fns)
+    # One group holding every task: lm-eval 0.4.9.2 logs a lone task's YAML path relative
+    # to its own tasks folder and fails for an include_path elsewhere; a group's members
+    # are not logged that way. The group has no metrics of its own.
+    (tmp / "lm_eval_parity_group.yaml").write_text(
+        "group: lm_eval_parity\ntask:\n" + "".join(f"  - {n}\n" for n in names)
+    )
     return names, limits
 
 
@@ -281,12 +278,85 @@ def per_doc(samples, output_type):
             row["is_greedy"] = bool(resps[0][1])
             row["acc"] = s.get("acc")
         else:
-            row["gold"] = s["target"]
+            gold = s["target"]
+            if "option1" in s["doc"]:  # WinoGrande: the target is the continuation
+                gold = {"1": 0, "2": 1}[s["doc"]["answer"]]
+            row["gold"] = gold
             row["acc"] = s.get("acc")
             if "acc_norm" in s:
                 row["acc_norm"] = s["acc_norm"]
+            # How near a tie the winner was: a flip below ~1e-4 nats is float noise.
+            lls = sorted(row["ll"], reverse=True)
+            row["margin"] = lls[0] - lls[1] if len(lls) > 1 else None
         out.append(row)
     return out
+
+
+def example(samples):
+    """The first doc's requests, (context, continuation) as lm-eval built them."""
+    s = min(samples, key=lambda s: s["doc_id"])
+    return [list(a) for a in s["arguments"]] if "arguments" in s else None
+
+
+def ftedit_per_doc(pattern, limit, tasks):
+    """Per task, per doc (0-based, in ftedit's order): (acc, acc_norm, ll) as 0/1 verdicts
+    and, for LAMBADA, the doc's log-likelihood, from `ftedit health --general k` for
+    k = 1..limit: doc k-1's verdict is count(k) - count(k-1) (count = score * n / 100)
+    and LAMBADA's ll is -(k ln ppl_k - (k-1) ln ppl_(k-1))."""
+    import math
+
+    runs = []
+    for k in range(1, limit + 1):
+        with open(pattern.replace("{k}", str(k))) as fh:
+            runs.append(json.load(fh)["general"]["tasks"])
+    out = {}
+    for t in tasks:
+        if t == "mmlu":
+            continue  # its sample grows by a row of 12 subjects, not one item at a time
+        name = FTEDIT_NAME.get(t, t)
+        prev = {"n": 0, "acc": 0.0, "acc_norm": 0.0, "s": 0.0}
+        rows = []
+        for r in runs:
+            x = r[name]
+            if x["n"] == prev["n"]:
+                break  # the file ended
+            cur = {"n": x["n"], "acc": x["acc"] * x["n"] / 100, "acc_norm": (x.get("acc_norm") or 0) * x["n"] / 100}
+            cur["s"] = -x["n"] * math.log(x["perplexity"]) if x.get("perplexity") else 0.0
+            row = {"acc": round(cur["acc"] - prev["acc"])}
+            if x.get("acc_norm") is not None:
+                row["acc_norm"] = round(cur["acc_norm"] - prev["acc_norm"])
+            if x.get("perplexity") is not None:
+                row["ll"] = cur["s"] - prev["s"]
+            rows.append(row)
+            prev = cur
+        out[t] = rows
+    return out
+
+
+def lm_docs_in_order(t, docs, limits):
+    """lm-eval's per-doc rows in ftedit's order (MMLU: subjects in name order)."""
+    if t != "mmlu":
+        return docs[t]
+    return [d for s in limits for d in docs[f"mmlu_{s}"]]
+
+
+def compare_docs(t, ft_rows, lm_rows):
+    n = min(len(ft_rows), len(lm_rows))
+    res = {"checked": n, "acc_mismatch": []}
+    if any("acc_norm" in r for r in ft_rows):
+        res["acc_norm_mismatch"] = []
+    diffs = []
+    for i in range(n):
+        f, a = ft_rows[i], lm_rows[i]
+        if f["acc"] != int(a["acc"]):
+            res["acc_mismatch"].append(i)
+        if "acc_norm_mismatch" in res and f.get("acc_norm") != int(a.get("acc_norm", -1)):
+            res["acc_norm_mismatch"].append(i)
+        if "ll" in f:
+            diffs.append(abs(f["ll"] - a["ll"][0]))
+    if diffs:
+        res["ll_max_abs_diff"] = max(diffs)
+    return res
 
 
 def pct(x):
@@ -304,6 +374,9 @@ def main():
     ap.add_argument("--tasks", default=",".join(ALL_TASKS), help="comma-separated, lm-eval's names")
     ap.add_argument("--limit", type=int, default=None, help="first N docs per task (MMLU: see above); all if absent")
     ap.add_argument("--ftedit-json", help="the output of `ftedit health --json --general N`")
+    ap.add_argument("--ftedit-per-doc", metavar="PATTERN",
+                    help="optional: `ftedit health --json --general k` outputs for k = 1..limit, "
+                    "the path with {k} for k; per-doc verdicts follow from the running counts")
     ap.add_argument("--out", help="write the comparison here as JSON")
     ap.add_argument("--batch-size", type=int, default=1, help="lm-eval batch size (1: no padding)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -322,14 +395,15 @@ def main():
 
     torch.set_num_threads(args.threads)
     import datasets
-    import transformers
-
-    # lm-eval 0.4.9.x names AutoModelForVision2Seq (for its VLM class, unused here) at
-    # import time; transformers 5 removed it in favour of AutoModelForImageTextToText.
-    if not hasattr(transformers, "AutoModelForVision2Seq") and hasattr(transformers, "AutoModelForImageTextToText"):
-        transformers.AutoModelForVision2Seq = transformers.AutoModelForImageTextToText
     import lm_eval
     from lm_eval.tasks import TaskManager
+    import transformers  # after lm_eval.tasks, which re-imports it
+
+    # lm-eval 0.4.9.x names AutoModelForVision2Seq (for its VLM class, unused here) when
+    # lm_eval.models is imported; transformers 5 removed it for AutoModelForImageTextToText.
+    if not hasattr(transformers, "AutoModelForVision2Seq") and hasattr(transformers, "AutoModelForImageTextToText"):
+        transformers.AutoModelForVision2Seq = transformers.AutoModelForImageTextToText
+    from lm_eval.evaluator import simple_evaluate
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     bad = [t for t in tasks if t not in ALL_TASKS]
@@ -340,10 +414,10 @@ def main():
     names, limits = write_tasks(tmp, data, lm_tasks_dir, tasks, args.limit)
 
     t0 = time.time()
-    res = lm_eval.simple_evaluate(
+    res = simple_evaluate(
         model="hf",
         model_args={"pretrained": str(Path(args.model_dir).resolve()), "dtype": "float32", "device": args.device},
-        tasks=names,
+        tasks=["lm_eval_parity"],
         num_fewshot=0,
         batch_size=args.batch_size,
         limit=args.limit,
@@ -355,6 +429,7 @@ def main():
 
     lm = {}
     docs = {}
+    examples = {}
     for t in tasks:
         if t == "mmlu":
             subj = {}
@@ -367,6 +442,7 @@ def main():
                 tot_n += n
                 tot_acc += r["acc,none"] * n
                 docs[f"mmlu_{s}"] = per_doc(res["samples"][name], "multiple_choice")
+                examples[f"mmlu_{s}"] = example(res["samples"][name])
             lm[t] = {"acc": pct(tot_acc / tot_n) if tot_n else None, "acc_norm": None, "n": tot_n, "subjects": subj}
             continue
         name = PREFIX + t
@@ -380,12 +456,15 @@ def main():
         if "perplexity,none" in r:
             lm[t]["perplexity"] = r["perplexity,none"]
         docs[t] = per_doc(res["samples"][name], otype)
+        examples[t] = example(res["samples"][name])
 
     ft = {}
     if args.ftedit_json:
         with open(args.ftedit_json) as fh:
             ftj = json.load(fh)
         ft = (ftj.get("general") or {}).get("tasks") or {}
+
+    per = ftedit_per_doc(args.ftedit_per_doc, args.limit, tasks) if args.ftedit_per_doc else {}
 
     rows = {}
     for t in tasks:
@@ -399,6 +478,8 @@ def main():
                     diff[m] = f[m] - a[m]
             row["diff"] = diff
             row["same_n"] = f.get("n") == a["n"]
+        if t in per:
+            row["per_doc"] = compare_docs(t, per[t], lm_docs_in_order(t, docs, limits))
         if t in NOTES:
             row["note"] = NOTES[t]
         rows[t] = row
@@ -422,6 +503,19 @@ def main():
         print("mmlu subjects scored: " + ", ".join(f"{s} {v['n']} ({v['acc']:.1f})" for s, v in lm["mmlu"]["subjects"].items()))
     off = [t for t, r in rows.items() if r.get("diff") and any(abs(v) > 1e-9 for k, v in r["diff"].items() if k != "perplexity")]
     print("\ndisagreements (acc/acc_norm): " + (", ".join(off) if off else "none"))
+    if per:
+        print("per doc (ftedit's verdicts from its running counts at k = 1..limit):")
+        for t, r in rows.items():
+            pd = r.get("per_doc")
+            if pd is None:
+                continue
+            bits = [f"{pd['checked']} docs", f"acc differs on {pd['acc_mismatch'] or 'none'}"]
+            if "acc_norm_mismatch" in pd:
+                bits.append(f"acc_norm differs on {pd['acc_norm_mismatch'] or 'none'}")
+            if "ll_max_abs_diff" in pd:
+                bits.append(f"log-likelihood max |diff| {pd['ll_max_abs_diff']:.2e} nats")
+            print(f"  {t}: " + "; ".join(bits))
+        off += [t for t, r in rows.items() if r.get("per_doc") and (r["per_doc"]["acc_mismatch"] or r["per_doc"].get("acc_norm_mismatch")) and t not in off]
     print(f"lm-eval took {seconds:.0f} s")
 
     if args.out:
@@ -446,6 +540,7 @@ def main():
             "mmlu_limits": limits,
             "tasks": rows,
             "disagreements": off,
+            "lm_eval_first_requests": examples,
             "lm_eval_docs": docs,
         }
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

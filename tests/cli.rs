@@ -484,6 +484,9 @@ fn eval_writes_reports_and_shards_merge() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("all/summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary["n"], 4);
+    // The run's peak memory: at least the model's weights and libtorch.
+    let peak = summary["peak_rss_mb"].as_f64().expect("peak_rss_mb");
+    assert!(peak > 50.0 && peak < 24_000.0, "{peak}");
     for k in [
         "ES", "PS", "NS", "EM", "PM", "NM", "S", "GE", "RS", "EM_exact",
     ] {

@@ -59,6 +59,16 @@ fn the_task_files_read_as_lm_eval_reads_them() {
     assert!(lam.requests[0].0.ends_with("I don't care about"));
     assert_eq!(lam.requests[0].1, " signs");
 
+    // A sample of MMLU takes ⌈N / 12⌉ items of each of the 12 subjects, in name order.
+    let sample = tasks::load("mmlu", &dir, Some(13)).unwrap().docs;
+    assert_eq!(sample.len(), 24);
+    let about = |d: &ftedit::eval::general::Doc| {
+        let c = &d.requests[0].0;
+        c[c.find("about ").unwrap()..c.find(".\n\n").unwrap()].to_string()
+    };
+    assert_eq!(about(&sample[1]), "about abstract algebra");
+    assert_eq!(about(&sample[2]), "about college computer science");
+    assert_eq!(about(&sample[23]), "about world religions");
     let mmlu = &tasks::load("mmlu", &dir, Some(1)).unwrap().docs[0];
     assert!(mmlu.requests[0].0.starts_with(
         "The following are multiple choice questions (with answers) about abstract algebra.\n\n"

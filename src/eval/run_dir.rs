@@ -96,6 +96,9 @@ pub struct Timing {
     pub seconds: f64,
     /// In the editor alone (all its calls).
     pub edit_seconds: f64,
+    /// The process's peak resident memory in MiB, where the run had the process to
+    /// itself (`ftedit eval`; not a sweep's runs, which share one).
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// `summary.json`: the run, its aggregates and its speed.
@@ -108,6 +111,9 @@ pub struct SummaryFile {
     /// Seconds spent editing (not evaluating).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub edit_seconds: Option<f64>,
+    /// The process's peak resident memory, MiB ([`Timing::peak_rss_mb`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_mb: Option<f64>,
     /// The edited model's health against the unedited one (`health.rs`); its perplexity
     /// and retention are also in `metrics` as `PPL_before`, `PPL`, `known_retained`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -347,6 +353,7 @@ impl OutputDir {
             run,
             seconds: timing.map(|t| t.seconds),
             edit_seconds: timing.map(|t| t.edit_seconds),
+            peak_rss_mb: timing.and_then(|t| t.peak_rss_mb),
             health,
         };
         write_atomic(

@@ -334,6 +334,7 @@ pub fn run(
         timing: Timing {
             seconds: start.elapsed().as_secs_f64(),
             edit_seconds: editing.seconds,
+            peak_rss_mb: None,
         },
         health,
     })

@@ -132,6 +132,7 @@ impl Run {
                 run: None,
                 seconds: None,
                 edit_seconds: None,
+                peak_rss_mb: None,
                 health: None,
             },
         };
@@ -148,6 +149,9 @@ impl Run {
         }
         if let Some(s) = summary.edit_seconds {
             info.push(("editing seconds".into(), format!("{s:.1}")));
+        }
+        if let Some(mb) = summary.peak_rss_mb {
+            info.push(("peak memory (MiB)".into(), format!("{mb:.0}")));
         }
         let zsre = records.iter().any(|r| matches!(r.scores, Scores::Zsre(_)));
         let mut columns: Vec<String> = if zsre {

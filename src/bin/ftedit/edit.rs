@@ -174,7 +174,7 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         "saved": written.report,
         "seconds": start.elapsed().as_secs_f64(),
         "timing": timing,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": ftedit::runtime::peak_rss_mb(),
     });
     let report_path = dest.report_path();
     ftedit::output::write_atomic(
@@ -201,14 +201,6 @@ pub fn run(args: EditArgs) -> anyhow::Result<()> {
         std::process::exit(3);
     }
     Ok(())
-}
-
-/// The process's peak resident memory (Linux), in MiB.
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 fn is_gguf(path: &std::path::Path) -> bool {

@@ -7,7 +7,7 @@ use ftedit::data::{EditRecord, Selection};
 use ftedit::edit;
 use ftedit::eval::EvalOptions;
 use ftedit::eval::generation::Attributes;
-use ftedit::eval::run_dir::{OutputDir, RunInfo};
+use ftedit::eval::run_dir::{OutputDir, RunInfo, Timing};
 use ftedit::protocols::{self, Protocol};
 
 use crate::health::HealthArgs;
@@ -217,7 +217,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
         &dir,
     )?;
-    let file = dir.write_summary(Some(run), Some(outcome.timing), outcome.health.clone())?;
+    let timing = Timing {
+        peak_rss_mb: ftedit::runtime::peak_rss_mb(),
+        ..outcome.timing
+    };
+    let file = dir.write_summary(Some(run), Some(timing), outcome.health.clone())?;
     println!("{}", file.summary.markdown());
     if let Some(h) = &outcome.health {
         println!("health: {}", h.line());

@@ -29,8 +29,9 @@ pub struct HealthArgs {
     /// Flag a collapse when perplexity grows by more than this factor [default: 1.5].
     #[arg(long, value_name = "X")]
     collapse_factor: Option<f64>,
-    /// Also score general abilities: the first N items of each downstream task, before
-    /// and after editing (0: none) [default: 0; `ftedit health`: 100].
+    /// Also score general abilities: the first N items of each downstream task (of
+    /// MMLU, ⌈N/12⌉ of each subject), before and after editing (0: none) [default: 0;
+    /// `ftedit health`: 100].
     #[arg(long, value_name = "N")]
     general: Option<usize>,
     /// The downstream tasks, comma-separated; `glue` adds AlphaEdit's six GLUE-style

@@ -20,7 +20,8 @@ pub const TASKS: &[&str] = &[
 ];
 
 /// Task `name` from the `general/` data folder `dir`, its first `limit` docs (all when
-/// `None`, or when the file holds fewer).
+/// `None`, or when the file holds fewer); MMLU's first `⌈limit / subjects⌉` of each
+/// subject.
 pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
     let file = |rel: &str| dir.join(rel);
     let (docs, main, norm) = match name {
@@ -50,7 +51,17 @@ pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
             false,
         ),
         "boolq" => (boolq(&file("boolq/val.jsonl"))?, Metric::Acc, false),
-        "mmlu" => (mmlu(&file("mmlu/test"))?, Metric::Acc, false),
+        "mmlu" => {
+            let subjects = mmlu(&file("mmlu/test"))?;
+            // A sample takes the same number of items from every subject (lm-eval's
+            // `--limit` on each subject task), so that it covers them all.
+            let per = limit.map_or(usize::MAX, |n| n.div_ceil(subjects.len().max(1)));
+            let docs = subjects
+                .into_iter()
+                .flat_map(|s| s.into_iter().take(per))
+                .collect();
+            (docs, Metric::Acc, false)
+        }
         "lambada" => (
             lambada(&file("lambada_openai/lambada_test.jsonl"))?,
             Metric::Acc,
@@ -65,7 +76,9 @@ pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
         }
     };
     let mut docs = docs;
-    if let Some(n) = limit {
+    if let Some(n) = limit
+        && name != "mmlu"
+    {
         docs.truncate(n);
     }
     Ok(Task {
@@ -333,15 +346,17 @@ pub(crate) fn csv_rows(text: &str) -> Vec<Vec<String>> {
 
 /// MMLU's test CSVs, subjects in name order, zero-shot: the description, the question
 /// and its lettered choices; choices `" A"`…`" D"`; acc only.
-fn mmlu(dir: &Path) -> Result<Vec<Doc>> {
+/// MMLU's test items, one list per subject file, the subjects in name order.
+fn mmlu(dir: &Path) -> Result<Vec<Vec<Doc>>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.to_string_lossy().ends_with("_test.csv"))
         .collect();
     files.sort();
-    let mut docs = Vec::new();
+    let mut subjects = Vec::new();
     for path in files {
+        let mut docs = Vec::new();
         let stem = path.file_name().unwrap_or_default().to_string_lossy();
         let subject = stem.trim_end_matches("_test.csv").replace('_', " ");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
@@ -372,8 +387,9 @@ fn mmlu(dir: &Path) -> Result<Vec<Doc>> {
                 gold,
             ));
         }
+        subjects.push(docs);
     }
-    Ok(docs)
+    Ok(subjects)
 }
 
 /// LAMBADA (OpenAI): the last space-separated word after the rest; one request.
