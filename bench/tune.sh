@@ -5,7 +5,7 @@
 #
 #   bench/tune.sh MODEL METHOD [DATASET]
 #
-# MODEL: smollm2 | gemma3 (or any --model); METHOD: ft-l | ft-m | memit | rome;
+# MODEL: smollm2 | gemma3 (or any --model); METHOD: ft-l | ft-m | memit | rome | grace;
 # DATASET: counterfact (default) | zsre. Environment: FTEDIT (the binary; default
 # ./target/release/ftedit), THREADS (default 1), OUT_DIR (default runs/tune),
 # FTEDIT_DATA (default ../shared/data), RANGE (default 200..300), GRID (the --grid flags
@@ -32,6 +32,9 @@ case "$METHOD" in
   memit) grid=(--grid value.clamp_norm_factor=0.75,4 --grid lambda=15000,5000,1000,200) ;;
   # ROME: its layer (δ's clamp, 4 against 8, did not bind on SmolLM2; GRID to try it).
   rome) grid=(--grid layer=1/5,1/10,1/3 --grid value.clamp_norm_factor=4) ;;
+  # GRACE: the radius ε₀, from the authors' 1.0 to past the median distance from an edit
+  # to its paraphrases on SmolLM2 (docs/src/methods/grace.md).
+  grace) grid=(--grid eps=1,8,12,18) ;;
   *) [ -n "${GRID:-}" ] || { echo "tune.sh: no grid for '$METHOD' (set GRID)" >&2; exit 2; } ;;
 esac
 # shellcheck disable=SC2206
