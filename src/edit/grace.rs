@@ -23,6 +23,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::augment::Rng;
 use super::editor::Editor;
 use super::layers::layer_range;
 use crate::data::EditRecord;
@@ -294,6 +295,15 @@ impl Codebook {
     }
 }
 
+/// A cold value, uniform in [0, 1) as the authors' `torch.rand`, drawn from the recipe's
+/// seed and the key's index in the codebook: the same key gets the same start in a run
+/// resumed from a checkpoint, whatever else draws random numbers in the process.
+fn cold_value(seed: i64, index: usize, dim: i64, device: tch::Device) -> Tensor {
+    let mut rng = Rng((seed as u64) ^ (index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let v: Vec<f32> = (0..dim).map(|_| rng.uniform() as f32).collect();
+    Tensor::from_slice(&v).to_device(device)
+}
+
 /// GRACE, applied to the records one after another. The codebook lives on the model (its
 /// adapter), so whatever restores a model's adapter (the single protocol, a sweep, a
 /// checkpoint) restores the edits; each edit copies it before changing it.
@@ -360,9 +370,10 @@ impl GraceEditor {
             let out = w.to_kind(Kind::Float).mv(&q);
             (q, out)
         };
+        let index = book.len();
         let fresh = || -> Tensor {
             match cfg.init {
-                ValueInit::Cold => Tensor::rand([out_here.size()[0]], (Kind::Float, device)),
+                ValueInit::Cold => cold_value(cfg.seed, index, out_here.size()[0], device),
                 ValueInit::Warm => out_here.copy(),
             }
         };
@@ -438,8 +449,6 @@ impl Editor for GraceEditor {
 
     fn edit(&mut self, model: &mut Model, tok: &Tokenizer, records: &[EditRecord]) -> Result<()> {
         let start = std::time::Instant::now();
-        // Cold values are drawn from libtorch's generator: seeded per call.
-        tch::manual_seed(self.config.seed);
         let progress = self.progress;
         crate::edit::editor::in_turn(progress, "grace", records, |rec| {
             self.edit_one(model, tok, rec)
@@ -460,6 +469,23 @@ impl Editor for GraceEditor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cold_value_depends_on_the_seed_and_the_keys_index_alone() {
+        let cpu = tch::Device::Cpu;
+        let v = cold_value(0, 3, 1000, cpu);
+        tch::manual_seed(99);
+        let _ = Tensor::rand([7], (Kind::Float, cpu));
+        assert!(v.equal(&cold_value(0, 3, 1000, cpu)));
+        assert!(!v.equal(&cold_value(0, 4, 1000, cpu)));
+        assert!(!v.equal(&cold_value(1, 3, 1000, cpu)));
+        let (lo, hi) = (v.min().double_value(&[]), v.max().double_value(&[]));
+        assert!(
+            (0.0..0.01).contains(&lo) && hi < 1.0 && hi > 0.99,
+            "{lo} {hi}"
+        );
+        assert!((v.mean(Kind::Double).double_value(&[]) - 0.5).abs() < 0.05);
+    }
 
     fn book(keys: &[[f32; 2]], eps: &[f64], labels: &[u32]) -> Codebook {
         let n = keys.len() as i64;
