@@ -9,9 +9,9 @@
 pub mod chat;
 pub mod spm;
 
-use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;

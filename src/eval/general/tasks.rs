@@ -20,50 +20,47 @@ pub const TASKS: &[&str] = &[
 ];
 
 /// Task `name` from the `general/` data folder `dir`, its first `limit` docs (all when
-/// `None`, or when the file holds fewer); MMLU's first `⌈limit / subjects⌉` of each
-/// subject.
+/// `None`, or when the file holds fewer). A task read from several files (MMLU's
+/// subjects) takes the first `⌈limit / files⌉` of each, as lm-eval's `--limit` on each
+/// subject task does, so that a sample covers them all.
 pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
     let file = |rel: &str| dir.join(rel);
-    let (docs, main, norm) = match name {
+    let one = |docs: Result<Vec<Doc>>| docs.map(|d| vec![d]);
+    let (files, main, norm) = match name {
         "arc_easy" => (
-            arc(&file("arc_easy/ARC-Easy-Test.jsonl"))?,
+            one(arc(&file("arc_easy/ARC-Easy-Test.jsonl")))?,
             Metric::Acc,
             true,
         ),
         "arc_challenge" => (
-            arc(&file("arc_challenge/ARC-Challenge-Test.jsonl"))?,
+            one(arc(&file("arc_challenge/ARC-Challenge-Test.jsonl")))?,
             Metric::AccNorm,
             true,
         ),
         "hellaswag" => (
-            hellaswag(&file("hellaswag/hellaswag_val_full.first2000.txt"))?,
+            one(hellaswag(&file(
+                "hellaswag/hellaswag_val_full.first2000.txt",
+            )))?,
             Metric::AccNorm,
             true,
         ),
         "piqa" => (
-            piqa(&file("piqa/valid.jsonl"), &file("piqa/valid-labels.lst"))?,
+            one(piqa(
+                &file("piqa/valid.jsonl"),
+                &file("piqa/valid-labels.lst"),
+            ))?,
             Metric::AccNorm,
             true,
         ),
         "winogrande" => (
-            winogrande(&file("winogrande/winogrande.jsonl"))?,
+            one(winogrande(&file("winogrande/winogrande.jsonl")))?,
             Metric::Acc,
             false,
         ),
-        "boolq" => (boolq(&file("boolq/val.jsonl"))?, Metric::Acc, false),
-        "mmlu" => {
-            let subjects = mmlu(&file("mmlu/test"))?;
-            // A sample takes the same number of items from every subject (lm-eval's
-            // `--limit` on each subject task), so that it covers them all.
-            let per = limit.map_or(usize::MAX, |n| n.div_ceil(subjects.len().max(1)));
-            let docs = subjects
-                .into_iter()
-                .flat_map(|s| s.into_iter().take(per))
-                .collect();
-            (docs, Metric::Acc, false)
-        }
+        "boolq" => (one(boolq(&file("boolq/val.jsonl")))?, Metric::Acc, false),
+        "mmlu" => (mmlu(&file("mmlu/test"))?, Metric::Acc, false),
         "lambada" => (
-            lambada(&file("lambada_openai/lambada_test.jsonl"))?,
+            one(lambada(&file("lambada_openai/lambada_test.jsonl")))?,
             Metric::Acc,
             false,
         ),
@@ -75,15 +72,13 @@ pub fn load(name: &str, dir: &Path, limit: Option<usize>) -> Result<Task> {
             )));
         }
     };
-    let mut docs = docs;
-    if let Some(n) = limit
-        && name != "mmlu"
-    {
-        docs.truncate(n);
-    }
+    let per = limit.map_or(usize::MAX, |n| n.div_ceil(files.len().max(1)));
     Ok(Task {
         name: name.to_owned(),
-        docs,
+        docs: files
+            .into_iter()
+            .flat_map(|f| f.into_iter().take(per))
+            .collect(),
         main,
         norm,
         greedy: name == "lambada",
@@ -344,9 +339,9 @@ pub(crate) fn csv_rows(text: &str) -> Vec<Vec<String>> {
     rows
 }
 
-/// MMLU's test CSVs, subjects in name order, zero-shot: the description, the question
-/// and its lettered choices; choices `" A"`…`" D"`; acc only.
-/// MMLU's test items, one list per subject file, the subjects in name order.
+/// MMLU's test CSVs, one list of items per subject, subjects in name order, zero-shot:
+/// the description, the question and its lettered choices; choices `" A"`…`" D"`; acc
+/// only.
 fn mmlu(dir: &Path) -> Result<Vec<Vec<Doc>>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
