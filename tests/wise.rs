@@ -1,7 +1,8 @@
 //! WISE on a real model: three edits take in the side memory (the weights stay as they
 //! were, bit for bit), an unrelated input is routed to the main memory (its logits bit
 //! for bit), the single protocol undoes each edit, and `ftedit edit` writes the side
-//! memory beside the model, which loading the model applies again.
+//! memory beside the model (its report's check reading the routed model), which loading
+//! the model applies again.
 
 mod common;
 
@@ -129,6 +130,14 @@ fn edit_writes_the_side_memory_and_loading_the_model_applies_it() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the edit lives in an adapter"), "{err}");
+    // The report's check reads the routed model: the subject's own NLL, read at earlier
+    // positions of the same prompt, must not decide the target's route.
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("ftedit_report.json")).unwrap())
+            .unwrap();
+    let e = &report["check"]["edits"][0];
+    assert!(e["p_new_after"].as_f64().unwrap() > 0.5, "{e}");
+    assert!(e["p_new_before"].as_f64().unwrap() < 0.1, "{e}");
     let json = out.join("ftedit_adapter.json");
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
