@@ -286,6 +286,56 @@ fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
     assert_eq!(s["health"]["collapsed"], true, "{}", s["health"]);
 }
 
+/// Without `--general`, `eval` scores the default sample (10 items per task); where the
+/// data folder has no `general/`, it leaves them out with a note and runs the rest.
+#[test]
+fn eval_scores_a_default_sample_and_goes_on_without_the_tasks_folder() {
+    let dir = temp_dir("general-default");
+    let path = dir.join("tiny.gguf");
+    write_gguf(&random_model(tiny_llama(false), Kind::Float), &path, 2048);
+    let data = common::counterfact_jsonl(&dir, 2);
+    let bare = dir.join("data");
+    std::fs::create_dir_all(bare.join("aux")).unwrap();
+    let wikitext = general_dir().join("../aux/wikitext-2");
+    std::os::unix::fs::symlink(
+        wikitext.canonicalize().unwrap(),
+        bare.join("aux/wikitext-2"),
+    )
+    .unwrap();
+    let run = |out: &str, data_dir: Option<&std::path::Path>| {
+        let mut c = std::process::Command::new(common::ftedit_bin());
+        c.args(["eval", "--model"])
+            .arg(&path)
+            .arg("--data")
+            .arg(&data)
+            .arg("--out")
+            .arg(dir.join(out))
+            .args(["--method", "none", "--general-tasks", "arc_easy", "--quiet"]);
+        if let Some(d) = data_dir {
+            c.env("FTEDIT_DATA", d);
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let s: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(out).join("summary.json")).unwrap(),
+        )
+        .unwrap();
+        (s, String::from_utf8_lossy(&o.stderr).into_owned())
+    };
+    let (s, _) = run("default", None);
+    let items = ftedit::eval::health::GeneralOptions::default().items;
+    assert_eq!(items, 10);
+    assert_eq!(
+        s["health"]["general"]["tasks"]["arc_easy"]["n"], items,
+        "{}",
+        s["health"]
+    );
+    let (s, err) = run("bare", Some(&bare));
+    assert!(err.contains("no general abilities"), "{err}");
+    assert!(s["health"]["PPL"].is_number(), "{}", s["health"]);
+    assert!(s["health"].get("general").is_none(), "{}", s["health"]);
+}
+
 /// `ftedit health` checks a model file alone and against another: against itself
 /// nothing drops and nothing is flagged.
 #[test]

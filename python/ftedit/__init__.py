@@ -360,7 +360,7 @@ def evaluate(
     exact_match: bool = True,
     chat: Optional[bool] = None,
     health: bool = True,
-    general: int = 0,
+    general: int = 10,
     progress: Optional[bool] = None,
     format: Optional[str] = None,
     settings: Optional[Mapping[str, Any]] = None,
@@ -371,7 +371,8 @@ def evaluate(
     ``batch_size``), as ``ftedit eval`` does; returns the summary. A loaded ``model``
     is left as it was. ``out``: the run folder (records.jsonl, summary.json, ...;
     resumed if it has records); without it a temporary one is used and removed.
-    ``generation=False`` skips fluency (GE), the slow part."""
+    ``generation=False`` skips fluency (GE), the slow part; ``general``: items per
+    downstream task in the health check (10, as ``ftedit eval``; 0: none)."""
     if not isinstance(model, Model):
         model = load(model)
     rest = (

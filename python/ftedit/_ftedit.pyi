@@ -58,7 +58,7 @@ class Model:
         exact_match: bool = True,
         chat: Optional[bool] = None,
         health: bool = True,
-        general: int = 0,
+        general: int = 10,
         progress: bool = True,
         format: Optional[str] = None,
     ) -> str: ...

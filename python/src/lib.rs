@@ -492,7 +492,7 @@ impl PyModel {
 
     /// Evaluates edits of `data` under `protocol`, then puts the weights back; the run
     /// folder's summary.json, as JSON.
-    #[pyo3(signature = (data, out, n = None, method = None, recipe = None, settings = Vec::new(), protocol = "batch", batch_size = 1, generation = true, exact_match = true, chat = None, health = true, general = 0, progress = true, format = None))]
+    #[pyo3(signature = (data, out, n = None, method = None, recipe = None, settings = Vec::new(), protocol = "batch", batch_size = 1, generation = true, exact_match = true, chat = None, health = true, general = 10, progress = true, format = None))]
     fn evaluate(
         &mut self,
         py: Python<'_>,
@@ -592,17 +592,18 @@ impl PyModel {
 
 impl PyModel {
     /// The health probe with the default files (`general` items per downstream task);
-    /// `None` when they are missing.
+    /// `None` when they are missing, and no downstream tasks when their folder is.
     fn probe(&self, general: usize) -> PyResult<Option<Probe>> {
         let d = HealthOptions::default();
         if !d.text.exists() {
             return Ok(None);
         }
+        let g = GeneralOptions::default();
         let options = HealthOptions {
             known: d.known.clone().filter(|p| p.exists()),
-            general: (general > 0).then(|| GeneralOptions {
+            general: (general > 0 && g.dir.exists()).then_some(GeneralOptions {
                 items: general,
-                ..GeneralOptions::default()
+                ..g
             }),
             ..d
         };

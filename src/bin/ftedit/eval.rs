@@ -179,7 +179,11 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
-    opts.health = args.eval.health.probe(&tok, model.max_positions())?;
+    opts.health = args.eval.health.probe_with(
+        &tok,
+        model.max_positions(),
+        ftedit::eval::health::GeneralOptions::default().items,
+    )?;
     opts.chat = args.eval.chat(&tok)?;
     let config = args.method.config("none", &model)?;
     let out = args.out.clone().unwrap_or_else(|| {

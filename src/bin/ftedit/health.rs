@@ -29,9 +29,9 @@ pub struct HealthArgs {
     /// Flag a collapse when perplexity grows by more than this factor [default: 1.5].
     #[arg(long, value_name = "X")]
     collapse_factor: Option<f64>,
-    /// Also score general abilities: the first N items of each downstream task (of
-    /// MMLU, ⌈N/12⌉ of each subject), before and after editing (0: none) [default: 0;
-    /// `ftedit health`: 100].
+    /// Also score general abilities: the first N items of each downstream task (of a
+    /// task read from several files, MMLU's subjects, ⌈N/files⌉ of each), before and
+    /// after editing (0: none) [default: `eval` and `sweep` 10, `edit` 0, `health` 100].
     #[arg(long, value_name = "N")]
     general: Option<usize>,
     /// The downstream tasks, comma-separated; `glue` adds AlphaEdit's six GLUE-style
@@ -54,17 +54,30 @@ impl HealthArgs {
         self.probe_with(tok, max_positions, 0)
     }
 
-    /// [`HealthArgs::probe`] with `general` items per task unless `--general` says.
+    /// [`HealthArgs::probe`] with `general` items per task unless `--general` says; a
+    /// default sample whose tasks' folder is missing is left out with a note.
     pub fn probe_with(
         &self,
         tok: &Tokenizer,
         max_positions: usize,
         general: usize,
     ) -> anyhow::Result<Option<Probe>> {
-        let general = self.general.unwrap_or(general);
         if self.no_health {
             return Ok(None);
         }
+        let g = ftedit::eval::health::GeneralOptions::default();
+        let general_dir = self.general_dir.clone().unwrap_or(g.dir);
+        let general = match self.general {
+            Some(n) => n,
+            None if general > 0 && !general_dir.exists() => {
+                eprintln!(
+                    "note: no general abilities: {} is missing (--general-dir DIR, or --general 0)",
+                    general_dir.display()
+                );
+                0
+            }
+            None => general,
+        };
         let d = HealthOptions::default();
         let text = match &self.health_text {
             Some(p) => p.clone(),
@@ -89,18 +102,15 @@ impl HealthArgs {
             known_n: self.known_n.unwrap_or(d.known_n),
             collapse_factor: self.collapse_factor.unwrap_or(d.collapse_factor),
             cache_dir: d.cache_dir,
-            general: (general > 0).then(|| {
-                let g = ftedit::eval::health::GeneralOptions::default();
-                ftedit::eval::health::GeneralOptions {
-                    dir: self.general_dir.clone().unwrap_or(g.dir),
-                    items: general,
-                    tasks: if self.general_tasks.is_empty() {
-                        g.tasks
-                    } else {
-                        self.general_tasks.clone()
-                    },
-                    drop_threshold: self.general_drop.unwrap_or(g.drop_threshold),
-                }
+            general: (general > 0).then(|| ftedit::eval::health::GeneralOptions {
+                dir: general_dir,
+                items: general,
+                tasks: if self.general_tasks.is_empty() {
+                    g.tasks
+                } else {
+                    self.general_tasks.clone()
+                },
+                drop_threshold: self.general_drop.unwrap_or(g.drop_threshold),
             }),
         };
         Ok(Some(Probe::new(tok, options, max_positions)?))

@@ -38,7 +38,11 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let records = args.records.load(&args.data, None)?;
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
-    opts.health = args.eval.health.probe(&tok, model.max_positions())?;
+    opts.health = args.eval.health.probe_with(
+        &tok,
+        model.max_positions(),
+        ftedit::eval::health::GeneralOptions::default().items,
+    )?;
     opts.chat = args.eval.chat(&tok)?;
     let name = args
         .method
