@@ -151,21 +151,17 @@ fn read(
     for r in &reqs {
         flat.push(r.new.clone());
         flat.extend(r.old.clone());
-        flat.extend(r.subject.clone());
     }
     let mut nlls = token_nlls(model, &flat)?.into_iter();
-    let (mut p_new, mut p_old, mut subject_nll) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut p_new, mut p_old) = (Vec::new(), Vec::new());
     let prob = |v: Vec<f64>| (-v.iter().sum::<f64>()).exp();
     for r in &reqs {
         p_new.push(nlls.next().map_or(0.0, prob));
         p_old.push(r.old.as_ref().and_then(|_| nlls.next().map(prob)));
-        subject_nll.push(
-            r.subject
-                .as_ref()
-                .and_then(|_| nlls.next())
-                .map(|v| v.iter().sum::<f64>() / v.len() as f64),
-        );
     }
+    // Apart from the targets: a read inside the prompt would share its sequence, and an
+    // adapter (WISE, SERAC) routes a sequence on what precedes its first read.
+    let subject_nll = subject_nlls(model, tok, records)?;
     let ids = neighbours
         .iter()
         .map(|p| tok.encode(p, true))

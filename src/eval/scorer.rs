@@ -48,9 +48,7 @@ fn groups(lens: &[usize], budget: usize) -> Vec<std::ops::Range<usize>> {
 /// Sequences that serve many reads: with causal attention, the logits at position `q`
 /// depend only on tokens `0..=q`, so a read from `ids[..=q]` can be served by any
 /// sequence that starts with those tokens. CounterFact's single-token targets and
-/// zsRE's token-by-token inputs mostly share one sequence this way. A model's adapter
-/// (WISE, SERAC) routes a sequence on what precedes its first read, so under one
-/// requests share a host only when their first reads are at the same position.
+/// zsRE's token-by-token inputs mostly share one sequence this way.
 struct Hosts {
     seqs: Vec<Vec<u32>>,
     /// Per request: its host.
@@ -59,31 +57,24 @@ struct Hosts {
 
 impl Hosts {
     /// `needed[i]`: the tokens request `i` reads logits over (its last position read is
-    /// the last of these); `first[i]`, where given, the position of its first read,
-    /// which the requests sharing a host must have in common.
-    fn new(needed: &[&[u32]], first: Option<&[usize]>) -> Self {
+    /// the last of these).
+    fn new(needed: &[&[u32]]) -> Self {
         let mut order: Vec<usize> = (0..needed.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(needed[i].len()));
         let mut seqs: Vec<Vec<u32>> = Vec::new();
-        let mut first_of: Vec<usize> = Vec::new();
         let mut by_key: std::collections::HashMap<&[u32], Vec<usize>> =
             std::collections::HashMap::new();
         let mut host = vec![0; needed.len()];
         for i in order {
             let ids = needed[i];
-            let at = first.map_or(0, |f| f[i]);
             let key = &ids[..ids.len().min(2)];
-            let found = by_key.get(key).and_then(|cands| {
-                cands
-                    .iter()
-                    .copied()
-                    .find(|&h| first_of[h] == at && seqs[h].starts_with(ids))
-            });
+            let found = by_key
+                .get(key)
+                .and_then(|cands| cands.iter().copied().find(|&h| seqs[h].starts_with(ids)));
             host[i] = match found {
                 Some(h) => h,
                 None => {
                     seqs.push(ids.to_vec());
-                    first_of.push(at);
                     let h = seqs.len() - 1;
                     // Register under every key a later, shorter request could have.
                     by_key
@@ -110,14 +101,7 @@ fn for_each_pass(
     reads: &[(usize, usize)],
     mut f: impl FnMut(&[usize], Tensor) -> Result<()>,
 ) -> Result<()> {
-    let first = model.adapter().is_some().then(|| {
-        let mut first = vec![usize::MAX; needed.len()];
-        for &(req, pos) in reads {
-            first[req] = first[req].min(pos);
-        }
-        first
-    });
-    let hosts = Hosts::new(needed, first.as_deref());
+    let hosts = Hosts::new(needed);
     let lens: Vec<usize> = hosts.seqs.iter().map(Vec::len).collect();
     let passes = groups(&lens, TOKENS_PER_PASS);
     let mut pass_of = vec![0; hosts.seqs.len()];
@@ -242,17 +226,11 @@ mod tests {
     #[test]
     fn reads_share_hosts_when_one_input_starts_another() {
         let (a, b, c, d) = ([1, 2, 3, 4], [1, 2], [1, 2, 9], [7]);
-        let h = Hosts::new(&[&a, &b, &c, &d], None);
+        let h = Hosts::new(&[&a, &b, &c, &d]);
         assert_eq!(h.seqs.len(), 3, "{:?}", h.seqs);
         assert_eq!(h.host[0], h.host[1], "[1, 2] is served by [1, 2, 3, 4]");
         assert_ne!(h.host[2], h.host[0]);
         assert_eq!(h.seqs[h.host[3]], vec![7]);
-        // Under an adapter, only requests first read at the same position share.
-        let h = Hosts::new(&[&a, &b, &c, &d], Some(&[1, 1, 2, 0]));
-        assert_eq!(h.host[0], h.host[1]);
-        let h = Hosts::new(&[&a, &b, &c, &d], Some(&[2, 1, 2, 0]));
-        assert_ne!(h.host[0], h.host[1], "{:?}", h.seqs);
-        assert_eq!(h.seqs.len(), 4);
     }
 
     #[test]
