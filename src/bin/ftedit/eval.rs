@@ -112,12 +112,29 @@ impl EvalFlags {
                 .transpose()?,
             chunk: self.chunk,
             progress: !self.quiet,
-            // Set once the tokenizer is loaded.
+            // Set once the model is loaded (`for_model`).
             health: None,
             curve_sample: self.curve_sample,
             chat: false,
             locality: !self.no_locality,
         })
+    }
+
+    /// What `options` leaves to the loaded model: the health probe (with the default
+    /// sample of downstream tasks) and the chat questions.
+    pub fn for_model(
+        &self,
+        opts: &mut EvalOptions,
+        tok: &ftedit::Tokenizer,
+        max_positions: usize,
+    ) -> anyhow::Result<()> {
+        opts.health = self.health.probe_with(
+            tok,
+            max_positions,
+            ftedit::eval::health::GeneralOptions::default().items,
+        )?;
+        opts.chat = self.chat(tok)?;
+        Ok(())
     }
 
     /// Whether to ask the chat questions of a model with this tokenizer.
@@ -179,12 +196,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
-    opts.health = args.eval.health.probe_with(
-        &tok,
-        model.max_positions(),
-        ftedit::eval::health::GeneralOptions::default().items,
-    )?;
-    opts.chat = args.eval.chat(&tok)?;
+    args.eval
+        .for_model(&mut opts, &tok, model.max_positions())?;
     let config = args.method.config("none", &model)?;
     let out = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(

@@ -38,12 +38,8 @@ pub fn run(args: SweepArgs) -> anyhow::Result<()> {
     let records = args.records.load(&args.data, None)?;
     let mut opts = args.eval.options(&records)?;
     let (mut model, tok) = args.model.load()?;
-    opts.health = args.eval.health.probe_with(
-        &tok,
-        model.max_positions(),
-        ftedit::eval::health::GeneralOptions::default().items,
-    )?;
-    opts.chat = args.eval.chat(&tok)?;
+    args.eval
+        .for_model(&mut opts, &tok, model.max_positions())?;
     let name = args
         .method
         .method
