@@ -263,11 +263,14 @@ impl CurvePoint {
         }
     }
 
-    /// A value by name: a metric (`ES`, `efficacy`, …), `first_batch.NAME`, or one of
-    /// the health numbers ([`Health::metrics`]: `PPL`, `known_retained`,
-    /// `general.mean`, …).
+    /// A value by name: a metric (`ES`, `efficacy`, …), `first_batch.NAME`, one of the
+    /// health numbers ([`Health::metrics`]: `PPL`, `known_retained`, `general.mean`, …),
+    /// or `PPL_ratio` (`PPL / PPL_before`, what the collapse flag measures).
     pub fn value(&self, name: &str) -> Option<f64> {
         let health = self.health.as_ref();
+        if name == "PPL_ratio" {
+            return health.map(Health::ratio);
+        }
         if let Some(v) = health.and_then(|h| h.metrics().into_iter().find(|(k, _)| k == name)) {
             return v.1;
         }

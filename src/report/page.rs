@@ -563,7 +563,7 @@ pub fn render(title: &str, runs: &[Run]) -> String {
     if !curves.is_empty() {
         s.push_str("<h2>Sequential editing</h2>");
         let metrics = curves::default_plot_metrics(&curves);
-        s.push_str(&curves::chart("Editing over time", &curves, &metrics).svg());
+        s.push_str(&curves::chart("Editing over time", &curves, &metrics, None).svg());
     }
     for (i, r) in runs.iter().enumerate() {
         let _ = write!(

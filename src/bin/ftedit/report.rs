@@ -41,6 +41,10 @@ enum ReportCommand {
         /// A run's name in the legend, in the order of the runs [default: its folder's].
         #[arg(long)]
         label: Vec<String>,
+        /// Draw against this metric instead of the number of edits, e.g. `--x PPL_ratio
+        /// --metrics S` over a sweep's runs: a trade-off, one point per finished run.
+        #[arg(long, value_name = "METRIC")]
+        x: Option<String>,
         /// The chart's title.
         #[arg(long, default_value = "Editing over time")]
         title: String,
@@ -85,6 +89,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             out,
             metrics,
             label,
+            x,
             title,
         } => {
             if out.extension().is_none_or(|e| e != "svg") {
@@ -105,7 +110,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
             } else {
                 metrics
             };
-            let chart = curves::chart(&title, &curves, &metrics);
+            let chart = curves::chart(&title, &curves, &metrics, x.as_deref());
             if let Some(m) = chart
                 .panels
                 .iter()
