@@ -10,6 +10,8 @@
 #   bench/default-sweep.sh 2 'SETS'     # one setting at 1,000 edits: mass, then sequential
 #
 # SETS: the --set flags of the setting, e.g. 'augment.subject=true post.rect=0.4'.
+# The trade-off, one point per setting: ftedit report plot runs/default-sweep/stage1-200/*/
+#   --x PPL_ratio --metrics S,known_retained,general.mean --out trade-off.svg
 # Each sweep resumes where it stopped (rerun the same command); finished runs keep their
 # summary.json in their folder. Environment: FTEDIT (default ./target/release/ftedit),
 # MODEL (default smollm2), THREADS (default 2), OUT_DIR (default runs/default-sweep),
