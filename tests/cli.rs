@@ -1110,8 +1110,11 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
         svg.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
+    // The suite's three, the first batch's ES, PPL, known facts, and the general mean
+    // of the default sample of downstream tasks.
+    assert!(stdout.contains("2 runs, 7 metrics"), "{stdout}");
     let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains(">general.mean<"), "no general-ability panel");
     // A curve kept on its own (as bench/results keeps them) draws the same lines, named
     // after the file.
     let kept = dir.join("kept-curve.jsonl");
@@ -1128,7 +1131,7 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
         from_file.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{err}");
-    assert!(stdout.contains("2 runs, 6 metrics"), "{stdout}");
+    assert!(stdout.contains("2 runs, 7 metrics"), "{stdout}");
     assert_eq!(std::fs::read_to_string(&from_file).unwrap(), svg);
     let (code, _, err) = run_ftedit(&[
         "report",
@@ -1154,12 +1157,12 @@ fn a_sequential_eval_writes_its_curve_and_report_plot_draws_it() {
         ],
         "no checkpoint",
     );
-    // Six panels; the sequential run is a line in each, but in the known facts' only if
-    // the random tiny model knew any of them; the batch run is a ring in each but the
+    // Seven panels; the sequential run is a line in each, but in the known facts' only
+    // if the random tiny model knew any of them; the batch run is a ring in each but the
     // first batch's (a mass edit has none).
     let knew = summary["health"]["known_facts"].as_u64().unwrap() > 0;
-    assert_eq!(svg.matches("<polyline").count(), 5 + knew as usize, "{svg}");
-    assert_eq!(svg.matches(r#"r="5""#).count(), 4 + knew as usize, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 6 + knew as usize, "{svg}");
+    assert_eq!(svg.matches(r#"r="5""#).count(), 5 + knew as usize, "{svg}");
     for needle in [
         "in turn",
         ">batch<",
