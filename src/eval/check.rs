@@ -116,6 +116,11 @@ pub fn subject_nlls(
         .iter()
         .map(|r| requests(tok, r).map(|q| q.subject))
         .collect::<Result<_>>()?;
+    mean_nlls(model, &reqs)
+}
+
+/// Each request's mean token NLL, scored in one call of their own; `None` for none.
+fn mean_nlls(model: &Model, reqs: &[Option<NllRequest>]) -> Result<Vec<Option<f64>>> {
     let flat: Vec<NllRequest> = reqs.iter().flatten().cloned().collect();
     let mut nlls = token_nlls(model, &flat)?.into_iter();
     Ok(reqs
@@ -161,7 +166,8 @@ fn read(
     }
     // Apart from the targets: a read inside the prompt would share its sequence, and an
     // adapter (WISE, SERAC) routes a sequence on what precedes its first read.
-    let subject_nll = subject_nlls(model, tok, records)?;
+    let subjects: Vec<Option<NllRequest>> = reqs.iter().map(|r| r.subject.clone()).collect();
+    let subject_nll = mean_nlls(model, &subjects)?;
     let ids = neighbours
         .iter()
         .map(|p| tok.encode(p, true))
