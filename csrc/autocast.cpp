@@ -39,4 +39,17 @@ int ftedit_autocast_exit(int cuda, int was) {
   }
 }
 
+// Switches autocast on the device type on (on = 1) or off (on = 0), or only asks (on =
+// -1), keeping the dtype, nesting and cast cache. Returns whether it was on, or -1.
+int ftedit_autocast_set_enabled(int cuda, int on) {
+  try {
+    auto d = device_type(cuda);
+    int was = at::autocast::is_autocast_enabled(d) ? 1 : 0;
+    if (on >= 0) at::autocast::set_autocast_enabled(d, on != 0);
+    return was;
+  } catch (...) {
+    return -1;
+  }
+}
+
 }  // extern "C"

@@ -129,6 +129,55 @@ impl Precision {
 unsafe extern "C" {
     fn ftedit_autocast_enter(cuda: i32, half: i32) -> i32;
     fn ftedit_autocast_exit(cuda: i32, was: i32) -> i32;
+    fn ftedit_autocast_set_enabled(cuda: i32, on: i32) -> i32;
+    fn ftedit_profile_start() -> i32;
+    fn ftedit_profile_stop(path: *const std::ffi::c_char) -> i32;
+}
+
+/// The environment variable that asks for a per-op profile of each training run: the file
+/// the table goes to ([`OpProfile`]).
+pub const PROFILE_ENV: &str = "FTEDIT_PROFILE";
+
+/// libtorch's op profiler while it lives: every op this thread runs, and the backward
+/// passes it starts, timed and summed by op name into a tab-separated table (self and
+/// total milliseconds, calls), then by op and input shapes. For finding where a training
+/// step's time goes (`FTEDIT_PROFILE=FILE ftedit edit …`); it slows the ops it times a
+/// little.
+pub struct OpProfile {
+    path: std::path::PathBuf,
+}
+
+impl OpProfile {
+    /// Starts the profiler; [`OpProfile::finish`] writes the table to `path`.
+    pub fn start(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        // SAFETY: a plain C call into libtorch's profiler; it catches exceptions.
+        if unsafe { ftedit_profile_start() } < 0 {
+            return Err(Error::Input("libtorch's profiler did not start".into()));
+        }
+        Ok(OpProfile { path: path.into() })
+    }
+
+    /// Starts one when [`PROFILE_ENV`] names a file.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var_os(PROFILE_ENV) {
+            Some(p) if !p.is_empty() => Self::start(p).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Stops the profiler and writes the table.
+    pub fn finish(self) -> Result<()> {
+        let c = std::ffi::CString::new(self.path.as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::Input(format!("profile path {:?} holds a NUL", self.path)))?;
+        // SAFETY: `c` outlives the call, which catches exceptions.
+        if unsafe { ftedit_profile_stop(c.as_ptr()) } < 0 {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::other("the op profile could not be written"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// libtorch's autocast to bf16 on one device type while it lives (thread-local, as in
@@ -158,6 +207,39 @@ impl Drop for Autocast {
         // SAFETY: as in `bf16`; restores the state that call returned.
         unsafe {
             ftedit_autocast_exit(self.cuda, self.was);
+        }
+    }
+}
+
+/// Whether autocast is on for `device`'s device type on this thread.
+pub fn autocast_enabled(device: Device) -> bool {
+    // SAFETY: a plain C call that only reads libtorch's thread-local autocast state.
+    unsafe { ftedit_autocast_set_enabled(i32::from(device != Device::Cpu), -1) == 1 }
+}
+
+/// Autocast switched off for `device`'s device type while it lives (its dtype, nesting
+/// and cast cache kept), for an op that must run in f32 inside a bf16-mixed pass.
+pub struct AutocastOff {
+    cuda: i32,
+    was: i32,
+}
+
+impl AutocastOff {
+    pub fn new(device: Device) -> Self {
+        let cuda = i32::from(device != Device::Cpu);
+        // SAFETY: a plain C call into libtorch's autocast state; it catches exceptions.
+        let was = unsafe { ftedit_autocast_set_enabled(cuda, 0) };
+        AutocastOff { cuda, was }
+    }
+}
+
+impl Drop for AutocastOff {
+    fn drop(&mut self) {
+        if self.was >= 0 {
+            // SAFETY: as in `new`; puts back what it found.
+            unsafe {
+                ftedit_autocast_set_enabled(self.cuda, self.was);
+            }
         }
     }
 }
@@ -214,6 +296,50 @@ pub fn peak_rss_mb() -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Tensor;
+
+    #[test]
+    fn autocast_off_suspends_autocast_and_puts_it_back() {
+        assert!(!autocast_enabled(Device::Cpu));
+        let a = Tensor::ones([4, 4], (Kind::Float, Device::Cpu));
+        let _g = Autocast::bf16(Device::Cpu).unwrap();
+        assert!(autocast_enabled(Device::Cpu));
+        {
+            let _off = AutocastOff::new(Device::Cpu);
+            assert!(!autocast_enabled(Device::Cpu));
+            assert_eq!(a.matmul(&a).kind(), Kind::Float);
+        }
+        assert!(autocast_enabled(Device::Cpu));
+        assert_eq!(a.matmul(&a).kind(), Kind::BFloat16);
+    }
+
+    #[test]
+    fn op_profile_counts_the_ops_it_saw() {
+        let path = std::env::temp_dir().join(format!("ftedit-profile-{}.tsv", std::process::id()));
+        // Shapes no other test multiplies: tests run side by side in this process.
+        let a = Tensor::ones([7, 13], (Kind::Float, Device::Cpu));
+        let b = Tensor::ones([13, 11], (Kind::Float, Device::Cpu));
+        let p = OpProfile::start(&path).unwrap();
+        for _ in 0..3 {
+            let _ = a.mm(&b);
+        }
+        p.finish().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let row = text
+            .lines()
+            .find(|l| l.starts_with("aten::mm\t[7,13] [13,11]\t"))
+            .unwrap_or_else(|| panic!("no row for the products in\n{text}"));
+        let fields: Vec<&str> = row.split('\t').collect();
+        assert_eq!(fields[2], "3", "calls in {row}");
+        let (self_ms, total_ms): (f64, f64) =
+            (fields[3].parse().unwrap(), fields[4].parse().unwrap());
+        assert!(self_ms > 0.0 && self_ms <= total_ms, "{row}");
+        assert!(
+            text.starts_with("# by op\nop\tcalls\tself_ms\ttotal_ms\tself_percent\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn autocast_multiplies_in_bf16_and_restores_f32_after() {

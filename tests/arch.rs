@@ -739,3 +739,91 @@ fn bf16_mixed_precision_stays_close_to_f32_and_keeps_f32_master_weights() {
         m.set_precision(Precision::F32);
     }
 }
+
+/// Holding frozen layer weights in bf16 for a bf16-mixed training run (issue 39) computes
+/// what autocast alone computes, bit for bit (the same bf16 roundings of the same
+/// weights), and gives every weight back as the f32 tensor it was.
+#[test]
+fn frozen_bf16_weights_compute_as_autocast_does_and_come_back_bit_for_bit() {
+    use ftedit::model::Precision;
+    for cfg in tiny_configs() {
+        let m = random_model(cfg, Kind::Float);
+        let name = m
+            .params
+            .iter()
+            .map(|(n, _)| n.to_string())
+            .find(|n| n.contains(".1.") && n.ends_with("weight") && n.contains("mlp"))
+            .unwrap();
+        m.params.set_trainable(&name, true).unwrap();
+        let before: Vec<(String, Tensor)> = m
+            .params
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.detach().copy()))
+            .collect();
+        let batch = [Example {
+            prompt: vec![3, 17, 42, 7],
+            target: vec![5, 9],
+        }];
+        let w = m.params.get(&name).unwrap();
+        let step = || {
+            let _ = w.grad().defined().then(|| w.grad().zero_());
+            let loss = conditional_nll(&m, &batch, Reduction::TokenMean).unwrap();
+            loss.backward();
+            (loss.double_value(&[]), w.grad().copy())
+        };
+        m.set_precision(Precision::Bf16Mixed);
+        let (loss_a, grad_a) = step();
+        let (loss_b, grad_b) = {
+            let _lowered = m.frozen_in_bf16();
+            let lowered = m
+                .params
+                .iter()
+                .filter(|(_, t)| t.kind() == Kind::BFloat16)
+                .count();
+            assert!(lowered > 0, "{}: nothing held in bf16", m.arch_name());
+            assert_eq!(
+                w.kind(),
+                Kind::Float,
+                "{}: the trained weight",
+                m.arch_name()
+            );
+            step()
+        };
+        m.set_precision(Precision::F32);
+        assert_eq!(loss_a, loss_b, "{}: loss", m.arch_name());
+        assert_eq!(
+            max_diff(&grad_a, &grad_b),
+            0.0,
+            "{}: gradient",
+            m.arch_name()
+        );
+        for (n, t) in &before {
+            let now = m.params.get(n).unwrap();
+            assert_eq!(now.kind(), t.kind(), "{}: {n}", m.arch_name());
+            assert!(now.equal(t), "{}: {n} changed", m.arch_name());
+        }
+    }
+}
+
+/// Under CPU autocast, attention that a backward pass will run through computes in f32
+/// (libtorch's bf16 flash-attention backward is several times slower on CPUs), while
+/// attention without autograd keeps bf16.
+#[test]
+fn attention_under_cpu_autocast_trains_in_f32_and_infers_in_bf16() {
+    use ftedit::model::nn::{AttnMask, attention};
+    use ftedit::runtime::Autocast;
+    tch::manual_seed(0);
+    let q = Tensor::randn([2, 4, 5, 8], (Kind::Float, tch::Device::Cpu));
+    let k = Tensor::randn([2, 2, 5, 8], (Kind::Float, tch::Device::Cpu));
+    let v = Tensor::randn([2, 2, 5, 8], (Kind::Float, tch::Device::Cpu));
+    let want = attention(&q, &k, &v, &AttnMask::Causal, 0.35);
+    let _ac = Autocast::bf16(tch::Device::Cpu).unwrap();
+    let inferred = attention(&q, &k, &v, &AttnMask::Causal, 0.35);
+    assert_eq!(inferred.kind(), Kind::BFloat16);
+    let qg = q.detach().set_requires_grad(true);
+    let trained = attention(&qg, &k, &v, &AttnMask::Causal, 0.35);
+    assert_eq!(trained.kind(), Kind::Float);
+    assert!(max_diff(&trained, &want) < 1e-6);
+    trained.sum(Kind::Float).backward();
+    assert_eq!(qg.grad().kind(), Kind::Float);
+}

@@ -15,7 +15,7 @@ use tch::Tensor;
 use super::config::{JsonConfig, rope_theta};
 use super::nn::{
     Activation, Ctx, GatedMlp, Linear, RmsNorm, Rope, apply_rope, attention, merge_heads,
-    split_heads,
+    shared_matmul_input, split_heads,
 };
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
@@ -222,6 +222,7 @@ impl Attention {
         window: Option<usize>,
         ctx: &mut Ctx,
     ) -> Tensor {
+        let x = &shared_matmul_input(x);
         let q = self.q_norm.forward(&split_heads(
             &self.q_proj.forward(x),
             self.heads,

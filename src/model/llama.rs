@@ -13,7 +13,7 @@ use tch::Tensor;
 use super::config::{JsonConfig, rope_theta};
 use super::nn::{
     Activation, Ctx, GatedMlp, Linear, RmsNorm, Rope, RopeScaling, apply_rope, attention,
-    merge_heads, split_heads,
+    merge_heads, shared_matmul_input, split_heads,
 };
 use super::params::ParamStore;
 use super::{Architecture, ParamSpec};
@@ -270,6 +270,7 @@ impl Attention {
         window: Option<usize>,
         ctx: &mut Ctx,
     ) -> Tensor {
+        let x = &shared_matmul_input(x);
         let (q, k, v) = match &self.qkv {
             Qkv::Separate {
                 q_proj,

@@ -332,8 +332,15 @@ impl FtEditor {
         let (precision, precision_reason) = r.optim.precision.resolve(model.device());
         crate::runtime::warn_if_emulated(precision, model.device());
         let before = model.set_precision(precision);
-        let result = self.run(model, &all, &own, &r, &trained);
+        let profile = crate::runtime::OpProfile::from_env()?;
+        let result = {
+            let _lowered = model.frozen_in_bf16();
+            self.run(model, &all, &own, &r, &trained)
+        };
         model.set_precision(before);
+        if let Some(p) = profile {
+            p.finish()?;
+        }
         model.params.freeze_all();
         let Run {
             loss,
