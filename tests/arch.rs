@@ -742,7 +742,8 @@ fn bf16_mixed_precision_stays_close_to_f32_and_keeps_f32_master_weights() {
 
 /// Holding frozen layer weights in bf16 for a bf16-mixed training run (issue 39) computes
 /// what autocast alone computes, bit for bit (the same bf16 roundings of the same
-/// weights), and gives every weight back as the f32 tensor it was.
+/// weights), and gives every weight back as the f32 tensor it was. A frozen vocabulary
+/// projection is used in bf16 meanwhile: logits within bf16 rounding, and f32 again after.
 #[test]
 fn frozen_bf16_weights_compute_as_autocast_does_and_come_back_bit_for_bit() {
     use ftedit::model::Precision;
@@ -771,7 +772,22 @@ fn frozen_bf16_weights_compute_as_autocast_does_and_come_back_bit_for_bit() {
             loss.backward();
             (loss.double_value(&[]), w.grad().copy())
         };
+        let input = Input::right_padded(&seqs(), m.device()).unwrap();
         m.set_precision(Precision::Bf16Mixed);
+        let logits_a = m.forward(&input, &LogitsAt::All).unwrap();
+        // A trained head stays f32: the layers alone are compared bit for bit. The head
+        // is the matrix outside the layers with a row per vocabulary entry (an untied
+        // `lm_head` / `embed_out` before a tied embedding).
+        let vocab = logits_a.size()[2];
+        let mut heads: Vec<String> = m
+            .params
+            .iter()
+            .filter(|(n, t)| t.dim() == 2 && t.size()[0] == vocab && m.layer_of(n).is_none())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        heads.sort_by_key(|n| !(n.starts_with("lm_head.") || n == "embed_out.weight"));
+        let head = heads[0].clone();
+        m.params.set_trainable(&head, true).unwrap();
         let (loss_a, grad_a) = step();
         let (loss_b, grad_b) = {
             let _lowered = m.frozen_in_bf16();
@@ -789,7 +805,6 @@ fn frozen_bf16_weights_compute_as_autocast_does_and_come_back_bit_for_bit() {
             );
             step()
         };
-        m.set_precision(Precision::F32);
         assert_eq!(loss_a, loss_b, "{}: loss", m.arch_name());
         assert_eq!(
             max_diff(&grad_a, &grad_b),
@@ -797,6 +812,22 @@ fn frozen_bf16_weights_compute_as_autocast_does_and_come_back_bit_for_bit() {
             "{}: gradient",
             m.arch_name()
         );
+        // A frozen head: logits from its bf16 copy, within bf16 rounding.
+        m.params.set_trainable(&head, false).unwrap();
+        {
+            let logits_b = {
+                let _lowered = m.frozen_in_bf16();
+                m.forward(&input, &LogitsAt::All).unwrap()
+            };
+            assert_eq!(logits_b.kind(), Kind::Float);
+            let d = max_diff(&logits_a, &logits_b);
+            let scale = logits_a.abs().max().double_value(&[]);
+            assert!(d > 0.0, "{}: the head was not lowered", m.arch_name());
+            assert!(d < 0.05 * scale, "{}: logits moved by {d}", m.arch_name());
+            let again = m.forward(&input, &LogitsAt::All).unwrap();
+            assert_eq!(max_diff(&again, &logits_a), 0.0, "{}: after", m.arch_name());
+        }
+        m.set_precision(Precision::F32);
         for (n, t) in &before {
             let now = m.params.get(n).unwrap();
             assert_eq!(now.kind(), t.kind(), "{}: {n}", m.arch_name());

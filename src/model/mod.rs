@@ -555,6 +555,9 @@ pub struct Model {
     precision: std::sync::atomic::AtomicU8,
     /// A module beside the weights applied in every forward pass ([`adapter`]).
     adapter: Option<SharedAdapter>,
+    /// A bf16 copy of the frozen vocabulary projection while [`Model::frozen_in_bf16`]
+    /// holds one.
+    lowered_head: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl Model {
@@ -571,6 +574,7 @@ impl Model {
             source: source.as_ref().to_path_buf(),
             precision: Default::default(),
             adapter: None,
+            lowered_head: Default::default(),
         })
     }
 
@@ -706,11 +710,19 @@ impl Model {
     /// dropped, when a bf16-mixed pass would cast them anyway: autocast caches its casts
     /// of trained weights only, so every forward pass of a training run would cast every
     /// frozen matrix again (a tenth of a bf16 step on SmolLM2). Products compute exactly
-    /// as under autocast alone; the f32 originals come back untouched. A no-op in f32.
+    /// as under autocast alone; the f32 originals come back untouched. A frozen
+    /// vocabulary projection gets a bf16 copy beside it, which logits use while the guard
+    /// lives: for the few target positions of a step its product reads the whole matrix,
+    /// and Gemma 3's 262k-token head in f32 is a third of a bf16 step. A no-op in f32.
     pub fn frozen_in_bf16(&self) -> FrozenBf16<'_> {
         let mut held = Vec::new();
         if self.precision() == Precision::Bf16Mixed {
             let _g = tch::no_grad_guard();
+            let head = self.arch.lm_head();
+            if head.kind() == Kind::Float && !head.requires_grad() {
+                *self.lowered_head.lock().expect("lowered head") =
+                    Some(head.to_kind(Kind::BFloat16));
+            }
             for (name, t) in self.params.iter() {
                 if t.dim() == 2
                     && t.kind() == Kind::Float
@@ -726,10 +738,7 @@ impl Model {
                 }
             }
         }
-        FrozenBf16 {
-            held,
-            _model: std::marker::PhantomData,
-        }
+        FrozenBf16 { held, model: self }
     }
 
     /// Installs `adapter` (or removes the one there), returning the one it replaces.
@@ -997,16 +1006,31 @@ impl Model {
                     .index_select(0, &Tensor::from_slice(&idx).to_device(h.device()))
             }
         };
-        // The final norm is per position, so it runs only where logits are wanted. Under
-        // mixed precision the vocabulary projection stays in the weights' dtype: it runs
-        // at the target positions only and keeps losses exact (a bf16 head measured no
-        // faster on AMX: for a few rows the product is bound by reading the matrix).
+        // The final norm is per position, so it runs only where logits are wanted, in the
+        // head's dtype (outside autocast). The projection uses the bf16 copy a bf16-mixed
+        // training run holds (logits rounded to bf16, as autocast would give them), else
+        // the weights as they are.
         let _g = (grad_from > self.num_layers() + 1).then(tch::no_grad_guard);
         let selected = selected.to_kind(self.arch.lm_head().kind());
-        Ok(self
-            .arch
-            .final_norm(&selected)
-            .linear(self.arch.lm_head(), self.arch.lm_head_bias()))
+        let normed = self.arch.final_norm(&selected);
+        let lowered = match self.precision() {
+            Precision::Bf16Mixed => self
+                .lowered_head
+                .lock()
+                .ok()
+                .and_then(|h| h.as_ref().map(Tensor::shallow_clone)),
+            _ => None,
+        };
+        Ok(match lowered {
+            Some(w) => {
+                let bias = self.arch.lm_head_bias().map(|b| b.to_kind(Kind::BFloat16));
+                normed
+                    .to_kind(Kind::BFloat16)
+                    .linear(&w, bias.as_ref())
+                    .to_kind(normed.kind())
+            }
+            None => normed.linear(self.arch.lm_head(), self.arch.lm_head_bias()),
+        })
     }
 
     /// Runs the layers only for what `hooks` record (keys, values); no logits.
@@ -1184,13 +1208,16 @@ impl Model {
 /// Puts the f32 weights [`Model::frozen_in_bf16`] lowered back when dropped.
 pub struct FrozenBf16<'a> {
     held: Vec<(Tensor, Tensor)>,
-    _model: std::marker::PhantomData<&'a Model>,
+    model: &'a Model,
 }
 
 impl Drop for FrozenBf16<'_> {
     fn drop(&mut self) {
         for (t, original) in &mut self.held {
             t.set_data(original);
+        }
+        if let Ok(mut h) = self.model.lowered_head.lock() {
+            *h = None;
         }
     }
 }
