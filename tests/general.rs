@@ -221,7 +221,15 @@ fn scores_follow_the_definitions() {
     }
     assert_eq!(s.acc, 100.0 * hits / 2.0);
     let ppl = (-lls / 2.0).exp();
-    assert!((s.perplexity.unwrap() - ppl).abs() < 1e-6 * ppl);
+    // Compared as mean log-likelihoods: this random model's ~29 nats per document carry
+    // f32 rounding of ~1e-6 that batching changes (AVX-512 kernels block batched and
+    // single rows differently: 1.5e-6 seen on a Xeon), which exp() turns into the same
+    // relative error of a ~6e12 perplexity.
+    let got = s.perplexity.unwrap();
+    assert!(
+        (got.ln() - ppl.ln()).abs() < 1e-5,
+        "perplexity {got} vs {ppl}"
+    );
 }
 
 /// `eval --general N` scores the tasks before and after editing into the summary's
