@@ -9,7 +9,6 @@
 #include <map>
 #include <sstream>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -36,12 +35,12 @@ std::string shapes_of(const prof::KinetoEvent& e) {
   return s.str();
 }
 
-void write_table(std::ofstream& out, const char* title,
+void write_table(std::ofstream& out, const char* title, const char* key,
                  const std::map<std::string, Totals>& by, double all_self, size_t limit) {
   std::vector<std::pair<std::string, Totals>> rows(by.begin(), by.end());
   std::sort(rows.begin(), rows.end(),
             [](const auto& a, const auto& b) { return a.second.self_us > b.second.self_us; });
-  out << "# " << title << "\nop\tcalls\tself_ms\ttotal_ms\tself_percent\n";
+  out << "# " << title << "\n" << key << "\tcalls\tself_ms\ttotal_ms\tself_percent\n";
   for (size_t i = 0; i < rows.size() && i < limit; ++i) {
     const auto& [name, t] = rows[i];
     out << name << "\t" << t.calls << "\t" << t.self_us / 1000.0 << "\t" << t.total_us / 1000.0
@@ -113,9 +112,9 @@ int ftedit_profile_stop(const char* path) {
     }
     std::ofstream out(path);
     if (!out) return -1;
-    write_table(out, "by op", by_name, all_self, by_name.size());
+    write_table(out, "by op", "op", by_name, all_self, by_name.size());
     out << "\n";
-    write_table(out, "by op and input shapes (op\\tshapes)", by_shape, all_self, 60);
+    write_table(out, "by op and input shapes", "op\tshapes", by_shape, all_self, 60);
     return out.good() ? 0 : -1;
   } catch (...) {
     return -1;

@@ -180,6 +180,11 @@ impl OpProfile {
     }
 }
 
+/// The C side's device-type argument: 1 for CUDA, 0 for the CPU.
+fn cuda_flag(device: Device) -> i32 {
+    i32::from(device != Device::Cpu)
+}
+
 /// libtorch's autocast to bf16 on one device type while it lives (thread-local, as in
 /// PyTorch); dropping it restores what was there before.
 pub struct Autocast {
@@ -190,7 +195,7 @@ pub struct Autocast {
 impl Autocast {
     /// Autocast to bf16 for `device`'s device type.
     pub fn bf16(device: Device) -> Result<Self> {
-        let cuda = i32::from(device != Device::Cpu);
+        let cuda = cuda_flag(device);
         // SAFETY: a plain C call into libtorch's autocast state; it catches exceptions.
         let was = unsafe { ftedit_autocast_enter(cuda, 0) };
         if was < 0 {
@@ -214,7 +219,7 @@ impl Drop for Autocast {
 /// Whether autocast is on for `device`'s device type on this thread.
 pub fn autocast_enabled(device: Device) -> bool {
     // SAFETY: a plain C call that only reads libtorch's thread-local autocast state.
-    unsafe { ftedit_autocast_set_enabled(i32::from(device != Device::Cpu), -1) == 1 }
+    unsafe { ftedit_autocast_set_enabled(cuda_flag(device), -1) == 1 }
 }
 
 /// Autocast switched off for `device`'s device type while it lives (its dtype, nesting
@@ -226,7 +231,7 @@ pub struct AutocastOff {
 
 impl AutocastOff {
     pub fn new(device: Device) -> Self {
-        let cuda = i32::from(device != Device::Cpu);
+        let cuda = cuda_flag(device);
         // SAFETY: a plain C call into libtorch's autocast state; it catches exceptions.
         let was = unsafe { ftedit_autocast_set_enabled(cuda, 0) };
         AutocastOff { cuda, was }
@@ -337,6 +342,10 @@ mod tests {
         assert!(self_ms > 0.0 && self_ms <= total_ms, "{row}");
         assert!(
             text.starts_with("# by op\nop\tcalls\tself_ms\ttotal_ms\tself_percent\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# by op and input shapes\nop\tshapes\tcalls\tself_ms\t"),
             "{text}"
         );
     }

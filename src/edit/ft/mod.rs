@@ -331,8 +331,8 @@ impl FtEditor {
         let snapshot = model.params.snapshot_of(&trained)?;
         let (precision, precision_reason) = r.optim.precision.resolve(model.device());
         crate::runtime::warn_if_emulated(precision, model.device());
-        let before = model.set_precision(precision);
         let profile = crate::runtime::OpProfile::from_env()?;
+        let before = model.set_precision(precision);
         let result = {
             let _lowered = model.frozen_in_bf16();
             self.run(model, &all, &own, &r, &trained)
