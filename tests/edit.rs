@@ -236,3 +236,54 @@ fn the_recipe_flips_three_facts_of_a_tiny_model_on_the_test_device() {
         assert_eq!(!before.equal(t), trained, "{name}");
     }
 }
+
+/// `optim.stop_loss` as the reference loop (ROME's FT, EasyEdit's FT-L and FT-M,
+/// LocFT-BF's code) applies it: a batch already under it takes no step, and the first
+/// epoch whose batches average under it ends training. Three one-edit batches of a tiny
+/// random model (initial losses ~ln 64 ≈ 4.2 nats each).
+#[test]
+fn stop_loss_skips_settled_batches_and_ends_on_a_settled_epoch() {
+    let random = common::random_model(common::tiny_llama(false), tch::Kind::Float);
+    let dir = common::temp_dir("stop-loss");
+    let path = dir.join("tiny.gguf");
+    common::write_gguf(&random, &path, 64);
+    let edits = vec![
+        edit("Tom", "{} lives in", "Rome", "Oslo"),
+        edit("Ann", "{} plays", "chess", "golf"),
+        edit("Bo", "{} speaks", "Dutch", "Greek"),
+    ];
+    let train = |stop: f64| {
+        let (mut m, tok) = ftedit::load(&path, &Default::default()).unwrap();
+        let sets = [
+            "train.layers=1..2".to_string(),
+            "optim.batch_size=1".into(),
+            "optim.epochs=4".into(),
+            "optim.lr=1e-2".into(),
+            format!("optim.stop_loss={stop}"),
+        ];
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let mut ft = FtEditor::new("ft", recipe("locft", &sets), Vec::new(), None, &tok).unwrap();
+        let report = ft.train(&mut m, &tok, &edits).unwrap();
+        let moved = m
+            .params
+            .iter()
+            .any(|(name, t)| !random.params.get(name).unwrap().equal(t));
+        (report.loss, moved)
+    };
+    // Off: every batch of every epoch steps.
+    let (loss, moved) = train(0.0);
+    assert_eq!(loss.len(), 12);
+    assert!(moved);
+    // Every batch already under it: no step at all, and the first epoch ends training.
+    let (loss, moved) = train(1e9);
+    assert_eq!(loss.len(), 3);
+    assert!(!moved, "a batch under stop_loss took a step");
+    // Under it for one batch only (the smallest starting loss): the others still train,
+    // so training goes on past that batch and past the first epoch.
+    let (first, _) = train(0.0);
+    let threshold = first[..3].iter().cloned().fold(f64::INFINITY, f64::min) + 1e-6;
+    assert!(first[..3].iter().filter(|&&l| l < threshold).count() == 1);
+    let (loss, moved) = train(threshold);
+    assert!(moved);
+    assert!(loss.len() > 3, "one settled batch ended training: {loss:?}");
+}

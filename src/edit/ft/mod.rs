@@ -514,14 +514,17 @@ impl FtEditor {
                 pb.finish_and_clear();
                 return Err(e);
             }
-            if value < r.optim.stop_loss {
-                break;
+            // The reference loop (ROME's FT, EasyEdit's FT-L/FT-M, LocFT-BF): a batch
+            // already under `stop_loss` takes no step, and an epoch whose batches average
+            // under it ends training.
+            let stepped = value >= r.optim.stop_loss;
+            if stepped {
+                if r.optim.clip > 0.0 {
+                    clip_grad_norm(opt.params(), r.optim.clip);
+                }
+                opt.step()?;
             }
-            if r.optim.clip > 0.0 {
-                clip_grad_norm(opt.params(), r.optim.clip);
-            }
-            opt.step()?;
-            if r.optim.clamp > 0.0 {
+            if stepped && r.optim.clamp > 0.0 {
                 let _g = tch::no_grad_guard();
                 for (p, w0) in opt.params().iter().zip(&originals) {
                     p.shallow_clone()
@@ -536,6 +539,12 @@ impl FtEditor {
                 .sum::<usize>();
             pb.set_message(format!("loss {value:.4}"));
             pb.inc(1);
+            if r.optim.stop_loss > 0.0 && (step + 1) % batches.len() == 0 {
+                let epoch = &curve[curve.len().saturating_sub(batches.len())..];
+                if epoch.iter().sum::<f64>() / (epoch.len() as f64) < r.optim.stop_loss {
+                    break;
+                }
+            }
             if let Some(point) = &self.resume {
                 let stop = crate::output::interrupted();
                 if stop.is_err() || last_save.elapsed() >= point.every {

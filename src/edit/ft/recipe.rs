@@ -120,7 +120,9 @@ pub struct OptimConfig {
     /// (FT-L's L∞ constraint; 0 = off).
     #[serde(default)]
     pub clamp: f64,
-    /// Stop once the batch loss is below this (0 = never).
+    /// A batch whose loss is below this takes no step, and training ends after the first
+    /// epoch whose batches average below it (0 = never), as in the reference fine-tuning
+    /// loop of ROME, EasyEdit (FT-L, FT-M) and LocFT-BF.
     #[serde(default)]
     pub stop_loss: f64,
     /// Trims the steps `min_steps` adds beyond the recipe's epochs: from the end of the
