@@ -15,7 +15,8 @@
 # Each sweep resumes where it stopped (rerun the same command); finished runs keep their
 # summary.json in their folder. Environment: FTEDIT (default ./target/release/ftedit),
 # MODEL (default smollm2), THREADS (default 2), OUT_DIR (default runs/default-sweep),
-# FTEDIT_DATA (default ../shared/data), N1 (stage 1's edits, default 200).
+# FTEDIT_DATA (default ../shared/data), N1 (stage 1's edits, default 200), GENERAL (stage
+# 2's general-ability items per task, default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAGE="${1:?stage: 1 or 2}"
@@ -38,6 +39,9 @@ case "$STAGE" in
     flags=()
     for s in "${sets[@]}"; do flags+=(--set "$s"); done
     name="$(printf '%s' "${2}" | tr ' =' '_-')"
+    # The general-ability check at health's sample (100 items per task): the sweep's
+    # 10 move the mean by whole points between runs.
+    flags+=(--general "${GENERAL:-100}")
     "$FTEDIT" eval "${common[@]}" "${flags[@]}" --range 1000..2000 --protocol batch \
       --out "$OUT/stage2-mass-$name"
     "$FTEDIT" eval "${common[@]}" "${flags[@]}" --range 1000..2000 --protocol sequential \

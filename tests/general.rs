@@ -288,6 +288,11 @@ fn eval_reports_general_abilities_and_their_drop_can_flag_a_collapse() {
         g["before"]["arc_easy"]["acc_norm"]
     );
     assert_eq!(m["general.lambada.acc"], g["tasks"]["lambada"]["acc"]);
+    assert_eq!(
+        m["general.lambada.perplexity_before"],
+        g["before"]["lambada"]["perplexity"]
+    );
+    assert!(m.get("general.arc_easy.perplexity").is_none());
     assert!(m.get("general.boolq.acc_norm").is_none());
     // A threshold below the drop flags the run.
     let s = run("flagged", &[&format!("--general-drop={}", drop - 1.0)]);

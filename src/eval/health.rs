@@ -167,7 +167,8 @@ impl Health {
     }
 
     /// Its numbers as a run's metrics: `PPL_before`, `PPL`, `known_retained` and, with
-    /// general abilities, `general.<task>.acc` / `.acc_norm` and their `…_before`,
+    /// general abilities, `general.<task>.acc` / `.acc_norm` (and LAMBADA's `.perplexity`)
+    /// and their `…_before`,
     /// `general.mean`, `general.mean_before`, `general.mean_drop`.
     pub fn metrics(&self) -> Vec<(String, Option<f64>)> {
         let mut out = vec![
@@ -184,6 +185,12 @@ impl Health {
                     ("f1", after.f1, before.and_then(|b| b.f1)),
                     ("f1_new", after.f1_new, before.and_then(|b| b.f1_new)),
                     ("mcc", after.mcc, before.and_then(|b| b.mcc)),
+                    // LAMBADA's: harm on text the γ·LM data (WikiText) does not cover.
+                    (
+                        "perplexity",
+                        after.perplexity,
+                        before.and_then(|b| b.perplexity),
+                    ),
                 ] {
                     if a.is_some() {
                         out.push((format!("general.{task}.{metric}"), a));
