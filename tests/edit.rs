@@ -271,8 +271,8 @@ fn stop_loss_skips_settled_batches_and_ends_on_a_settled_epoch() {
         (report.loss, moved)
     };
     // Off: every batch of every epoch steps.
-    let (loss, moved) = train(0.0);
-    assert_eq!(loss.len(), 12);
+    let (off, moved) = train(0.0);
+    assert_eq!(off.len(), 12);
     assert!(moved);
     // Every batch already under it: no step at all, and the first epoch ends training.
     let (loss, moved) = train(1e9);
@@ -280,9 +280,8 @@ fn stop_loss_skips_settled_batches_and_ends_on_a_settled_epoch() {
     assert!(!moved, "a batch under stop_loss took a step");
     // Under it for one batch only (the smallest starting loss): the others still train,
     // so training goes on past that batch and past the first epoch.
-    let (first, _) = train(0.0);
-    let threshold = first[..3].iter().cloned().fold(f64::INFINITY, f64::min) + 1e-6;
-    assert!(first[..3].iter().filter(|&&l| l < threshold).count() == 1);
+    let threshold = off[..3].iter().cloned().fold(f64::INFINITY, f64::min) + 1e-6;
+    assert_eq!(off[..3].iter().filter(|&&l| l < threshold).count(), 1);
     let (loss, moved) = train(threshold);
     assert!(moved);
     assert!(loss.len() > 3, "one settled batch ended training: {loss:?}");

@@ -168,8 +168,7 @@ impl Health {
 
     /// Its numbers as a run's metrics: `PPL_before`, `PPL`, `known_retained` and, with
     /// general abilities, `general.<task>.acc` / `.acc_norm` (and LAMBADA's `.perplexity`)
-    /// and their `…_before`,
-    /// `general.mean`, `general.mean_before`, `general.mean_drop`.
+    /// and their `…_before`, `general.mean`, `general.mean_before`, `general.mean_drop`.
     pub fn metrics(&self) -> Vec<(String, Option<f64>)> {
         let mut out = vec![
             ("PPL_before".to_string(), Some(self.ppl_before)),

@@ -517,18 +517,18 @@ impl FtEditor {
             // The reference loop (ROME's FT, EasyEdit's FT-L/FT-M, LocFT-BF): a batch
             // already under `stop_loss` takes no step, and an epoch whose batches average
             // under it ends training.
-            let stepped = value >= r.optim.stop_loss;
-            if stepped {
+            if value >= r.optim.stop_loss {
                 if r.optim.clip > 0.0 {
                     clip_grad_norm(opt.params(), r.optim.clip);
                 }
                 opt.step()?;
-            }
-            if stepped && r.optim.clamp > 0.0 {
-                let _g = tch::no_grad_guard();
-                for (p, w0) in opt.params().iter().zip(&originals) {
-                    p.shallow_clone()
-                        .copy_(&p.clamp_tensor(Some(w0 - r.optim.clamp), Some(w0 + r.optim.clamp)));
+                if r.optim.clamp > 0.0 {
+                    let _g = tch::no_grad_guard();
+                    for (p, w0) in opt.params().iter().zip(&originals) {
+                        p.shallow_clone().copy_(
+                            &p.clamp_tensor(Some(w0 - r.optim.clamp), Some(w0 + r.optim.clamp)),
+                        );
+                    }
                 }
             }
             curve.push(value);
